@@ -1,0 +1,212 @@
+"""Reading a Kaggle archive safely and turning its layout into an image index.
+
+Images stay inside their zips (100k loose files make DVC slow); only nested zips and CSVs are extracted. Every
+member name is checked before anything is written: no `..`, no absolute paths, no links, and a cap on the total
+uncompressed size against zip bombs.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shutil
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.competitions import Competition
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg")
+EXAMPLES = 5
+
+
+class ArchiveError(ValueError):
+    """The archive is unsafe, broken or not in the competition's layout; the message says what to do."""
+
+
+@dataclass
+class Listing:
+    """What was found in an archive: images by their normalised path, and the CSVs that were extracted."""
+
+    images: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Normalised path (e.g. `train/c0/img_1.jpg`) -> (zip file relative to the output folder, member name)."""
+    csvs: dict[str, Path] = field(default_factory=dict)
+    """CSV file name -> extracted path."""
+    total_bytes: int = 0
+
+
+def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
+    name = info.filename
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
+        raise ArchiveError(
+            f"{archive} holds an unsafe entry {name!r} (an absolute path or '..') that would be written outside "
+            "the data folder; refusing to extract it. Download the archive again from Kaggle."
+        )
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise ArchiveError(
+            f"{archive} holds a symbolic link {name!r}; Kaggle archives hold none, and a link can point outside "
+            "the data folder. Refusing to extract it; download the archive again from Kaggle."
+        )
+
+
+def _normalise(name: str) -> str:
+    """Strip the optional `imgs/` folder of State Farm's newer archives."""
+    return name[len("imgs/") :] if name.startswith("imgs/") else name
+
+
+def _open_zip(path: Path, shown: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ArchiveError(
+            f"{shown} is not a readable zip archive ({e}); it may be truncated. Delete it and download it again."
+        ) from None
+
+
+def list_archive(archive: Path, out: Path, max_bytes: int) -> Listing:
+    """Check every member of `archive` (and of zips nested in it), extract nested zips and CSVs into `out`."""
+    listing = Listing()
+    _walk(archive, archive.name, out, listing, max_bytes)
+    return listing
+
+
+def _walk(path: Path, shown: str, out: Path, listing: Listing, max_bytes: int) -> None:
+    with _open_zip(path, shown) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            _check_member(info, shown)
+            listing.total_bytes += info.file_size
+        if listing.total_bytes > max_bytes:
+            raise ArchiveError(
+                f"{shown} would unpack to more than {max_bytes / 2**30:.3g} GiB (data.max_extract_gib); "
+                "it may be a zip bomb. If the archive is genuine, raise data.max_extract_gib in params.yaml."
+            )
+        rel = path.relative_to(out).as_posix() if path.is_relative_to(out) else None
+        nested = []
+        for info in infos:
+            name = info.filename
+            if info.is_dir() or name.startswith("__MACOSX/"):
+                continue
+            lower = name.lower()
+            if lower.endswith(".zip") or lower.endswith(".csv"):
+                target = out / posixpath.basename(name)
+                if target.exists():
+                    raise ArchiveError(f"{shown} holds {posixpath.basename(name)!r} twice; expected it once.")
+                _extract(zf, info, target, shown)
+                if lower.endswith(".zip"):
+                    nested.append((target, f"{shown}/{name}"))
+                else:
+                    listing.csvs[target.name] = target
+            elif lower.endswith(IMAGE_SUFFIXES):
+                if rel is None:
+                    raise ArchiveError(f"internal: image container {path} is outside {out}")
+                listing.images[_normalise(name)] = (rel, name)
+    for target, nested_shown in nested:
+        _walk(target, nested_shown, out, listing, max_bytes)
+
+
+def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, shown: str) -> None:
+    tmp = target.with_name(target.name + ".part")
+    try:
+        with zf.open(info) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        tmp.unlink(missing_ok=True)
+        raise ArchiveError(
+            f"{shown}: entry {info.filename!r} cannot be read ({e}); the archive is damaged. Download it again."
+        ) from None
+    tmp.rename(target)
+
+
+def _examples(items) -> str:
+    items = sorted(items)
+    more = f" and {len(items) - EXAMPLES} more" if len(items) > EXAMPLES else ""
+    return ", ".join(items[:EXAMPLES]) + more
+
+
+def _layout_hint(comp: Competition) -> str:
+    return (
+        f"Expected the layout of Kaggle's {comp.slug}.zip: train images matching '{comp.train_pattern}' and test "
+        f"images matching '{comp.test_pattern}' (optionally below 'imgs/' or inside nested zips), plus "
+        + ", ".join(f for f in ("sample_submission.csv", comp.labels_file) if f)
+        + "."
+    )
+
+
+def build_index(comp: Competition, listing: Listing, shown: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and test index frames from an archive's listing, checked against the competition's CSVs."""
+    train_rows, test_rows = [], []
+    for norm, (container, member) in listing.images.items():
+        if m := comp.match_train(norm):
+            train_rows.append((m["id"], m["label"], container, member))
+        elif m := comp.match_test(norm):
+            test_rows.append((m["id"], container, member))
+    if not train_rows or not test_rows:
+        found = _examples(list(listing.images)) or "no images at all"
+        raise ArchiveError(
+            f"{shown} is not in the layout of {comp.title}: found "
+            f"{len(train_rows)} train and {len(test_rows)} test images (images seen: {found}). {_layout_hint(comp)}"
+        )
+    train = pd.DataFrame(train_rows, columns=["id", "label", "container", "member"])
+    test = pd.DataFrame(test_rows, columns=["id", "container", "member"])
+    train = _attach_groups(comp, train, listing, shown)
+    test = _order_like_sample(comp, test, listing, shown)
+    return train.sort_values("id", kind="stable").reset_index(drop=True), test
+
+
+def _read_csv(listing: Listing, name: str, shown: str, comp: Competition, columns: list[str]) -> pd.DataFrame:
+    if name not in listing.csvs:
+        raise ArchiveError(f"{shown} has no {name}. {_layout_hint(comp)}")
+    try:
+        df = pd.read_csv(listing.csvs[name], dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ArchiveError(f"{name} in {shown} cannot be read as CSV ({e}); download the archive again.") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ArchiveError(f"{name} in {shown} lacks column(s) {missing}; found {list(df.columns)}.")
+    return df
+
+
+def _attach_groups(comp: Competition, train: pd.DataFrame, listing: Listing, shown: str) -> pd.DataFrame:
+    if comp.labels_file is None:
+        train["group"] = train["id"]
+        return train
+    listed = _read_csv(listing, comp.labels_file, shown, comp, [comp.group_column, "classname", "img"])
+    listed_keys = set(zip(listed["classname"], listed["img"]))
+    found_keys = set(zip(train["label"], train["id"]))
+    missing = listed_keys - found_keys
+    if missing:
+        raise ArchiveError(
+            f"{comp.labels_file} lists {len(missing)} image(s) missing from {shown}: "
+            f"{_examples(f'train/{c}/{i}' for c, i in missing)}. The archive is incomplete; download it again."
+        )
+    unlisted = found_keys - listed_keys
+    if unlisted:
+        raise ArchiveError(
+            f"{shown} holds {len(unlisted)} train image(s) that {comp.labels_file} does not list, so their "
+            f"{comp.group_column} is unknown: {_examples(f'train/{c}/{i}' for c, i in unlisted)}. "
+            "Download the archive again."
+        )
+    groups = dict(zip(zip(listed["classname"], listed["img"]), listed[comp.group_column]))
+    train["group"] = [groups[k] for k in zip(train["label"], train["id"])]
+    return train
+
+
+def _order_like_sample(comp: Competition, test: pd.DataFrame, listing: Listing, shown: str) -> pd.DataFrame:
+    sample = _read_csv(listing, "sample_submission.csv", shown, comp, [comp.id_column])
+    ids, sample_ids = set(test["id"]), set(sample[comp.id_column])
+    if ids - sample_ids:
+        raise ArchiveError(
+            f"{len(ids - sample_ids)} test image(s) in {shown} have no row in sample_submission.csv: "
+            f"{_examples(ids - sample_ids)}. The archive is inconsistent; download it again."
+        )
+    if sample_ids - ids:
+        raise ArchiveError(
+            f"sample_submission.csv has {len(sample_ids - ids)} row(s) with no test image in {shown}: "
+            f"{_examples(sample_ids - ids)}. The archive is incomplete; download it again."
+        )
+    return test.set_index("id").loc[sample[comp.id_column]].reset_index()

@@ -1,0 +1,322 @@
+"""params.yaml as frozen, typed, validated dataclasses.
+
+Every hyperparameter lives in params.yaml; this module is the only reader. Unknown keys, wrong types and values
+out of range are all reported at once, each naming its dotted key, the file, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.competitions import COMPETITIONS, get_competition
+
+TTA_VIEWS = ("identity", "hflip", "zoom")
+
+
+class ConfigError(ValueError):
+    """params.yaml has problems; the message lists every one of them."""
+
+
+def _range(lo=None, hi=None, doc=""):
+    return {"range": (lo, hi), "doc": doc}
+
+
+def _choice(*choices, doc=""):
+    return {"choices": choices, "doc": doc}
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    """Size of the built-in demo archive (used when `data.source` is `demo`)."""
+
+    train_per_class: int = field(default=40, metadata=_range(2, 100_000, "train images per class"))
+    test: int = field(default=40, metadata=_range(1, 100_000, "test images"))
+    drivers: int = field(
+        default=6, metadata=_range(2, 1000, "train drivers, for competitions grouped by driver")
+    )
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the competition's archive comes from."""
+
+    source: str = field(default="demo", metadata={"doc": "'demo', 'kaggle', or a path to the Kaggle .zip"})
+    demo: DemoParams = DemoParams()
+    max_extract_gib: float = field(
+        default=64.0, metadata=_range(0.001, 10_000, "cap on uncompressed bytes read from the archive")
+    )
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    """The decode-once image cache."""
+
+    image_size: tuple[int, int] = field(
+        default=(64, 64), metadata={"doc": "(height, width) of cached images", "item_range": (16, 2048)}
+    )
+    num_workers: int = field(default=2, metadata=_range(1, 256, "decoding threads"))
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Training augmentation (albumentations); also used for augmented feature copies."""
+
+    hflip: float = field(default=0.0, metadata=_range(0.0, 1.0, "probability of a horizontal flip"))
+    shift: float = field(default=0.1, metadata=_range(0.0, 0.5, "max translation, fraction of the side"))
+    scale: float = field(default=0.1, metadata=_range(0.0, 0.5, "max zoom in or out, fraction"))
+    rotate: float = field(default=10.0, metadata=_range(0.0, 180.0, "max rotation, degrees"))
+    brightness_contrast: float = field(default=0.2, metadata=_range(0.0, 1.0, "max brightness/contrast change"))
+    channel_shuffle: float = field(default=0.0, metadata=_range(0.0, 1.0, "probability of permuting RGB"))
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    """The frozen backbone that precomputes conv features."""
+
+    backbone: str = field(default="resnet10t", metadata={"doc": "timm model name"})
+    pretrained: bool = field(default=False, metadata={"doc": "load timm's pretrained weights (hub or weights_file)"})
+    weights_file: str | None = field(default=None, metadata={"doc": "local weights for the backbone"})
+    batch_size: int = field(default=64, metadata=_range(1, 4096, "images per forward pass"))
+    aug_copies: int = field(default=0, metadata=_range(0, 50, "augmented copies of the train features"))
+    amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    """The dense head trained on precomputed features."""
+
+    hidden: int = field(default=256, metadata=_range(1, 16384, "width of the hidden layer"))
+    dropout: float = field(default=0.5, metadata=_range(0.0, 0.95, "dropout before each linear layer"))
+    epochs: int = field(default=30, metadata=_range(1, 10_000, "training epochs"))
+    lr: float = field(default=1e-3, metadata=_range(1e-7, 10.0, "peak learning rate"))
+    weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0, "AdamW weight decay"))
+    batch_size: int = field(default=64, metadata=_range(1, 65536, "rows per step"))
+    warmup: float = field(default=0.3, metadata=_range(0.0, 0.9, "fraction of steps spent warming up"))
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """Full finetuning of backbone plus trained head, with augmentation."""
+
+    epochs: int = field(default=8, metadata=_range(1, 10_000, "training epochs"))
+    lr: float = field(default=3e-3, metadata=_range(1e-7, 10.0, "peak learning rate of the head"))
+    backbone_lr_ratio: float = field(default=0.3, metadata=_range(0.0, 1.0, "backbone lr as a fraction of lr"))
+    warmup: float = field(default=0.2, metadata=_range(0.0, 0.9, "fraction of steps spent warming up"))
+    weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0, "AdamW weight decay"))
+    batch_size: int = field(default=32, metadata=_range(1, 4096, "images per step"))
+    tta: tuple[str, ...] = field(default=("identity",), metadata={"doc": "views averaged at prediction"})
+    num_workers: int = field(default=0, metadata=_range(0, 256, "DataLoader worker processes"))
+    amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
+    channels_last: bool = field(default=True, metadata={"doc": "channels-last memory on a GPU"})
+
+
+@dataclass(frozen=True)
+class EnsembleParams:
+    """How fold predictions are combined and calibrated into the submission."""
+
+    members: str = field(default="auto", metadata=_choice("auto", "head", "finetune", "both"))
+    calibration: str = field(default="auto", metadata=_choice("auto", "temperature", "clip", "none"))
+
+
+@dataclass(frozen=True)
+class CompetitionParams:
+    """One competition's section of params.yaml."""
+
+    data: DataParams = DataParams()
+    prepare: PrepareParams = PrepareParams()
+    augment: AugmentParams = AugmentParams()
+    features: FeaturesParams = FeaturesParams()
+    head: HeadParams = HeadParams()
+    finetune: FinetuneParams = FinetuneParams()
+    ensemble: EnsembleParams = EnsembleParams()
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml."""
+
+    competitions: tuple[str, ...]
+    folds: tuple[int, ...]
+    seed: int
+    device: str
+    sections: dict[str, CompetitionParams]
+
+    def comp(self, name: str) -> CompetitionParams:
+        """The section of competition `name`."""
+        if name not in self.sections:
+            get_competition(name)
+            raise ConfigError(f"params.yaml has no section for competition {name!r}; add a '{name}:' section.")
+        return self.sections[name]
+
+    @property
+    def n_splits(self) -> int:
+        return len(self.folds)
+
+
+TOP_KEYS = ("competitions", "folds", "seed", "device")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _is_optional(tp) -> bool:
+    return isinstance(tp, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _coerce(value, tp, key: str, meta: dict, errors: list[str]):
+    """Check one leaf value against its type and metadata; return the typed value or None."""
+    if _is_optional(tp):
+        if value is None:
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
+            want = f"a list of {len(args)}" if args[-1] is not Ellipsis else "a list"
+            errors.append(f"{key}: expected {want}, got {value!r}")
+            return None
+        item_tp = args[0]
+        items = [_coerce(v, item_tp, f"{key}[{i}]", {}, errors) for i, v in enumerate(value)]
+        lo_hi = meta.get("item_range")
+        if lo_hi and all(isinstance(v, (int, float)) for v in items):
+            bad = [v for v in items if not lo_hi[0] <= v <= lo_hi[1]]
+            if bad:
+                errors.append(f"{key}: every item must be in [{lo_hi[0]}, {lo_hi[1]}], got {value!r}")
+        return tuple(items)
+    if tp is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{key}: expected true or false, got {value!r}")
+            return None
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{key}: expected an integer, got {value!r}")
+            return None
+    elif tp is float:
+        try:
+            # YAML 1.1 reads `1e-3` (no dot) as a string; accept it as the number the user meant.
+            number = None if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None:
+            errors.append(f"{key}: expected a number, got {value!r}")
+            return None
+        value = number
+    elif tp is str:
+        if not isinstance(value, str):
+            errors.append(f"{key}: expected a string, got {value!r}")
+            return None
+    lo, hi = meta.get("range", (None, None))
+    if lo is not None and not lo <= value <= hi:
+        errors.append(f"{key}: must be between {lo} and {hi}, got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join(repr(c) for c in meta["choices"])
+        errors.append(f"{key}: must be one of {allowed}; got {value!r}")
+    return value
+
+
+def _build(cls, raw, key: str, errors: list[str]):
+    """Build dataclass `cls` from mapping `raw`, appending every problem to `errors`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{key}: expected a mapping of keys to values, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for unknown in sorted(set(raw) - set(known)):
+        allowed = ", ".join(sorted(known))
+        errors.append(f"{key}.{unknown}: unknown key; allowed keys are {allowed}")
+    values = {}
+    for name, f in known.items():
+        if name not in raw:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw[name], f"{key}.{name}", errors)
+        else:
+            value = _coerce(raw[name], tp, f"{key}.{name}", dict(f.metadata), errors)
+            if value is not None or raw[name] is None:
+                values[name] = value
+    return cls(**values)
+
+
+def _check_competition(name: str, cp: CompetitionParams, errors: list[str]) -> None:
+    """Cross-field checks that need the competition's facts."""
+    comp = COMPETITIONS[name]
+    if not comp.hflip_keeps_label:
+        why = f"a horizontal flip changes {comp.title}'s labels (e.g. 'texting, right' becomes 'texting, left')"
+        if cp.augment.hflip > 0:
+            errors.append(f"{name}.augment.hflip: must be 0 because {why}; got {cp.augment.hflip}")
+        if "hflip" in cp.finetune.tta:
+            errors.append(f"{name}.finetune.tta: must not contain 'hflip' because {why}")
+    for view in cp.finetune.tta:
+        if view not in TTA_VIEWS:
+            allowed = ", ".join(repr(v) for v in TTA_VIEWS)
+            errors.append(f"{name}.finetune.tta: unknown view {view!r}; allowed views are {allowed}")
+    if not cp.finetune.tta:
+        errors.append(f"{name}.finetune.tta: needs at least one view, e.g. ['identity']")
+    source = cp.data.source
+    if source == "kaggle":
+        errors.append(
+            f"{name}.data.source: 'kaggle' downloads are not available yet in this version; download "
+            f"the archive yourself (kaggle competitions download -c {comp.slug}) and set source to its path"
+        )
+    elif source != "demo" and not source.endswith(".zip"):
+        errors.append(f"{name}.data.source: must be 'demo', 'kaggle' or a path to a .zip; got {source!r}")
+
+
+def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping; raise ConfigError listing every problem."""
+    errors: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
+    for missing in [k for k in ("competitions", "folds", "seed") if k not in raw]:
+        errors.append(f"{missing}: required top-level key is missing")
+    competitions = _coerce(raw.get("competitions", []), tuple[str, ...], "competitions", {}, errors) or ()
+    for name in competitions:
+        if name not in COMPETITIONS:
+            errors.append(f"competitions: unknown competition {name!r}; known: {', '.join(COMPETITIONS)}")
+    folds = _coerce(raw.get("folds", []), tuple[int, ...], "folds", {}, errors) or ()
+    if folds and (list(folds) != list(range(len(folds))) or len(folds) < 2):
+        errors.append(f"folds: must be 0, 1, ..., k-1 with k >= 2 (k-fold cross-validation); got {list(folds)}")
+    seed = _coerce(raw.get("seed", 0), int, "seed", {"range": (0, 2**32 - 1)}, errors)
+    device = _coerce(raw.get("device", "auto"), str, "device", {"choices": DEVICES}, errors)
+    sections = {}
+    for key in raw:
+        if key in TOP_KEYS:
+            continue
+        if key not in COMPETITIONS:
+            allowed = ", ".join(list(TOP_KEYS) + list(COMPETITIONS))
+            errors.append(f"{key}: unknown top-level key; allowed keys are {allowed}")
+            continue
+        sections[key] = _build(CompetitionParams, raw[key], key, errors)
+        _check_competition(key, sections[key], errors)
+    for name in competitions:
+        if name in COMPETITIONS and name not in sections:
+            sections[name] = CompetitionParams()
+            _check_competition(name, sections[name], errors)
+    if errors:
+        raise ConfigError(f"{origin} has {len(errors)} problem(s):\n  " + "\n  ".join(errors))
+    return Params(competitions, folds, seed, device, sections)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found; run from the repository root, where params.yaml lives.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    return parse_params(raw, str(path))
+
+
+def as_dict(obj) -> dict:
+    """A params section as plain data, for saving next to the outputs it produced."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,92 @@
+"""Datasets over the decoded image cache, albumentations transforms, and test-time views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import Dataset
+
+from pipeline.config import AugmentParams
+
+
+def load_cache(cache: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """The memory-mapped uint8 images of `split` and their index (same row order)."""
+    images = np.load(cache / f"{split}.npy", mmap_mode="r")
+    index = pd.read_csv(cache / f"{split}.csv", dtype={"id": str, "group": str})
+    if len(images) != len(index):
+        raise ValueError(f"{cache}: {split}.npy has {len(images)} rows but {split}.csv {len(index)}; re-run prepare.")
+    return images, index
+
+
+def load_folds(path: Path, train_index: pd.DataFrame) -> np.ndarray:
+    """Each train row's fold, checked to be in the cache's row order."""
+    folds = pd.read_csv(path, dtype={"id": str, "group": str})
+    if list(folds["id"]) != list(train_index["id"]):
+        raise ValueError(f"{path} does not list the cached train images in order; re-run `dvc repro`.")
+    return folds["fold"].to_numpy()
+
+
+def build_transform(mean, std, aug: AugmentParams | None = None, seed: int | None = None) -> A.Compose:
+    """uint8 HWC image -> normalised float CHW tensor, with `aug`'s random changes when given."""
+    ops = []
+    if aug is not None:
+        if aug.hflip > 0:
+            ops.append(A.HorizontalFlip(p=aug.hflip))
+        if aug.shift or aug.scale or aug.rotate:
+            ops.append(
+                A.Affine(
+                    scale=(1 - aug.scale, 1 + aug.scale),
+                    translate_percent=(-aug.shift, aug.shift),
+                    rotate=(-aug.rotate, aug.rotate),
+                    border_mode=cv2.BORDER_REFLECT_101,
+                    p=0.9,
+                )
+            )
+        if aug.brightness_contrast > 0:
+            bc = aug.brightness_contrast
+            ops.append(A.RandomBrightnessContrast(brightness_limit=bc, contrast_limit=bc, p=0.75))
+        if aug.channel_shuffle > 0:
+            ops.append(A.ChannelShuffle(p=aug.channel_shuffle))
+    ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(ops, seed=seed)
+
+
+class ImageDataset(Dataset):
+    """Rows `rows` of a cached image array, transformed; with labels when given."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, transform: A.Compose, labels: np.ndarray | None = None):
+        self.images, self.rows, self.transform, self.labels = images, rows, transform, labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        x = self.transform(image=np.asarray(self.images[self.rows[i]]))["image"]
+        if self.labels is None:
+            return x
+        return x, int(self.labels[i])
+
+
+def encode_labels(labels: pd.Series, classes: tuple[str, ...]) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(classes)}
+    return labels.map(lookup).to_numpy()
+
+
+def _zoom(x: torch.Tensor, keep: float = 0.875) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    dh, dw = round(h * (1 - keep) / 2), round(w * (1 - keep) / 2)
+    return F.interpolate(x[..., dh : h - dh, dw : w - dw], size=(h, w), mode="bilinear", align_corners=False)
+
+
+TTA = {
+    "identity": lambda x: x,
+    "hflip": lambda x: x.flip(-1),
+    "zoom": _zoom,
+}

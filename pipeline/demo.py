@@ -1,0 +1,172 @@
+"""A deterministic miniature of each competition's Kaggle archive, in its exact layout.
+
+The images carry a class signal that a small CNN trained from scratch picks up in a few epochs, so the whole
+pipeline can run offline. In the State Farm demo every driver has a look of their own (light, colours, seat
+position) and their frames are near duplicates, so a split that ignores drivers scores too well, as on Kaggle.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from pipeline.competitions import Competition
+from pipeline.config import DemoParams
+
+_ZIP_DATE = (2016, 4, 5, 0, 0, 0)  # fixed, so the same params give byte-identical archives
+STATEFARM_SIZE = (128, 96)  # (width, height): 640x480 frames, scaled down 5x
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    zf.writestr(info, data)
+
+
+def _zip_bytes(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            _add(zf, name, data)
+    return buf.getvalue()
+
+
+def _noisy_background(rng: np.random.Generator, w: int, h: int, base: np.ndarray) -> Image.Image:
+    grad = np.linspace(-30, 30, w)[None, :, None] * rng.choice([-1, 1])
+    arr = base[None, None, :] + grad + rng.normal(0, 12, (h, w, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def pet_image(rng: np.random.Generator, label: str) -> Image.Image:
+    """A 'cat' (ellipse, horizontal stripes) or 'dog' (box, vertical stripes); flip-invariant, like the real pets."""
+    w, h = (int(v) for v in rng.integers(72, 129, size=2))
+    img = _noisy_background(rng, w, h, rng.uniform(40, 215, 3))
+    draw = ImageDraw.Draw(img)
+    side = rng.uniform(0.5, 0.8) * min(w, h)
+    x0 = rng.uniform(0, w - side)
+    y0 = rng.uniform(0, h - side)
+    box = [x0, y0, x0 + side, y0 + side]
+    fur = tuple(int(v) for v in rng.uniform(0, 255, 3))
+    stripe = tuple(255 - v for v in fur)
+    (draw.ellipse if label == "cat" else draw.rectangle)(box, fill=fur)
+    mask = Image.new("L", img.size, 0)
+    (ImageDraw.Draw(mask).ellipse if label == "cat" else ImageDraw.Draw(mask).rectangle)(box, fill=255)
+    stripes = Image.new("RGB", img.size, stripe)
+    period = max(6, int(side / 5))
+    band = np.zeros((h, w), dtype=np.uint8)
+    if label == "cat":
+        band[(np.arange(h) // (period // 2)) % 2 == 0, :] = 255
+    else:
+        band[:, (np.arange(w) // (period // 2)) % 2 == 0] = 255
+    stripe_mask = Image.fromarray(np.minimum(np.array(mask), band))
+    img.paste(stripes, (0, 0), stripe_mask)
+    return img
+
+
+def _dogscats_files(comp: Competition, demo: DemoParams, rng: np.random.Generator) -> dict[str, bytes]:
+    train = {}
+    for label in comp.classes:
+        for i in range(demo.train_per_class):
+            train[f"train/{label}.{i}.jpg"] = _jpeg(pet_image(rng, label))
+    test = {f"test/{i}.jpg": _jpeg(pet_image(rng, str(rng.choice(comp.classes)))) for i in range(1, demo.test + 1)}
+    sample = pd.DataFrame({"id": range(1, demo.test + 1), "label": 0.5})
+    return {
+        "sample_submission.csv": sample.to_csv(index=False).encode(),
+        "test.zip": _zip_bytes(test),
+        "train.zip": _zip_bytes(train),
+    }
+
+
+def _driver_look(rng: np.random.Generator) -> dict:
+    return {
+        "background": rng.uniform(30, 200, 3),
+        "shirt": tuple(int(v) for v in rng.uniform(0, 255, 3)),
+        "skin": tuple(int(v) for v in rng.uniform(120, 240, 3)),
+        "x": rng.uniform(-12, 12),
+        "y": rng.uniform(-6, 6),
+        "gain": rng.uniform(0.6, 1.3),
+    }
+
+
+# Where the driver's hand (or object) is, relative to the torso's centre, in pixels of the 128x96 frame.
+# The driver faces the camera: their right hand is on the image's left, so a flip swaps c1<->c3 and c2<->c4.
+_POSES = {
+    "c0": [(-22, 10), (22, 10)],  # both hands on the wheel
+    "c1": [(-16, 22)],  # texting, right
+    "c2": [(-12, -20)],  # phone at the ear, right
+    "c3": [(16, 22)],  # texting, left
+    "c4": [(12, -20)],  # phone at the ear, left
+    "c5": [(40, 14)],  # radio, far to the side
+    "c6": [(0, -14)],  # drinking at the mouth
+    "c7": [(-40, -30)],  # reaching behind
+    "c8": [(0, -40)],  # hair and makeup, above the head
+    "c9": [(30, -36)],  # turned to the passenger
+}
+
+
+def driver_frame(rng: np.random.Generator, look: dict, label: str) -> Image.Image:
+    """One in-car frame of a driver doing `label`; frames of one driver and class are near duplicates."""
+    w, h = STATEFARM_SIZE
+    img = _noisy_background(rng, w, h, look["background"])
+    draw = ImageDraw.Draw(img)
+    cx = w / 2 + look["x"] + rng.normal(0, 1.5)
+    cy = h * 0.62 + look["y"] + rng.normal(0, 1.5)
+    draw.rectangle([cx - 18, cy - 14, cx + 18, cy + 40], fill=look["shirt"])
+    draw.ellipse([cx - 10, cy - 38, cx + 10, cy - 16], fill=look["skin"])
+    for dx, dy in _POSES[label]:
+        hx, hy = cx + dx + rng.normal(0, 1.5), cy + dy + rng.normal(0, 1.5)
+        draw.line([cx, cy, hx, hy], fill=look["shirt"], width=5)
+        draw.ellipse([hx - 6, hy - 6, hx + 6, hy + 6], fill=(250, 250, 250))
+    arr = np.asarray(img, dtype=np.float32) * look["gain"]
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _statefarm_files(comp: Competition, demo: DemoParams, rng: np.random.Generator) -> dict[str, bytes]:
+    per_driver = max(1, round(demo.train_per_class / demo.drivers))
+    n_test_drivers = max(2, demo.drivers // 3)
+    drivers = [f"p{2 + 3 * i:03d}" for i in range(demo.drivers + n_test_drivers)]
+    looks = {d: _driver_look(rng) for d in drivers}
+    files, rows, n = {}, [], 0
+    for driver in drivers[: demo.drivers]:
+        for label in comp.classes:
+            for _ in range(per_driver):
+                n += 1
+                name = f"img_{n}.jpg"
+                files[f"imgs/train/{label}/{name}"] = _jpeg(driver_frame(rng, looks[driver], label))
+                rows.append((driver, label, name))
+    test_names = []
+    for _ in range(demo.test):
+        n += 1
+        driver = drivers[demo.drivers + int(rng.integers(n_test_drivers))]
+        test_names.append(f"img_{n}.jpg")
+        files[f"imgs/test/{test_names[-1]}"] = _jpeg(driver_frame(rng, looks[driver], str(rng.choice(comp.classes))))
+    listing = pd.DataFrame(rows, columns=["subject", "classname", "img"])
+    sample = pd.DataFrame({"img": test_names, **{c: 0.1 for c in comp.submission_columns}})
+    files["driver_imgs_list.csv"] = listing.to_csv(index=False).encode()
+    files["sample_submission.csv"] = sample.to_csv(index=False).encode()
+    return files
+
+
+_BUILDERS = {"dogscats": _dogscats_files, "statefarm": _statefarm_files}
+
+
+def write_demo_archive(comp: Competition, demo: DemoParams, seed: int, path: Path) -> Path:
+    """Write `<slug>.zip` for `comp` at `path`, exactly as Kaggle lays it out, deterministic in `seed`."""
+    rng = np.random.default_rng([seed, sum(comp.name.encode())])
+    files = _BUILDERS[comp.name](comp, demo, rng)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            _add(zf, name, data)
+    return path

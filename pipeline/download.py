@@ -1,0 +1,84 @@
+"""Stage `download@<comp>`: the competition's archive -> `data/<comp>/raw/`.
+
+Inputs: `<comp>.data` in params.yaml (`source`: the built-in demo, or a path to Kaggle's zip).
+Outputs in `data/<comp>/raw/`: the zip(s) holding the images, the extracted CSVs, and the checked index
+`train.csv` (id, label, group, container, member) and `test.csv` (id, container, member, in
+sample_submission.csv's order). Nothing is written unless the whole archive passes the checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+from pipeline import archive, demo
+from pipeline.competitions import get_competition
+from pipeline.config import Params, load_params
+from pipeline.io import atomic_dir, write_csv, write_json
+from pipeline.paths import Paths
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link when possible: a real archive is several GB."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def fetch_archive(params: Params, comp_name: str, dst: Path) -> None:
+    """Put the competition's archive at `dst`, from the demo generator or a local file."""
+    comp = get_competition(comp_name)
+    data = params.comp(comp_name).data
+    if data.source == "demo":
+        demo.write_demo_archive(comp, data.demo, params.seed, dst)
+        return
+    src = Path(data.source).expanduser()
+    if not src.is_file():
+        raise FileNotFoundError(
+            f"{comp_name}.data.source points to {str(src)!r}, which does not exist. Download it with "
+            f"`kaggle competitions download -c {comp.slug}` (after accepting the rules on "
+            f"https://www.kaggle.com/c/{comp.slug}/rules) and set the path, or use source: demo."
+        )
+    _link_or_copy(src, dst)
+
+
+def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
+    """Fetch, check and index the archive; return the output folder."""
+    comp = get_competition(comp_name)
+    data = params.comp(comp_name).data
+    paths = Paths(comp_name, root)
+    with atomic_dir(paths.raw) as out:
+        outer = out / f"{comp.slug}.zip"
+        fetch_archive(params, comp_name, outer)
+        shown = data.source if data.source != "demo" else f"demo {outer.name}"
+        listing = archive.list_archive(outer, out, int(data.max_extract_gib * 2**30))
+        train, test = archive.build_index(comp, listing, shown)
+        if outer.name not in set(train["container"]) | set(test["container"]):
+            outer.unlink()  # its nested zips were extracted; no need to keep the images twice
+        write_csv(out / "train.csv", train)
+        write_csv(out / "test.csv", test)
+        write_json(
+            out / "summary.json",
+            {
+                "source": data.source,
+                "train_images": len(train),
+                "test_images": len(test),
+                "classes": train["label"].value_counts().sort_index().to_dict(),
+                "groups": int(train["group"].nunique()),
+            },
+        )
+    return paths.raw
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("comp", help="competition short name, e.g. dogscats")
+    args = parser.parse_args(argv)
+    run(load_params(), args.comp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Stage `features@<comp>`: `data/<comp>/cache/` -> `data/<comp>/features/`, conv features precomputed once.
+
+A frozen timm backbone (eval mode, pooled output) turns every cached image into a feature vector, stored as
+float16: `train.npy` (N, D), `test.npy` (M, D) and, when `features.aug_copies` > 0, `train_aug.npy` (copies, N, D)
+of augmented train images (the course's trick to use augmentation with precomputed features). The backbone's
+exact weights go to `backbone.safetensors`, so finetuning starts from the very network the head was trained on.
+Rows are in the cache's order: never shuffled, so labels stay aligned.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.config import Params, as_dict, load_params
+from pipeline.data import ImageDataset, build_transform, load_cache
+from pipeline.engine import autocast, pick_device
+from pipeline.io import atomic_dir, write_json
+from pipeline.models import create_backbone, normalisation
+from pipeline.paths import Paths
+
+
+@torch.no_grad()
+def extract(backbone, dataset, out: np.ndarray, batch_size: int, device, amp: bool, desc: str) -> None:
+    """Write the backbone's pooled features of every `dataset` row into `out`, in order."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    start = 0
+    for x in tqdm(loader, desc=desc, unit="batch"):
+        with autocast(device, amp):
+            f = backbone(x.to(device, non_blocking=True))
+        out[start : start + len(f)] = f.float().cpu().numpy().astype(np.float16)
+        start += len(f)
+
+
+def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
+    cp = params.comp(comp_name)
+    fp = cp.features
+    paths = Paths(comp_name, root)
+    device = pick_device(params.device)
+    torch.manual_seed(params.seed)
+    backbone = create_backbone(fp).to(device).eval()
+    mean, std = normalisation(backbone)
+    plain = build_transform(mean, std)
+    with atomic_dir(paths.features) as out:
+        dim = backbone.num_features
+        for split in ("train", "test"):
+            images, _ = load_cache(paths.cache, split)
+            arr = np.lib.format.open_memmap(out / f"{split}.npy", "w+", np.float16, (len(images), dim))
+            dataset = ImageDataset(images, np.arange(len(images)), plain)
+            extract(backbone, dataset, arr, fp.batch_size, device, fp.amp, f"{comp_name} {split}")
+            arr.flush()
+        if fp.aug_copies:
+            images, _ = load_cache(paths.cache, "train")
+            shape = (fp.aug_copies, len(images), dim)
+            aug = np.lib.format.open_memmap(out / "train_aug.npy", "w+", np.float16, shape)
+            transform = build_transform(mean, std, cp.augment, seed=params.seed)
+            augmented = ImageDataset(images, np.arange(len(images)), transform)
+            for k in range(fp.aug_copies):
+                extract(backbone, augmented, aug[k], fp.batch_size, device, fp.amp, f"{comp_name} augmented {k + 1}")
+            aug.flush()
+        save_file({k: v.contiguous().cpu() for k, v in backbone.state_dict().items()}, out / "backbone.safetensors")
+        write_json(
+            out / "meta.json",
+            {"num_features": dim, "mean": mean, "std": std, "seed": params.seed,
+             "features": as_dict(fp), "augment": as_dict(cp.augment) if fp.aug_copies else None},
+        )
+    return paths.features
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("comp", help="competition short name, e.g. dogscats")
+    args = parser.parse_args(argv)
+    run(load_params(), args.comp)
+
+
+if __name__ == "__main__":
+    main()

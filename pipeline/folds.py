@@ -1,0 +1,66 @@
+"""Stage `folds@<comp>`: `data/<comp>/raw/train.csv` -> `folds/<comp>.csv`.
+
+One row per train image (in the index's order) with its `fold`. Competitions whose test set holds unseen
+groups (State Farm: unseen drivers) are split with StratifiedGroupKFold, so no group is on both sides of a
+split; the others with StratifiedKFold. Deterministic in `seed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from pipeline.competitions import get_competition
+from pipeline.config import Params, load_params
+from pipeline.io import write_csv
+from pipeline.paths import Paths
+
+
+def assign_folds(train: pd.DataFrame, n_splits: int, seed: int, grouped: bool) -> np.ndarray:
+    """Fold number of each row: stratified by `label`, grouped by `group` when `grouped`."""
+    counts = train["label"].value_counts()
+    if grouped:
+        n_groups = train["group"].nunique()
+        if n_groups < n_splits:
+            raise ValueError(
+                f"{n_groups} groups cannot fill {n_splits} folds without putting a group on both sides; "
+                "use fewer folds in params.yaml (folds:) or more data."
+            )
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        splits = splitter.split(train, train["label"], groups=train["group"])
+    else:
+        if counts.min() < n_splits:
+            raise ValueError(
+                f"class {counts.idxmin()!r} has {counts.min()} image(s), fewer than the {n_splits} folds; "
+                "use fewer folds in params.yaml (folds:) or more data."
+            )
+        splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(train, train["label"])
+    fold = np.full(len(train), -1, dtype=int)
+    for k, (_, val) in enumerate(splits):
+        fold[val] = k
+    return fold
+
+
+def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
+    comp = get_competition(comp_name)
+    paths = Paths(comp_name, root)
+    train = pd.read_csv(paths.raw / "train.csv", dtype={"id": str, "group": str})
+    folds = train[["id", "label", "group"]].copy()
+    folds["fold"] = assign_folds(train, params.n_splits, params.seed, grouped=comp.group_column is not None)
+    write_csv(paths.folds, folds)
+    return paths.folds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("comp", help="competition short name, e.g. statefarm")
+    args = parser.parse_args(argv)
+    run(load_params(), args.comp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Stage `head@<comp>-<fold>`: precomputed features -> a dense head trained on the fold's train rows.
+
+Inputs: `data/<comp>/features/`, `folds/<comp>.csv`. Outputs in `models/<comp>/head/fold<k>/`: `head.safetensors`
+(the best epoch on validation log loss), `oof.csv`, `test.npy`, `params.json`; `metrics/<comp>/head/fold<k>.json`;
+learning curves in `dvclive/<comp>/head/fold<k>/`. Training on features takes seconds, so the head's
+hyperparameters can be tuned without touching the images.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from dvclive import Live
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, TensorDataset
+
+from pipeline.competitions import get_competition
+from pipeline.config import Params, as_dict, load_params
+from pipeline.engine import fit, one_cycle, pick_device, predict
+from pipeline.io import atomic_dir, read_json
+from pipeline.models import create_head
+from pipeline.outputs import fold_split, save_fold
+from pipeline.paths import Paths
+
+
+def _loader(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    tensors = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
+    if y is not None:
+        tensors.append(torch.from_numpy(y.astype(np.int64)))
+    generator = torch.Generator().manual_seed(seed)
+    # drop_last: a lone row in the last batch breaks batch norm's statistics
+    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      drop_last=shuffle and len(x) > batch_size)
+
+
+def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> dict:
+    comp = get_competition(comp_name)
+    hp = params.comp(comp_name).head
+    paths = Paths(comp_name, root)
+    device = pick_device(params.device)
+    torch.manual_seed(params.seed + fold)
+    split = fold_split(paths, comp, fold)
+    feats = np.load(paths.features / "train.npy", mmap_mode="r")
+    x_train, y_train = feats[split.train_rows], split.labels[split.train_rows]
+    aug_file = paths.features / "train_aug.npy"
+    if aug_file.exists():
+        aug = np.load(aug_file, mmap_mode="r")[:, split.train_rows]
+        x_train = np.concatenate([x_train, aug.reshape(-1, aug.shape[-1])])
+        y_train = np.concatenate([y_train] + [split.labels[split.train_rows]] * len(aug))
+    val_labels = split.labels[split.val_rows]
+    train_loader = _loader(x_train, y_train, hp.batch_size, True, params.seed + fold)
+    val_loader = _loader(feats[split.val_rows], val_labels, 1024, False, 0)
+    test_loader = _loader(np.load(paths.features / "test.npy", mmap_mode="r"), None, 1024, False, 0)
+
+    head = create_head(feats.shape[1], comp.num_classes, hp.hidden, hp.dropout).to(device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    scheduler = one_cycle(optimizer, hp.epochs, len(train_loader), hp.warmup)
+    with atomic_dir(paths.model("head", fold)) as out:
+        with Live(dir=str(paths.live("head", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+            best_epoch, history = fit(head, train_loader, val_loader, val_labels, optimizer, scheduler,
+                                      hp.epochs, device, live)
+        save_file({k: v.contiguous().cpu() for k, v in head.state_dict().items()}, out / "head.safetensors")
+        oof = predict(head, val_loader, device)
+        test = predict(head, test_loader, device)
+        info = {"stage": "head", "competition": comp_name, "fold": fold, "seed": params.seed,
+                "head": as_dict(hp), "features": read_json(paths.features / "meta.json"),
+                "best_epoch": best_epoch, "history": history}
+        return save_fold(out, paths.fold_metrics("head", fold), comp, split, oof, test, info)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("comp", help="competition short name, e.g. statefarm")
+    parser.add_argument("fold", type=int, help="validation fold, one of params.yaml's folds")
+    args = parser.parse_args(argv)
+    params = load_params()
+    if args.fold not in params.folds:
+        parser.error(f"fold {args.fold} is not one of params.yaml's folds {list(params.folds)}")
+    run(params, args.comp, args.fold)
+
+
+if __name__ == "__main__":
+    main()

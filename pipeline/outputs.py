@@ -1,0 +1,70 @@
+"""What the per-fold stages (head, finetune) share: the fold's rows, and how their outputs are written and read.
+
+A fold's folder holds `oof.csv` (its validation rows: id, true label, one probability column per class),
+`test.npy` (test probabilities in the cache's order), the weights, and `params.json` (the resolved params,
+seed, best epoch and learning curve that produced them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.competitions import Competition
+from pipeline.data import encode_labels, load_cache, load_folds
+from pipeline.engine import scores
+from pipeline.io import write_csv, write_json
+from pipeline.paths import Paths
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """The train and validation rows of one fold, in the cache's row order."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+
+
+def fold_split(paths: Paths, comp: Competition, fold: int) -> FoldSplit:
+    _, index = load_cache(paths.cache, "train")
+    folds = load_folds(paths.folds, index)
+    labels = encode_labels(index["label"], comp.classes)
+    return FoldSplit(index["id"].to_numpy(), labels, np.flatnonzero(folds != fold), np.flatnonzero(folds == fold))
+
+
+def save_fold(
+    out: Path, metrics_path: Path, comp: Competition, split: FoldSplit, oof: np.ndarray, test: np.ndarray, info: dict
+) -> dict:
+    """Write a fold's predictions, provenance and metrics; return the metrics."""
+    val_labels = split.labels[split.val_rows]
+    oof_df = pd.DataFrame(oof, columns=list(comp.classes))
+    oof_df.insert(0, "label", np.asarray(comp.classes)[val_labels])
+    oof_df.insert(0, "id", split.ids[split.val_rows])
+    write_csv(out / "oof.csv", oof_df)
+    np.save(out / "test.npy", test.astype(np.float32))
+    metrics = {**scores(oof, val_labels), "best_epoch": info.get("best_epoch"), "val_rows": int(len(val_labels))}
+    write_json(out / "params.json", info)
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def load_oof(comp: Competition, dirs: list[Path], ids: np.ndarray) -> np.ndarray:
+    """Stitch the folds' out-of-fold predictions into one (N, C) array in the order of `ids`."""
+    frames = pd.concat([pd.read_csv(d / "oof.csv", dtype={"id": str}) for d in dirs]).set_index("id")
+    missing = set(ids) - set(frames.index)
+    if missing or frames.index.duplicated().any():
+        raise ValueError(
+            f"out-of-fold predictions in {', '.join(map(str, dirs))} do not cover every train image exactly "
+            f"once ({len(missing)} missing); re-run the per-fold stages for every fold in params.yaml."
+        )
+    return frames.loc[ids, list(comp.classes)].to_numpy(dtype=np.float64)
+
+
+def load_test(dirs: list[Path]) -> np.ndarray:
+    """The folds' test predictions averaged."""
+    return np.mean([np.load(d / "test.npy").astype(np.float64) for d in dirs], axis=0)

@@ -1,0 +1,57 @@
+"""Where every stage reads and writes: the one function that derives paths (dvc.yaml mirrors it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    """All paths of one competition, relative to the repository root `root`."""
+
+    comp: str
+    root: Path = Path(".")
+
+    @property
+    def raw(self) -> Path:
+        """download: the archive(s) and the validated image index."""
+        return self.root / "data" / self.comp / "raw"
+
+    @property
+    def cache(self) -> Path:
+        """prepare: decoded, resized uint8 images."""
+        return self.root / "data" / self.comp / "cache"
+
+    @property
+    def features(self) -> Path:
+        """features: pooled backbone features and the backbone's weights."""
+        return self.root / "data" / self.comp / "features"
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds" / f"{self.comp}.csv"
+
+    def model(self, stage: str, fold: int) -> Path:
+        """head/finetune: weights and predictions of one fold."""
+        return self.root / "models" / self.comp / stage / f"fold{fold}"
+
+    def fold_metrics(self, stage: str, fold: int) -> Path:
+        return self.root / "metrics" / self.comp / stage / f"fold{fold}.json"
+
+    def live(self, stage: str, fold: int) -> Path:
+        """dvclive's learning curves of one fold."""
+        return self.root / "dvclive" / self.comp / stage / f"fold{fold}"
+
+    @property
+    def submission(self) -> Path:
+        return self.root / "submissions" / f"{self.comp}.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics" / f"{self.comp}.json"
+
+    @property
+    def ensemble(self) -> Path:
+        """ensemble: out-of-fold and test predictions of the chosen ensemble."""
+        return self.root / "models" / self.comp / "ensemble"

@@ -1,0 +1,54 @@
+"""Kaggle's submission format for each competition, and the checks a file must pass before it is uploaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.competitions import Competition
+
+
+class SubmissionError(ValueError):
+    """A submission that Kaggle would reject or score wrongly."""
+
+
+def read_sample(comp: Competition, raw: Path) -> pd.DataFrame:
+    """The competition's sample_submission.csv, ids as strings (as Kaggle compares them)."""
+    return pd.read_csv(raw / "sample_submission.csv", dtype={comp.id_column: str})
+
+
+def make_submission(comp: Competition, ids, probs: np.ndarray) -> pd.DataFrame:
+    """Class probabilities (N, C) -> the competition's submission frame."""
+    sub = pd.DataFrame({comp.id_column: list(ids)})
+    if comp.binary:
+        sub[comp.submission_columns[0]] = probs[:, -1]  # P(positive class), e.g. P(dog)
+    else:
+        for i, column in enumerate(comp.submission_columns):
+            sub[column] = probs[:, i]
+    return sub
+
+
+def validate_submission(comp: Competition, sub: pd.DataFrame, sample: pd.DataFrame, name: str = "submission") -> None:
+    """Raise SubmissionError listing every way `sub` differs from what Kaggle expects."""
+    problems = []
+    if list(sub.columns) != list(sample.columns):
+        problems.append(f"columns are {list(sub.columns)}, expected {list(sample.columns)}")
+    elif len(sub) != len(sample):
+        problems.append(f"{len(sub)} rows, expected {len(sample)} (one per test image)")
+    elif list(sub[comp.id_column].astype(str)) != list(sample[comp.id_column].astype(str)):
+        problems.append(f"the {comp.id_column!r} column does not list sample_submission.csv's ids in its order")
+    else:
+        values = sub[list(comp.submission_columns)].to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            problems.append("some probabilities are missing or not finite")
+        elif (values < 0).any() or (values > 1).any():
+            problems.append("some probabilities are outside [0, 1]")
+        elif not comp.binary and not np.allclose(values.sum(axis=1), 1.0, atol=1e-4):
+            problems.append("some rows' probabilities do not sum to 1")
+    if problems:
+        raise SubmissionError(
+            f"{name} is not a valid {comp.title} submission: " + "; ".join(problems)
+            + ". Re-create it with `dvc repro ensemble@" + comp.name + "`."
+        )
