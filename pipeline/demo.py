@@ -99,19 +99,21 @@ def _driver_look(rng: np.random.Generator) -> dict:
     }
 
 
-# Where the driver's hand (or object) is, relative to the torso's centre, in pixels of the 128x96 frame.
-# The driver faces the camera: their right hand is on the image's left, so a flip swaps c1<->c3 and c2<->c4.
+# What the driver holds (colour) and where, relative to the torso's centre, in pixels of the 128x96 frame.
+# The colour tells the activity, the position tells which hand: the driver faces the camera, so their right
+# hand is on the image's left, and a horizontal flip swaps c1<->c3 and c2<->c4 exactly as on the real frames.
+_PHONE, _WHITE = (40, 220, 60), (250, 250, 250)
 _POSES = {
-    "c0": [(-22, 10), (22, 10)],  # both hands on the wheel
-    "c1": [(-16, 22)],  # texting, right
-    "c2": [(-12, -20)],  # phone at the ear, right
-    "c3": [(16, 22)],  # texting, left
-    "c4": [(12, -20)],  # phone at the ear, left
-    "c5": [(40, 14)],  # radio, far to the side
-    "c6": [(0, -14)],  # drinking at the mouth
-    "c7": [(-40, -30)],  # reaching behind
-    "c8": [(0, -40)],  # hair and makeup, above the head
-    "c9": [(30, -36)],  # turned to the passenger
+    "c0": [((-22, 10), _WHITE), ((22, 10), _WHITE)],  # both hands on the wheel
+    "c1": [((-16, 22), _PHONE)],  # texting, right
+    "c2": [((-14, -22), _PHONE)],  # phone at the ear, right
+    "c3": [((16, 22), _PHONE)],  # texting, left
+    "c4": [((14, -22), _PHONE)],  # phone at the ear, left
+    "c5": [((40, 14), (255, 150, 0))],  # radio, far to the side
+    "c6": [((0, -14), (40, 90, 255))],  # drinking at the mouth
+    "c7": [((-40, -30), (230, 30, 30))],  # reaching behind
+    "c8": [((0, -40), (230, 40, 220))],  # hair and makeup, above the head
+    "c9": [((30, -36), (250, 240, 40))],  # turned to the passenger
 }
 
 
@@ -124,10 +126,10 @@ def driver_frame(rng: np.random.Generator, look: dict, label: str) -> Image.Imag
     cy = h * 0.62 + look["y"] + rng.normal(0, 1.5)
     draw.rectangle([cx - 18, cy - 14, cx + 18, cy + 40], fill=look["shirt"])
     draw.ellipse([cx - 10, cy - 38, cx + 10, cy - 16], fill=look["skin"])
-    for dx, dy in _POSES[label]:
+    for (dx, dy), colour in _POSES[label]:
         hx, hy = cx + dx + rng.normal(0, 1.5), cy + dy + rng.normal(0, 1.5)
-        draw.line([cx, cy, hx, hy], fill=look["shirt"], width=5)
-        draw.ellipse([hx - 6, hy - 6, hx + 6, hy + 6], fill=(250, 250, 250))
+        draw.line([cx, cy, hx, hy], fill=colour, width=7)
+        draw.ellipse([hx - 11, hy - 11, hx + 11, hy + 11], fill=colour)
     arr = np.asarray(img, dtype=np.float32) * look["gain"]
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 

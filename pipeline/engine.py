@@ -44,7 +44,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, amp=False, chan
     """One pass over `loader`, stepping `scheduler` per batch; returns the mean training loss."""
     model.train()
     total, count = 0.0, 0
-    for x, y in tqdm(loader, desc="train", leave=False, unit="batch"):
+    for x, y in tqdm(loader, desc="train", leave=False, unit="batch", disable=None):
         x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
         with autocast(device, amp):
             loss = F.cross_entropy(model(x), y)
@@ -62,7 +62,7 @@ def predict(model, loader, device, views=("identity",), amp=False, channels_last
     """Class probabilities for every row of `loader` (in order), averaged over the test-time `views`."""
     model.eval()
     out = []
-    for batch in tqdm(loader, desc="predict", leave=False, unit="batch"):
+    for batch in tqdm(loader, desc="predict", leave=False, unit="batch", disable=None):
         x = _to(batch[0] if isinstance(batch, (list, tuple)) else batch, device, channels_last)
         probs = 0
         for view in views:
