@@ -49,7 +49,7 @@ class DataParams:
     source: str = field(default="demo", metadata={"doc": "'demo', 'kaggle', or a path to the Kaggle .zip"})
     demo: DemoParams = DemoParams()
     max_extract_gib: float = field(
-        default=64.0, metadata=_range(0.001, 10_000, "cap on uncompressed bytes read from the archive")
+        default=64.0, metadata=_range(1e-6, 10_000, "cap on uncompressed bytes read from the archive")
     )
 
 
@@ -157,6 +157,12 @@ class Params:
     @property
     def n_splits(self) -> int:
         return len(self.folds)
+
+    def to_dict(self) -> dict:
+        """Every value, defaults included, as params.yaml would spell it."""
+        top = {"competitions": list(self.competitions), "folds": list(self.folds), "seed": self.seed,
+               "device": self.device}
+        return _plain({**top, **{name: as_dict(cp) for name, cp in self.sections.items()}})
 
 
 TOP_KEYS = ("competitions", "folds", "seed", "device")
@@ -319,4 +325,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 def as_dict(obj) -> dict:
     """A params section as plain data, for saving next to the outputs it produced."""
-    return dataclasses.asdict(obj)
+    return _plain(dataclasses.asdict(obj))
+
+
+def _plain(value):
+    """Tuples to lists, recursively, so YAML and JSON writers take the value."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

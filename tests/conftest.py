@@ -1,0 +1,101 @@
+"""Tiny, real fixtures: demo archives in the exact Kaggle layouts, tiny timm models, 32 px images."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import download, ensemble, features, finetune, folds, head, prepare
+from pipeline.config import parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+_STAGE = {
+    "data": {"source": "demo", "demo": {"train_per_class": 6, "test": 5, "drivers": 3}},
+    "prepare": {"num_workers": 2},
+    "features": {"backbone": "test_resnet", "pretrained": False, "batch_size": 16, "aug_copies": 1},
+    "head": {"hidden": 16, "epochs": 3, "batch_size": 8, "lr": 0.01},
+    "finetune": {"epochs": 2, "batch_size": 8, "lr": 0.01},
+}
+
+TINY = {
+    "competitions": ["dogscats", "statefarm"],
+    "folds": [0, 1, 2],
+    "seed": 0,
+    "device": "cpu",
+    "dogscats": {**copy.deepcopy(_STAGE), "prepare": {"image_size": [32, 32]},
+                 "augment": {"hflip": 0.5}, "finetune": {**_STAGE["finetune"], "tta": ["identity", "hflip"]}},
+    "statefarm": {**copy.deepcopy(_STAGE), "prepare": {"image_size": [24, 32]},
+                  "finetune": {**_STAGE["finetune"], "tta": ["identity", "zoom"]}},
+}
+
+
+def tiny_raw(**changes) -> dict:
+    """The tiny params as a plain mapping; `changes` maps dotted keys to new values."""
+    raw = copy.deepcopy(TINY)
+    for dotted, value in changes.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return raw
+
+
+def tiny_params(**changes):
+    return parse_params(tiny_raw(**changes), "tiny params")
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run in an empty folder (dvclive looks for a DVC repo in the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """Every stage's run(), both competitions, all folds, once per test session on tiny data."""
+    root = tmp_path_factory.mktemp("pipeline")
+    params = tiny_params()
+    cwd = os.getcwd()
+    os.chdir(root)
+    results = {}
+    try:
+        for comp in params.competitions:
+            download.run(params, comp, root)
+            folds.run(params, comp, root)
+            prepare.run(params, comp, root)
+            features.run(params, comp, root)
+            for k in params.folds:
+                results[comp, "head", k] = head.run(params, comp, k, root)
+                results[comp, "finetune", k] = finetune.run(params, comp, k, root)
+            results[comp, "ensemble"] = ensemble.run(params, comp, root)
+    finally:
+        os.chdir(cwd)
+    return root, params, results
+
+
+def jpeg_bytes(size=(40, 30), colour=(120, 60, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size[1], size[0], 3), colour, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def write_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def read_zip(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {i.filename: zf.read(i) for i in zf.infolist()}

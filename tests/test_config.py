@@ -1,0 +1,101 @@
+import pytest
+import yaml
+
+from conftest import REPO, tiny_raw
+from pipeline.config import ConfigError, load_params, parse_params
+
+
+def test_shipped_params_load_and_use_the_demo_offline():
+    params = load_params(REPO / "params.yaml")
+    assert params.competitions == ("dogscats", "statefarm")
+    assert params.folds == (0, 1, 2, 3, 4)
+    for comp in params.competitions:
+        cp = params.comp(comp)
+        assert cp.data.source == "demo"
+        assert cp.features.pretrained is False  # no weights can be downloaded offline
+    assert params.comp("statefarm").augment.hflip == 0
+    assert "hflip" not in params.comp("statefarm").finetune.tta
+
+
+def _error(raw) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_params(raw, "params.yaml")
+    return str(e.value)
+
+
+def test_unknown_key_names_the_key_and_the_allowed_keys():
+    msg = _error(tiny_raw(**{"dogscats.head.lrr": 0.1}))
+    assert "dogscats.head.lrr: unknown key" in msg
+    assert "lr" in msg and "dropout" in msg
+
+
+def test_out_of_range_and_wrong_type_are_all_reported_at_once():
+    msg = _error(tiny_raw(**{"dogscats.head.dropout": 1.5, "statefarm.head.epochs": "ten", "seed": -1}))
+    assert "3 problem(s)" in msg
+    assert "dogscats.head.dropout: must be between 0.0 and 0.95, got 1.5" in msg
+    assert "statefarm.head.epochs: expected an integer, got 'ten'" in msg
+    assert "seed" in msg
+
+
+def test_choice_error_lists_allowed_values():
+    msg = _error(tiny_raw(**{"dogscats.ensemble.calibration": "platt"}))
+    assert "'auto', 'temperature', 'clip', 'none'" in msg and "'platt'" in msg
+
+
+def test_statefarm_refuses_horizontal_flips_in_augmentation_and_tta():
+    msg = _error(tiny_raw(**{"statefarm.augment.hflip": 0.5, "statefarm.finetune.tta": ["identity", "hflip"]}))
+    assert "statefarm.augment.hflip: must be 0" in msg
+    assert "statefarm.finetune.tta: must not contain 'hflip'" in msg
+    assert "texting, right" in msg
+
+
+def test_dogscats_allows_flips():
+    params = parse_params(tiny_raw(**{"dogscats.augment.hflip": 0.5}))
+    assert params.comp("dogscats").augment.hflip == 0.5
+
+
+def test_yaml_scientific_notation_without_dot_is_a_number():
+    raw = yaml.safe_load("lr: 1e-3")
+    assert raw["lr"] == "1e-3"  # what PyYAML does; the config accepts it anyway
+    params = parse_params(tiny_raw(**{"dogscats.head.lr": raw["lr"]}))
+    assert params.comp("dogscats").head.lr == pytest.approx(1e-3)
+
+
+def test_unknown_competition_and_top_level_key():
+    msg = _error({**tiny_raw(competitions=["dogscats", "mnist"]), "mnist": {}})
+    assert "unknown competition 'mnist'" in msg
+    assert "mnist: unknown top-level key" in msg
+
+
+def test_folds_must_be_a_k_fold_range():
+    assert "folds: must be 0, 1, ..., k-1" in _error(tiny_raw(folds=[0, 2]))
+    assert "folds: must be 0, 1, ..., k-1" in _error(tiny_raw(folds=[0]))
+
+
+def test_source_must_be_demo_kaggle_or_zip_and_kaggle_says_it_is_not_there_yet():
+    assert "must be 'demo', 'kaggle' or a path to a .zip; got 'kagle'" in _error(tiny_raw(**{"dogscats.data.source": "kagle"}))
+    assert "not available yet" in _error(tiny_raw(**{"dogscats.data.source": "kaggle"}))
+
+
+def test_unknown_tta_view():
+    assert "unknown view 'rot90'" in _error(tiny_raw(**{"dogscats.finetune.tta": ["rot90"]}))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_params_are_frozen():
+    params = parse_params(tiny_raw())
+    with pytest.raises(AttributeError):
+        params.comp("dogscats").head.lr = 1.0
+
+
+def test_to_dict_round_trips_every_value():
+    params = parse_params(tiny_raw())
+    assert parse_params(yaml.safe_load(yaml.safe_dump(params.to_dict()))) == params
