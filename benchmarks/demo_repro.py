@@ -1,0 +1,76 @@
+"""Benchmark: the offline demo end to end, as a user runs it from a fresh clone.
+
+Times, in one run on this machine: a full `dvc repro` (target: <= 10 minutes on 2 cores), a no-op `dvc repro`
+(target: <= 5 s), and a re-run after changing a head param (must reuse download, folds, prepare, features).
+The baseline measured in the same run is one interpreter start with the pipeline imported, the fixed cost every
+DVC stage pays; ratios are printed against it and against the full run.
+
+    python benchmarks/demo_repro.py [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(args, cwd) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start, result.stdout + result.stderr
+
+
+def stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", type=Path, help="clone into this folder and keep it")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="demo-bench-"))
+    subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
+    dvc = [sys.executable, "-m", "dvc"]
+
+    startup, _ = timed([sys.executable, "-c", "import pipeline.finetune"], work)
+    full, out = timed(dvc + ["repro", "-f"], work)
+    n_stages = len(stages(out))
+    noop, out_noop = timed(dvc + ["repro"], work)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["statefarm"]["head"]["dropout"] = round(params["statefarm"]["head"]["dropout"] / 2, 3)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    change, out_change = timed(dvc + ["repro"], work)
+    rerun = stages(out_change)
+    upstream = [s for s in rerun if s.split("@")[0] in ("download", "folds", "prepare", "features")]
+
+    rows = [
+        ("interpreter start + imports (baseline)", startup, 1.0, "-"),
+        (f"full dvc repro ({n_stages} stages)", full, full / startup, "<= 600 s: " + ("ok" if full <= 600 else "MISSED")),
+        ("no-op dvc repro", noop, noop / startup, "<= 5 s: " + ("ok" if noop <= 5 and not stages(out_noop) else "MISSED")),
+        (f"head param changed ({len(rerun)} stages)", change, change / startup,
+         "no upstream re-run: " + ("ok" if not upstream else f"MISSED {upstream}")),
+    ]
+    print(f"{'what':45s} {'seconds':>9s} {'x baseline':>11s}  target")
+    for name, seconds, ratio, target in rows:
+        print(f"{name:45s} {seconds:9.1f} {ratio:11.1f}  {target}")
+    print(f"stage start-up share of the full run: {n_stages * startup / full:.0%}")
+    metrics = {c: yaml.safe_load((work / "metrics" / f"{c}.json").read_text()) for c in ("dogscats", "statefarm")}
+    for comp, m in metrics.items():
+        print(f"{comp}: CV logloss {m['logloss']:.4f}, accuracy {m['accuracy']:.4f} ({m['member']}, {m['calibration']})")
+    if not args.keep:
+        print(f"(clone left in {work}; delete it when done)")
+
+
+if __name__ == "__main__":
+    main()
