@@ -5,11 +5,15 @@ from __future__ import annotations
 import copy
 import io
 import os
+import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from pipeline import download, ensemble, features, finetune, folds, head, prepare
@@ -99,3 +103,27 @@ def write_zip(path: Path, files: dict[str, bytes]) -> Path:
 def read_zip(path: Path) -> dict[str, bytes]:
     with zipfile.ZipFile(path) as zf:
         return {i.filename: zf.read(i) for i in zf.infolist()}
+
+
+def make_project(root: Path, params) -> dict[str, str]:
+    """A git-committed copy of this repository's pipeline in `root` with `params`; returns the environment
+    (this interpreter's bin first on PATH) that `dvc repro` and the console script need."""
+    for name in ("pipeline", ".dvc"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+               DVC_NO_ANALYTICS="1", PYTHONPATH=str(root))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "tiny project"]):
+        subprocess.run(git + args, cwd=root, env=env, check=True, capture_output=True)
+    return env
+
+
+def sh(args, cwd, env, ok=True) -> subprocess.CompletedProcess:
+    """Run a command; with `ok`, fail the test with its output unless it succeeds."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if ok:
+        assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result

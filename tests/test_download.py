@@ -168,3 +168,8 @@ def test_rerun_replaces_output_whole(tmp_path):
     download.run(params, "dogscats", tmp_path)
     assert not (raw / "stale.txt").exists()
     assert raw == Paths("dogscats", tmp_path).raw
+
+
+def test_unknown_competition_lists_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match="Unknown competition 'mnist'; known competitions are 'dogscats', 'statefarm'"):
+        download.run(tiny_params(), "mnist", tmp_path)

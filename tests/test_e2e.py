@@ -2,25 +2,16 @@
 re-run, and a head-param change that re-runs nothing upstream of the head."""
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, tiny_params
+from conftest import make_project, sh, tiny_params
 from pipeline.competitions import get_competition
 from pipeline.submission import read_sample, validate_submission
-
-
-def sh(args, cwd, env):
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
 
 
 def ran(output: str) -> set[str]:
@@ -30,19 +21,13 @@ def ran(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    for name in ("pipeline", ".dvc"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(folds=[0, 1]).to_dict(), sort_keys=False))
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-               DVC_NO_ANALYTICS="1", PYTHONPATH=str(root))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    sh(git + ["init", "-q"], root, env)
-    sh(git + ["add", "-A"], root, env)
-    sh(git + ["commit", "-qm", "tiny project"], root, env)
-    first = sh([sys.executable, "-m", "dvc", "repro"], root, env)
-    return root, env, first
+    env = make_project(root, tiny_params(folds=[0, 1]))
+    return root, env, repro(root, env)
+
+
+def repro(root, env) -> str:
+    result = sh([sys.executable, "-m", "dvc", "repro"], root, env)
+    return result.stdout + result.stderr
 
 
 def test_repro_writes_both_valid_submissions_and_metrics(project):
@@ -52,19 +37,19 @@ def test_repro_writes_both_valid_submissions_and_metrics(project):
         comp = get_competition(name)
         sub = pd.read_csv(root / "submissions" / f"{name}.csv", dtype={comp.id_column: str})
         validate_submission(comp, sub, read_sample(comp, root / "data" / name / "raw"))
-    shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env))
+    shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env).stdout)
     metrics = next(iter(shown.values()))["data"]
     for name in ("dogscats", "statefarm"):
         assert metrics[f"metrics/{name}.json"]["data"]["logloss"] > 0
         assert "finetune_logloss" in metrics[f"metrics/{name}.json"]["data"]["folds"]["1"]
         assert metrics[f"metrics/{name}/head/fold0.json"]["data"]["accuracy"] >= 0
-    status = sh(["git", "status", "--porcelain"], root, env)
+    status = sh(["git", "status", "--porcelain"], root, env).stdout
     assert status.strip() in ("", "?? dvc.lock", "M dvc.lock"), f"outputs must be git-ignored:\n{status}"
 
 
 def test_noop_repro_runs_nothing(project):
     root, env, _ = project
-    assert ran(sh([sys.executable, "-m", "dvc", "repro"], root, env)) == set()
+    assert ran(repro(root, env)) == set()
 
 
 def test_head_param_change_reruns_only_downstream_of_the_head(project):
@@ -72,7 +57,7 @@ def test_head_param_change_reruns_only_downstream_of_the_head(project):
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["statefarm"]["head"]["dropout"] = 0.25
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    again = ran(sh([sys.executable, "-m", "dvc", "repro"], root, env))
+    again = ran(repro(root, env))
     assert {"head@statefarm-0", "head@statefarm-1"} <= again
     assert again <= {"head@statefarm-0", "head@statefarm-1", "finetune@statefarm-0", "finetune@statefarm-1",
                      "ensemble@statefarm"}
