@@ -46,7 +46,9 @@ class DemoParams:
 class DataParams:
     """Where the competition's archive comes from."""
 
-    source: str = field(default="demo", metadata={"doc": "'demo', 'kaggle', or a path to the Kaggle .zip"})
+    source: str = field(
+        default="demo", metadata={"doc": "'demo', 'kaggle' (download with the official client), or a path to the .zip"}
+    )
     demo: DemoParams = DemoParams()
     max_extract_gib: float = field(
         default=64.0, metadata=_range(1e-6, 10_000, "cap on uncompressed bytes read from the archive")
@@ -267,12 +269,7 @@ def _check_competition(name: str, cp: CompetitionParams, errors: list[str]) -> N
     if not cp.finetune.tta:
         errors.append(f"{name}.finetune.tta: needs at least one view, e.g. ['identity']")
     source = cp.data.source
-    if source == "kaggle":
-        errors.append(
-            f"{name}.data.source: 'kaggle' downloads are not available yet in this version; download "
-            f"the archive yourself (kaggle competitions download -c {comp.slug}) and set source to its path"
-        )
-    elif source != "demo" and not source.endswith(".zip"):
+    if source not in ("demo", "kaggle") and not source.endswith(".zip"):
         errors.append(f"{name}.data.source: must be 'demo', 'kaggle' or a path to a .zip; got {source!r}")
 
 

@@ -1,6 +1,8 @@
 """Stage `download@<comp>`: the competition's archive -> `data/<comp>/raw/`.
 
-Inputs: `<comp>.data` in params.yaml (`source`: the built-in demo, or a path to Kaggle's zip).
+Inputs: `<comp>.data` in params.yaml (`source`: the built-in demo, `kaggle`, or a path to Kaggle's zip).
+With `kaggle`, the official client downloads into `data/<comp>/kaggle/` (kept between runs: an up-to-date copy
+is not fetched again; delete it to force a fresh download).
 Outputs in `data/<comp>/raw/`: the zip(s) holding the images, the extracted CSVs, and the checked index
 `train.csv` (id, label, group, container, member) and `test.csv` (id, container, member, in
 sample_submission.csv's order). Nothing is written unless the whole archive passes the checks.
@@ -13,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline import archive, demo
+from pipeline import archive, demo, kaggle_api
 from pipeline.competitions import get_competition
 from pipeline.config import Params, load_params
 from pipeline.io import atomic_dir, write_csv, write_json
@@ -28,12 +30,15 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def fetch_archive(params: Params, comp_name: str, dst: Path) -> None:
-    """Put the competition's archive at `dst`, from the demo generator or a local file."""
+def fetch_archive(params: Params, comp_name: str, dst: Path, paths: Paths) -> None:
+    """Put the competition's archive at `dst`, from the demo generator, Kaggle, or a local file."""
     comp = get_competition(comp_name)
     data = params.comp(comp_name).data
     if data.source == "demo":
         demo.write_demo_archive(comp, data.demo, params.seed, dst)
+        return
+    if data.source == "kaggle":
+        _link_or_copy(kaggle_api.download_competition(comp.slug, paths.download), dst)
         return
     src = Path(data.source).expanduser()
     if not src.is_file():
@@ -52,10 +57,17 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     paths = Paths(comp_name, root)
     with atomic_dir(paths.raw) as out:
         outer = out / f"{comp.slug}.zip"
-        fetch_archive(params, comp_name, outer)
-        shown = data.source if data.source != "demo" else f"demo {outer.name}"
-        listing = archive.list_archive(outer, out, int(data.max_extract_gib * 2**30))
-        train, test = archive.build_index(comp, listing, shown)
+        fetch_archive(params, comp_name, outer, paths)
+        shown = {"demo": f"demo {outer.name}", "kaggle": f"Kaggle's {outer.name}"}.get(data.source, data.source)
+        try:
+            listing = archive.list_archive(outer, out, int(data.max_extract_gib * 2**30))
+            train, test = archive.build_index(comp, listing, shown)
+        except archive.ArchiveError as e:
+            if data.source != "kaggle":
+                raise
+            # a broken download must not be reused by the next run
+            (paths.download / outer.name).unlink(missing_ok=True)
+            raise archive.ArchiveError(f"{e} (The broken download was deleted; the next run fetches it again.)") from None
         if outer.name not in set(train["container"]) | set(test["container"]):
             outer.unlink()  # its nested zips were extracted; no need to keep the images twice
         write_csv(out / "train.csv", train)

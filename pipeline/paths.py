@@ -19,6 +19,11 @@ class Paths:
         return self.root / "data" / self.comp / "raw"
 
     @property
+    def download(self) -> Path:
+        """Kaggle downloads, kept outside DVC's outputs so a re-run does not fetch gigabytes again."""
+        return self.root / "data" / self.comp / "kaggle"
+
+    @property
     def cache(self) -> Path:
         """prepare: decoded, resized uint8 images."""
         return self.root / "data" / self.comp / "cache"

@@ -72,9 +72,10 @@ def test_folds_must_be_a_k_fold_range():
     assert "folds: must be 0, 1, ..., k-1" in _error(tiny_raw(folds=[0]))
 
 
-def test_source_must_be_demo_kaggle_or_zip_and_kaggle_says_it_is_not_there_yet():
+def test_source_must_be_demo_kaggle_or_zip():
     assert "must be 'demo', 'kaggle' or a path to a .zip; got 'kagle'" in _error(tiny_raw(**{"dogscats.data.source": "kagle"}))
-    assert "not available yet" in _error(tiny_raw(**{"dogscats.data.source": "kaggle"}))
+    for source in ("demo", "kaggle", "~/downloads/x.zip"):
+        assert parse_params(tiny_raw(**{"dogscats.data.source": source})).comp("dogscats").data.source == source
 
 
 def test_unknown_tta_view():
