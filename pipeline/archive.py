@@ -17,13 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.competitions import Competition
+from pipeline.errors import ArchiveError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 EXAMPLES = 5
-
-
-class ArchiveError(ValueError):
-    """The archive is unsafe, broken or not in the competition's layout; the message says what to do."""
 
 
 @dataclass

@@ -12,13 +12,8 @@ import sys
 import pandas as pd
 
 from pipeline import submit
-from pipeline.archive import ArchiveError
 from pipeline.competitions import COMPETITIONS
-from pipeline.config import ConfigError
-from pipeline.kaggle_api import KaggleError
-from pipeline.submission import SubmissionError
-
-USER_ERRORS = (KaggleError, SubmissionError, ArchiveError, ConfigError, FileNotFoundError)
+from pipeline.errors import PipelineError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             board = submit.leaderboard(args.comp)
             with pd.option_context("display.width", 200, "display.max_colwidth", 40):
                 print(board.to_string(index=False) if len(board) else "No submissions yet.")
-    except USER_ERRORS as e:
+    except (PipelineError, FileNotFoundError) as e:
         print(f"pipeline {args.command}: {e}", file=sys.stderr)
         return 1
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pipeline.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Competition:
@@ -106,4 +108,4 @@ def get_competition(name: str) -> Competition:
         return COMPETITIONS[name]
     except KeyError:
         known = ", ".join(repr(n) for n in COMPETITIONS)
-        raise ValueError(f"Unknown competition {name!r}; known competitions are {known}.") from None
+        raise ConfigError(f"Unknown competition {name!r}; known competitions are {known}.") from None

@@ -15,12 +15,9 @@ from pathlib import Path
 import yaml
 
 from pipeline.competitions import COMPETITIONS, get_competition
+from pipeline.errors import ConfigError
 
 TTA_VIEWS = ("identity", "hflip", "zoom")
-
-
-class ConfigError(ValueError):
-    """params.yaml has problems; the message lists every one of them."""
 
 
 def _range(lo=None, hi=None, doc=""):

@@ -10,16 +10,16 @@ sample_submission.csv's order). Nothing is written unless the whole archive pass
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from pathlib import Path
 
 from pipeline import archive, demo, kaggle_api
 from pipeline.competitions import get_competition
-from pipeline.config import Params, load_params
+from pipeline.config import Params
 from pipeline.io import atomic_dir, write_csv, write_json
 from pipeline.paths import Paths
+from pipeline.stage import stage_main
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -86,10 +86,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("comp", help="competition short name, e.g. dogscats")
-    args = parser.parse_args(argv)
-    run(load_params(), args.comp)
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,19 @@ other folds only. Outputs: the submission (checked against sample_submission.csv
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
 from pipeline.competitions import Competition, get_competition
-from pipeline.config import Params, as_dict, load_params
+from pipeline.config import Params, as_dict
 from pipeline.data import encode_labels, load_cache, load_folds
 from pipeline.engine import KAGGLE_EPS, scores
 from pipeline.io import read_json, write_csv, write_json
 from pipeline.outputs import load_oof, load_test
 from pipeline.paths import Paths
+from pipeline.stage import stage_main
 from pipeline.submission import make_submission, read_sample, validate_submission
 
 STAGES = ("head", "finetune")
@@ -118,10 +118,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("comp", help="competition short name, e.g. dogscats")
-    args = parser.parse_args(argv)
-    run(load_params(), args.comp)
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -9,21 +9,20 @@ Rows are in the cache's order: never shuffled, so labels stay aligned.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.config import Params, as_dict, load_params
+from pipeline.config import Params, as_dict
 from pipeline.data import ImageDataset, build_transform, load_cache
 from pipeline.engine import autocast, pick_device
 from pipeline.io import atomic_dir, write_json
-from pipeline.models import create_backbone, normalisation
+from pipeline.models import create_backbone, normalisation, save_weights
 from pipeline.paths import Paths
+from pipeline.stage import stage_main
 
 
 @torch.no_grad()
@@ -64,7 +63,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
             for k in range(fp.aug_copies):
                 extract(backbone, augmented, aug[k], fp.batch_size, device, fp.amp, f"{comp_name} augmented {k + 1}")
             aug.flush()
-        save_file({k: v.contiguous().cpu() for k, v in backbone.state_dict().items()}, out / "backbone.safetensors")
+        save_weights(backbone, out / "backbone.safetensors")
         write_json(
             out / "meta.json",
             {"num_features": dim, "mean": mean, "std": std, "seed": params.seed,
@@ -74,10 +73,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("comp", help="competition short name, e.g. dogscats")
-    args = parser.parse_args(argv)
-    run(load_params(), args.comp)
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -11,23 +11,23 @@ curves in `dvclive/<comp>/finetune/fold<k>/`.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 from dvclive import Live
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from pipeline.competitions import get_competition
-from pipeline.config import Params, as_dict, load_params
+from pipeline.config import Params, as_dict
 from pipeline.data import ImageDataset, build_transform, load_cache
 from pipeline.engine import fit, one_cycle, pick_device, predict
 from pipeline.io import atomic_dir, read_json
-from pipeline.models import Classifier, create_backbone, create_head
+from pipeline.models import Classifier, create_backbone, create_head, save_weights
 from pipeline.outputs import fold_split, save_fold
 from pipeline.paths import Paths
+from pipeline.stage import stage_main
 
 
 def load_start(params: Params, comp_name: str, fold: int, paths: Paths) -> Classifier:
@@ -78,7 +78,7 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
         with Live(dir=str(paths.live("finetune", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
             best_epoch, history = fit(model, train_loader, val_loader, val_labels, optimizer, scheduler,
                                       ft.epochs, device, live, **amp)
-        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, out / "model.safetensors")
+        save_weights(model, out / "model.safetensors")
         oof = predict(model, val_loader, device, ft.tta, **amp)
         test = predict(model, test_loader, device, ft.tta, **amp)
         info = {"stage": "finetune", "competition": comp_name, "fold": fold, "seed": params.seed,
@@ -88,14 +88,7 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("comp", help="competition short name, e.g. statefarm")
-    parser.add_argument("fold", type=int, help="validation fold, one of params.yaml's folds")
-    args = parser.parse_args(argv)
-    params = load_params()
-    if args.fold not in params.folds:
-        parser.error(f"fold {args.fold} is not one of params.yaml's folds {list(params.folds)}")
-    run(params, args.comp, args.fold)
+    stage_main(__doc__, run, per_fold=True, argv=argv)
 
 
 if __name__ == "__main__":

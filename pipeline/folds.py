@@ -7,7 +7,6 @@ split; the others with StratifiedKFold. Deterministic in `seed`.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,11 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from pipeline.competitions import get_competition
-from pipeline.config import Params, load_params
+from pipeline.config import Params
+from pipeline.errors import ConfigError
 from pipeline.io import write_csv
 from pipeline.paths import Paths
+from pipeline.stage import stage_main
 
 
 def assign_folds(train: pd.DataFrame, n_splits: int, seed: int, grouped: bool) -> np.ndarray:
@@ -26,7 +27,7 @@ def assign_folds(train: pd.DataFrame, n_splits: int, seed: int, grouped: bool) -
     if grouped:
         n_groups = train["group"].nunique()
         if n_groups < n_splits:
-            raise ValueError(
+            raise ConfigError(
                 f"{n_groups} groups cannot fill {n_splits} folds without putting a group on both sides; "
                 "use fewer folds in params.yaml (folds:) or more data."
             )
@@ -34,7 +35,7 @@ def assign_folds(train: pd.DataFrame, n_splits: int, seed: int, grouped: bool) -
         splits = splitter.split(train, train["label"], groups=train["group"])
     else:
         if counts.min() < n_splits:
-            raise ValueError(
+            raise ConfigError(
                 f"class {counts.idxmin()!r} has {counts.min()} image(s), fewer than the {n_splits} folds; "
                 "use fewer folds in params.yaml (folds:) or more data."
             )
@@ -56,10 +57,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("comp", help="competition short name, e.g. statefarm")
-    args = parser.parse_args(argv)
-    run(load_params(), args.comp)
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

@@ -8,22 +8,21 @@ hyperparameters can be tuned without touching the images.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 from dvclive import Live
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.competitions import get_competition
-from pipeline.config import Params, as_dict, load_params
+from pipeline.config import Params, as_dict
 from pipeline.engine import fit, one_cycle, pick_device, predict
 from pipeline.io import atomic_dir, read_json
-from pipeline.models import create_head
+from pipeline.models import create_head, save_weights
 from pipeline.outputs import fold_split, save_fold
 from pipeline.paths import Paths
+from pipeline.stage import stage_main
 
 
 def _loader(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
@@ -62,7 +61,7 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
         with Live(dir=str(paths.live("head", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
             best_epoch, history = fit(head, train_loader, val_loader, val_labels, optimizer, scheduler,
                                       hp.epochs, device, live)
-        save_file({k: v.contiguous().cpu() for k, v in head.state_dict().items()}, out / "head.safetensors")
+        save_weights(head, out / "head.safetensors")
         oof = predict(head, val_loader, device)
         test = predict(head, test_loader, device)
         info = {"stage": "head", "competition": comp_name, "fold": fold, "seed": params.seed,
@@ -72,14 +71,7 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("comp", help="competition short name, e.g. statefarm")
-    parser.add_argument("fold", type=int, help="validation fold, one of params.yaml's folds")
-    args = parser.parse_args(argv)
-    params = load_params()
-    if args.fold not in params.folds:
-        parser.error(f"fold {args.fold} is not one of params.yaml's folds {list(params.folds)}")
-    run(params, args.comp, args.fold)
+    stage_main(__doc__, run, per_fold=True, argv=argv)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,14 @@ import io
 import zipfile
 from pathlib import Path
 
+from pipeline.errors import KaggleError
+
 CREDENTIALS_HELP = (
     "Kaggle needs your API credentials. Create a token on https://www.kaggle.com/settings (API > Create New "
     "Token), then either save the downloaded kaggle.json as ~/.kaggle/kaggle.json (chmod 600; KAGGLE_CONFIG_DIR "
     "moves the folder), or set KAGGLE_USERNAME and KAGGLE_KEY, or set KAGGLE_API_TOKEN to a new-style access token."
 )
 UPLOAD_FAILED = "Could not submit to competition"
-
-
-class KaggleError(RuntimeError):
-    """Kaggle could not do what was asked; the message says why and what to do."""
 
 
 def rules_url(slug: str) -> str:

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from pipeline.config import FeaturesParams
-
-
-class ModelError(ValueError):
-    """A backbone that cannot be built as configured."""
+from pipeline.errors import ModelError
 
 
 def create_backbone(fp: FeaturesParams, pretrained: bool | None = None) -> nn.Module:
@@ -68,6 +66,11 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+def save_weights(module: nn.Module, path: Path) -> None:
+    """A module's exact weights as safetensors (contiguous CPU copies, as safetensors requires)."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, path)
 
 
 def normalisation(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

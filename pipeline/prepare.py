@@ -7,7 +7,6 @@ touch a JPEG again. Images are resized to `prepare.image_size` without cropping 
 
 from __future__ import annotations
 
-import argparse
 import io
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -18,15 +17,13 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from pipeline.config import Params, as_dict, load_params
+from pipeline.config import Params, as_dict
+from pipeline.errors import ImageError
 from pipeline.io import atomic_dir, write_csv, write_json
 from pipeline.paths import Paths
+from pipeline.stage import stage_main
 
 CHUNK = 256
-
-
-class ImageError(ValueError):
-    """An image in the archive cannot be decoded."""
 
 
 def decode(data: bytes, size: tuple[int, int], where: str) -> np.ndarray:
@@ -85,10 +82,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("comp", help="competition short name, e.g. dogscats")
-    args = parser.parse_args(argv)
-    run(load_params(), args.comp)
+    stage_main(__doc__, run, argv=argv)
 
 
 if __name__ == "__main__":

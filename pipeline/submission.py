@@ -8,10 +8,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.competitions import Competition
-
-
-class SubmissionError(ValueError):
-    """A submission that Kaggle would reject or score wrongly."""
+from pipeline.errors import SubmissionError
 
 
 def read_sample(comp: Competition, raw: Path) -> pd.DataFrame:

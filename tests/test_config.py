@@ -2,7 +2,8 @@ import pytest
 import yaml
 
 from conftest import REPO, tiny_raw
-from pipeline.config import ConfigError, load_params, parse_params
+from pipeline.config import load_params, parse_params
+from pipeline.errors import ConfigError
 
 
 def test_shipped_params_load_and_use_the_demo_offline():
@@ -100,3 +101,18 @@ def test_params_are_frozen():
 def test_to_dict_round_trips_every_value():
     params = parse_params(tiny_raw())
     assert parse_params(yaml.safe_load(yaml.safe_dump(params.to_dict()))) == params
+
+
+def test_stage_command_line_reports_user_errors_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(parse_params(tiny_raw()).to_dict()))
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "pipeline.download", "mnist"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: Unknown competition 'mnist'") and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "pipeline.head", "dogscats", "7"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "fold 7 is not one of params.yaml's folds [0, 1, 2]" in out.stderr

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import jpeg_bytes, read_zip, tiny_params, write_zip
 from pipeline import download
-from pipeline.archive import ArchiveError
+from pipeline.errors import ArchiveError
 from pipeline.competitions import get_competition
 from pipeline.demo import write_demo_archive
 from pipeline.paths import Paths

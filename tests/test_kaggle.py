@@ -14,13 +14,13 @@ import pytest
 from conftest import make_project, sh, tiny_params
 from kaggle_fake import FakeKaggle, point_client_at
 from pipeline import download, submit
-from pipeline.archive import ArchiveError
+from pipeline.errors import ArchiveError
 from pipeline.competitions import get_competition
 from pipeline.demo import write_demo_archive
 from pipeline.io import write_json
-from pipeline.kaggle_api import KaggleError
+from pipeline.errors import KaggleError, SubmissionError
 from pipeline.paths import Paths
-from pipeline.submission import SubmissionError, make_submission, read_sample
+from pipeline.submission import make_submission, read_sample
 
 DC = get_competition("dogscats")
 SF = get_competition("statefarm")

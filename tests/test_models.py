@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.config import FeaturesParams
-from pipeline.models import ModelError, create_backbone, create_head
+from pipeline.errors import ModelError
+from pipeline.models import create_backbone, create_head
 
 
 def test_unknown_backbone_suggests_close_timm_names():

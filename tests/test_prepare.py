@@ -11,7 +11,7 @@ from conftest import read_zip, tiny_params, write_zip
 from pipeline import download, prepare
 from pipeline.demo import write_demo_archive
 from pipeline.competitions import get_competition
-from pipeline.prepare import ImageError
+from pipeline.errors import ImageError
 
 
 def test_cache_holds_every_image_resized_in_index_order(tmp_path):

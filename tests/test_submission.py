@@ -7,7 +7,8 @@ import pytest
 from pipeline.competitions import get_competition
 from pipeline.ensemble import fit_calibration, with_clip, with_temperature
 from pipeline.engine import scores
-from pipeline.submission import SubmissionError, make_submission, validate_submission
+from pipeline.errors import SubmissionError
+from pipeline.submission import make_submission, validate_submission
 
 SF = get_competition("statefarm")
 DC = get_competition("dogscats")
