@@ -14,7 +14,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from pipeline.competitions import Competition, get_competition
-from pipeline.config import Params, as_dict
+from pipeline.config import Params
 from pipeline.data import encode_labels, load_cache, load_folds
 from pipeline.engine import KAGGLE_EPS, scores
 from pipeline.io import read_json, write_csv, write_json
@@ -108,10 +108,9 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         "member": member,
         "calibration": method,
         "calibration_value": value,
-        "candidates": candidates,
-        "calibrations": calibrated,
+        "members_logloss": {m: c["logloss"] for m, c in candidates.items()},
+        "calibrations_logloss": {m: c["logloss"] for m, c in calibrated.items()},
         "folds": fold_scores(comp, paths, list(params.folds)),
-        "ensemble": as_dict(ep),
     }
     write_json(paths.metrics, metrics)
     return metrics

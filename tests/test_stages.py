@@ -87,8 +87,8 @@ def test_ensemble_metrics_report_cv_and_every_fold(pipeline_run, comp_name):
     assert metrics["logloss"] > 0 and 0 <= metrics["accuracy"] <= 1
     assert metrics["member"] in ("head", "finetune", "both")
     assert metrics["calibration"] in ("none", "temperature", "clip")
-    chosen = metrics["candidates"][metrics["member"]]["logloss"]
-    assert chosen == min(c["logloss"] for c in metrics["candidates"].values())
+    assert metrics["members_logloss"][metrics["member"]] == min(metrics["members_logloss"].values())
+    assert metrics["logloss"] == metrics["calibrations_logloss"][metrics["calibration"]]
     assert set(metrics["folds"]) == {str(k) for k in params.folds}
     for fold in metrics["folds"].values():
         assert {"head_logloss", "head_accuracy", "finetune_logloss", "finetune_accuracy"} <= set(fold)
@@ -97,4 +97,4 @@ def test_ensemble_metrics_report_cv_and_every_fold(pipeline_run, comp_name):
 def test_demo_models_learn_something(pipeline_run):
     """Even two tiny epochs from scratch beat the uniform guess on the demo's pets."""
     _, _, results = pipeline_run
-    assert results["dogscats", "ensemble"]["candidates"]["finetune"]["logloss"] < np.log(2) + 0.1
+    assert results["dogscats", "ensemble"]["members_logloss"]["finetune"] < np.log(2) + 0.1
