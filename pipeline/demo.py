@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.competitions import Competition
 from pipeline.config import DemoParams
+from pipeline.io import write_csv
 
 _ZIP_DATE = (2016, 4, 5, 0, 0, 0)  # fixed, so the same params give byte-identical archives
 STATEFARM_SIZE = (128, 96)  # (width, height): 640x480 frames, scaled down 5x
@@ -74,18 +75,20 @@ def pet_image(rng: np.random.Generator, label: str) -> Image.Image:
     return img
 
 
-def _dogscats_files(comp: Competition, demo: DemoParams, rng: np.random.Generator) -> dict[str, bytes]:
+def _dogscats_files(comp: Competition, demo: DemoParams, rng: np.random.Generator):
     train = {}
     for label in comp.classes:
         for i in range(demo.train_per_class):
             train[f"train/{label}.{i}.jpg"] = _jpeg(pet_image(rng, label))
-    test = {f"test/{i}.jpg": _jpeg(pet_image(rng, str(rng.choice(comp.classes)))) for i in range(1, demo.test + 1)}
+    answers = [(str(i), str(rng.choice(comp.classes))) for i in range(1, demo.test + 1)]
+    test = {f"test/{i}.jpg": _jpeg(pet_image(rng, label)) for i, label in answers}
     sample = pd.DataFrame({"id": range(1, demo.test + 1), "label": 0.5})
-    return {
+    files = {
         "sample_submission.csv": sample.to_csv(index=False).encode(),
         "test.zip": _zip_bytes(test),
         "train.zip": _zip_bytes(train),
     }
+    return files, answers
 
 
 def _driver_look(rng: np.random.Generator) -> dict:
@@ -134,9 +137,9 @@ def driver_frame(rng: np.random.Generator, look: dict, label: str) -> Image.Imag
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def _statefarm_files(comp: Competition, demo: DemoParams, rng: np.random.Generator) -> dict[str, bytes]:
+def _statefarm_files(comp: Competition, demo: DemoParams, rng: np.random.Generator):
     per_driver = max(1, round(demo.train_per_class / demo.drivers))
-    n_test_drivers = max(2, demo.drivers // 3)
+    n_test_drivers = max(2, demo.drivers // 2)
     drivers = [f"p{2 + 3 * i:03d}" for i in range(demo.drivers + n_test_drivers)]
     looks = {d: _driver_look(rng) for d in drivers}
     files, rows, n = {}, [], 0
@@ -147,26 +150,33 @@ def _statefarm_files(comp: Competition, demo: DemoParams, rng: np.random.Generat
                 name = f"img_{n}.jpg"
                 files[f"imgs/train/{label}/{name}"] = _jpeg(driver_frame(rng, looks[driver], label))
                 rows.append((driver, label, name))
-    test_names = []
+    answers = []
     for _ in range(demo.test):
         n += 1
         driver = drivers[demo.drivers + int(rng.integers(n_test_drivers))]
-        test_names.append(f"img_{n}.jpg")
-        files[f"imgs/test/{test_names[-1]}"] = _jpeg(driver_frame(rng, looks[driver], str(rng.choice(comp.classes))))
+        answers.append((f"img_{n}.jpg", str(rng.choice(comp.classes))))
+        files[f"imgs/test/{answers[-1][0]}"] = _jpeg(driver_frame(rng, looks[driver], answers[-1][1]))
     listing = pd.DataFrame(rows, columns=["subject", "classname", "img"])
-    sample = pd.DataFrame({"img": test_names, **{c: 0.1 for c in comp.submission_columns}})
+    sample = pd.DataFrame({"img": [i for i, _ in answers], **{c: 0.1 for c in comp.submission_columns}})
     files["driver_imgs_list.csv"] = listing.to_csv(index=False).encode()
     files["sample_submission.csv"] = sample.to_csv(index=False).encode()
-    return files
+    return files, answers
 
 
 _BUILDERS = {"dogscats": _dogscats_files, "statefarm": _statefarm_files}
 
 
-def write_demo_archive(comp: Competition, demo: DemoParams, seed: int, path: Path) -> Path:
-    """Write `<slug>.zip` for `comp` at `path`, exactly as Kaggle lays it out, deterministic in `seed`."""
+def write_demo_archive(comp: Competition, demo: DemoParams, seed: int, path: Path,
+                       answers: Path | None = None) -> Path:
+    """Write `<slug>.zip` for `comp` at `path`, exactly as Kaggle lays it out, deterministic in `seed`.
+
+    The test labels, which Kaggle keeps secret, go to `answers` (outside the archive) when given: with them the
+    ensemble reports the demo's true test score beside the CV score, offline.
+    """
     rng = np.random.default_rng([seed, sum(comp.name.encode())])
-    files = _BUILDERS[comp.name](comp, demo, rng)
+    files, test_labels = _BUILDERS[comp.name](comp, demo, rng)
+    if answers is not None:
+        write_csv(answers, pd.DataFrame(test_labels, columns=["id", "label"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in files.items():

@@ -5,7 +5,8 @@ With `kaggle`, the official client downloads into `data/<comp>/kaggle/` (kept be
 is not fetched again; delete it to force a fresh download).
 Outputs in `data/<comp>/raw/`: the zip(s) holding the images, the extracted CSVs, and the checked index
 `train.csv` (id, label, group, container, member) and `test.csv` (id, container, member, in
-sample_submission.csv's order). Nothing is written unless the whole archive passes the checks.
+sample_submission.csv's order); for the demo also its secret test labels, `demo_test_labels.csv`. Nothing is
+written unless the whole archive passes the checks.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def fetch_archive(params: Params, comp_name: str, dst: Path, paths: Paths) -> No
     comp = get_competition(comp_name)
     data = params.comp(comp_name).data
     if data.source == "demo":
-        demo.write_demo_archive(comp, data.demo, params.seed, dst)
+        demo.write_demo_archive(comp, data.demo, params.seed, dst, answers=dst.parent / paths.demo_answers.name)
         return
     if data.source == "kaggle":
         _link_or_copy(kaggle_api.download_competition(comp.slug, paths.download), dst)
@@ -45,7 +46,8 @@ def fetch_archive(params: Params, comp_name: str, dst: Path, paths: Paths) -> No
         raise FileNotFoundError(
             f"{comp_name}.data.source points to {str(src)!r}, which does not exist. Download it with "
             f"`kaggle competitions download -c {comp.slug}` (after accepting the rules on "
-            f"https://www.kaggle.com/c/{comp.slug}/rules) and set the path, or use source: demo."
+            f"https://www.kaggle.com/c/{comp.slug}/rules) and set the path, or set source: kaggle to let the "
+            "pipeline download it, or source: demo."
         )
     _link_or_copy(src, dst)
 

@@ -3,7 +3,8 @@
 Out-of-fold predictions choose the members (head, finetune, or both averaged) and fit a log-loss calibration
 (a temperature, or a clip like the course's [0.05, 0.95] but fitted); test predictions are the folds' average,
 calibrated the same way. The reported `logloss` is honest: each fold's rows are calibrated by a fit on the
-other folds only. Outputs: the submission (checked against sample_submission.csv) and `metrics/<comp>.json`.
+other folds only. Outputs: the submission (checked against sample_submission.csv) and `metrics/<comp>.json`;
+on demo data that also holds `demo_test`, the score on the demo's secret test labels (what Kaggle would say).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize_scalar
 
 from pipeline.competitions import Competition, get_competition
@@ -99,7 +101,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
 
     _, test_index = load_cache(paths.cache, "test")
     sample = read_sample(comp, paths.raw)
-    sub = make_submission(comp, test_index["id"], calibrate(method, value, test[member]))
+    final = calibrate(method, value, test[member])
+    sub = make_submission(comp, test_index["id"], final)
     validate_submission(comp, sub, sample, str(paths.submission))
     write_csv(paths.submission, sub, float_format="%.6f")
     metrics = {
@@ -112,6 +115,9 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         "calibrations_logloss": {m: c["logloss"] for m, c in calibrated.items()},
         "folds": fold_scores(comp, paths, list(params.folds)),
     }
+    if paths.demo_answers.is_file():  # the demo knows its test labels: report the "leaderboard" score too
+        answers = pd.read_csv(paths.demo_answers, dtype=str).set_index("id").loc[test_index["id"], "label"]
+        metrics["demo_test"] = scores(final, encode_labels(answers.reset_index(drop=True), comp.classes))
     write_json(paths.metrics, metrics)
     return metrics
 

@@ -43,7 +43,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     paths = Paths(comp_name, root)
     device = pick_device(params.device)
     torch.manual_seed(params.seed)
-    backbone = create_backbone(fp).to(device).eval()
+    backbone = create_backbone(fp, key=f"{comp_name}.features").to(device).eval()
     mean, std = normalisation(backbone)
     plain = build_transform(mean, std)
     with atomic_dir(paths.features) as out:

@@ -34,7 +34,8 @@ def load_start(params: Params, comp_name: str, fold: int, paths: Paths) -> Class
     """The features stage's backbone joined to the fold's trained head."""
     cp = params.comp(comp_name)
     comp = get_competition(comp_name)
-    backbone = create_backbone(cp.features, pretrained=False)  # weights come from the features stage's file
+    # weights come from the features stage's file, not the hub
+    backbone = create_backbone(cp.features, pretrained=False, key=f"{comp_name}.features")
     backbone.load_state_dict(load_file(paths.features / "backbone.safetensors"))
     head = create_head(backbone.num_features, comp.num_classes, cp.head.hidden, cp.head.dropout)
     head.load_state_dict(load_file(paths.model("head", fold) / "head.safetensors"))

@@ -61,9 +61,11 @@ def explain(error: Exception, slug: str, action: str) -> KaggleError:
             )
         return KaggleError(f"Kaggle answered HTTP {code} when trying to {action} '{slug}'; try again later.")
     if isinstance(error, requests.exceptions.RequestException):
+        fallback = (" Or download the archive on another machine and set data.source to its path."
+                    if action == "download" else "")
         return KaggleError(
             f"Cannot reach Kaggle to {action} '{slug}' ({type(error).__name__}). Check your internet connection "
-            "and proxy settings, or download the archive on another machine and set data.source to its path."
+            f"and proxy settings.{fallback}"
         )
     return KaggleError(f"Kaggle client failed to {action} '{slug}': {error}")
 

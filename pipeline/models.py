@@ -14,23 +14,24 @@ from pipeline.config import FeaturesParams
 from pipeline.errors import ModelError
 
 
-def create_backbone(fp: FeaturesParams, pretrained: bool | None = None) -> nn.Module:
+def create_backbone(fp: FeaturesParams, pretrained: bool | None = None, key: str = "features") -> nn.Module:
     """The timm model named in `features.backbone`, without its classifier (outputs pooled features).
 
     Weights: timm's pretrained weights from the hub, or from `weights_file` (offline), when `pretrained`.
+    `key` is the params section, named in errors.
     """
     name = fp.backbone
     pretrained = fp.pretrained if pretrained is None else pretrained
     if not timm.is_model(name.split(".")[0]):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         hint = f" Close timm names: {', '.join(close)}." if close else " See timm.list_models() for the names."
-        raise ModelError(f"features.backbone: timm has no model {name!r}.{hint}")
+        raise ModelError(f"{key}.backbone: timm has no model {name!r}.{hint}")
     kwargs = {}
     if pretrained and fp.weights_file:
         path = Path(fp.weights_file).expanduser()
         if not path.is_file():
             raise ModelError(
-                f"features.weights_file: {str(path)!r} does not exist; give the path to a .safetensors, .pth or "
+                f"{key}.weights_file: {str(path)!r} does not exist; give the path to a .safetensors, .pth or "
                 ".bin file of weights for {name!r}, or set it to null to load timm's weights from the hub."
             )
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
@@ -38,8 +39,8 @@ def create_backbone(fp: FeaturesParams, pretrained: bool | None = None) -> nn.Mo
         return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     except RuntimeError as e:
         raise ModelError(
-            f"features.backbone {name!r}: timm could not load its weights ({e}). Offline, set "
-            "features.weights_file to a local weights file, or pretrained: false."
+            f"{key}.backbone {name!r}: timm could not load its weights ({e}). Offline, set "
+            f"{key}.weights_file to a local weights file, or pretrained: false."
         ) from None
 
 

@@ -19,6 +19,11 @@ class Paths:
         return self.root / "data" / self.comp / "raw"
 
     @property
+    def demo_answers(self) -> Path:
+        """The demo's secret test labels (only for `source: demo`)."""
+        return self.raw / "demo_test_labels.csv"
+
+    @property
     def download(self) -> Path:
         """Kaggle downloads, kept outside DVC's outputs so a re-run does not fetch gigabytes again."""
         return self.root / "data" / self.comp / "kaggle"

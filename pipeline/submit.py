@@ -57,8 +57,9 @@ def checked_submission(comp_name: str, root: Path) -> Path:
     """The competition's submission file, validated against sample_submission.csv."""
     comp = get_competition(comp_name)
     paths = Paths(comp_name, root)
-    if not paths.submission.is_file():
-        raise FileNotFoundError(f"{paths.submission} does not exist; create it with `dvc repro ensemble@{comp_name}`.")
+    for needed in (paths.submission, paths.raw / "sample_submission.csv"):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} does not exist; create it with `dvc repro ensemble@{comp_name}`.")
     sub = pd.read_csv(paths.submission, dtype={comp.id_column: str})
     validate_submission(comp, sub, read_sample(comp, paths.raw), str(paths.submission))
     return paths.submission

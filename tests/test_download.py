@@ -37,6 +37,17 @@ def test_demo_archives_have_kaggles_exact_layout(tmp_path):
     assert header == "img,c0,c1,c2,c3,c4,c5,c6,c7,c8,c9"
 
 
+def test_demo_answers_stay_outside_the_archive_and_match_its_test_images(tmp_path):
+    comp = get_competition("statefarm")
+    answers = tmp_path / "answers.csv"
+    archive = write_demo_archive(comp, tiny_params().comp("statefarm").data.demo, 0, tmp_path / "a.zip", answers)
+    labels = pd.read_csv(answers, dtype=str)
+    names = read_zip(archive)
+    assert not any("answer" in n or "label" in n for n in names)
+    assert {f"imgs/test/{i}" for i in labels["id"]} == {n for n in names if n.startswith("imgs/test/")}
+    assert set(labels["label"]) <= set(comp.classes)
+
+
 def test_demo_archive_is_deterministic_in_seed(tmp_path):
     a = demo_zip(tmp_path / "a", "statefarm").read_bytes()
     b = demo_zip(tmp_path / "b", "statefarm").read_bytes()

@@ -92,6 +92,7 @@ def test_ensemble_metrics_report_cv_and_every_fold(pipeline_run, comp_name):
     assert set(metrics["folds"]) == {str(k) for k in params.folds}
     for fold in metrics["folds"].values():
         assert {"head_logloss", "head_accuracy", "finetune_logloss", "finetune_accuracy"} <= set(fold)
+    assert metrics["demo_test"]["logloss"] > 0 and 0 <= metrics["demo_test"]["accuracy"] <= 1
 
 
 def test_demo_models_learn_something(pipeline_run):
