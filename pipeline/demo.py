@@ -91,10 +91,16 @@ def _dogscats_files(comp: Competition, demo: DemoParams, rng: np.random.Generato
     return files, answers
 
 
+def _muted(rng: np.random.Generator, lo: float, hi: float, spread: float) -> np.ndarray:
+    """A low-saturation colour: the demo's activities are told by saturated objects, and a green shirt must
+    not look like a phone (real clothes do not change what the driver is doing)."""
+    return np.clip(rng.uniform(lo, hi) + rng.uniform(-spread, spread, 3), 0, 255)
+
+
 def _driver_look(rng: np.random.Generator) -> dict:
     return {
-        "background": rng.uniform(30, 200, 3),
-        "shirt": tuple(int(v) for v in rng.uniform(0, 255, 3)),
+        "background": _muted(rng, 50, 190, 35),
+        "shirt": tuple(int(v) for v in _muted(rng, 20, 235, 25)),
         "skin": tuple(int(v) for v in rng.uniform(120, 240, 3)),
         "x": rng.uniform(-12, 12),
         "y": rng.uniform(-6, 6),
@@ -130,9 +136,9 @@ def driver_frame(rng: np.random.Generator, look: dict, label: str) -> Image.Imag
     draw.rectangle([cx - 18, cy - 14, cx + 18, cy + 40], fill=look["shirt"])
     draw.ellipse([cx - 10, cy - 38, cx + 10, cy - 16], fill=look["skin"])
     for (dx, dy), colour in _POSES[label]:
-        hx, hy = cx + dx + rng.normal(0, 1.5), cy + dy + rng.normal(0, 1.5)
-        draw.line([cx, cy, hx, hy], fill=colour, width=7)
-        draw.ellipse([hx - 11, hy - 11, hx + 11, hy + 11], fill=colour)
+        hx, hy = cx + dx + rng.normal(0, 3), cy + dy + rng.normal(0, 3)
+        draw.line([cx, cy, hx, hy], fill=colour, width=5)
+        draw.ellipse([hx - 7, hy - 7, hx + 7, hy + 7], fill=colour)
     arr = np.asarray(img, dtype=np.float32) * look["gain"]
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
