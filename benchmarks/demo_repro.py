@@ -46,6 +46,7 @@ def main() -> None:
     startup, _ = timed([sys.executable, "-c", "import pipeline.finetune"], work)
     full, out = timed(dvc + ["repro", "-f"], work)
     n_stages = len(stages(out))
+    metrics = {c: yaml.safe_load((work / "metrics" / f"{c}.json").read_text()) for c in ("dogscats", "statefarm")}
     noop, out_noop = timed(dvc + ["repro"], work)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["statefarm"]["head"]["dropout"] = round(params["statefarm"]["head"]["dropout"] / 2, 3)
@@ -65,9 +66,10 @@ def main() -> None:
     for name, seconds, ratio, target in rows:
         print(f"{name:45s} {seconds:9.1f} {ratio:11.1f}  {target}")
     print(f"stage start-up share of the full run: {n_stages * startup / full:.0%}")
-    metrics = {c: yaml.safe_load((work / "metrics" / f"{c}.json").read_text()) for c in ("dogscats", "statefarm")}
     for comp, m in metrics.items():
-        print(f"{comp}: CV logloss {m['logloss']:.4f}, accuracy {m['accuracy']:.4f} ({m['member']}, {m['calibration']})")
+        print(f"{comp}: CV logloss {m['logloss']:.4f}, accuracy {m['accuracy']:.4f} ({m['member']}, "
+              f"{m['calibration']}); demo test logloss {m['demo_test']['logloss']:.4f}, "
+              f"accuracy {m['demo_test']['accuracy']:.4f}")
     if not args.keep:
         print(f"(clone left in {work}; delete it when done)")
 
