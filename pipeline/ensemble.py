@@ -17,10 +17,10 @@ from scipy.optimize import minimize_scalar
 
 from pipeline.competitions import Competition, get_competition
 from pipeline.config import Params
-from pipeline.data import encode_labels, load_cache, load_folds
+from pipeline.data import encode_labels, load_cache
 from pipeline.engine import KAGGLE_EPS, scores
 from pipeline.io import read_json, write_csv, write_json
-from pipeline.outputs import load_oof, load_test
+from pipeline.outputs import load_oof, load_test, train_rows
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
 from pipeline.submission import make_submission, read_sample, validate_submission
@@ -84,10 +84,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     comp = get_competition(comp_name)
     ep = params.comp(comp_name).ensemble
     paths = Paths(comp_name, root)
-    _, index = load_cache(paths.cache, "train")
-    fold_of = load_folds(paths.folds, index)
-    labels = encode_labels(index["label"], comp.classes)
-    ids = index["id"].to_numpy()
+    ids, labels, fold_of = train_rows(paths, comp)
     oof = {s: load_oof(comp, [paths.model(s, k) for k in params.folds], ids) for s in STAGES}
     test = {s: load_test([paths.model(s, k) for k in params.folds]) for s in STAGES}
     oof["both"], test["both"] = (oof["head"] + oof["finetune"]) / 2, (test["head"] + test["finetune"]) / 2

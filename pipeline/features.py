@@ -48,14 +48,13 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     plain = build_transform(mean, std)
     with atomic_dir(paths.features) as out:
         dim = backbone.num_features
-        for split in ("train", "test"):
+        for split in ("test", "train"):  # train last: its images are reused for the augmented copies
             images, _ = load_cache(paths.cache, split)
             arr = np.lib.format.open_memmap(out / f"{split}.npy", "w+", np.float16, (len(images), dim))
             dataset = ImageDataset(images, np.arange(len(images)), plain)
             extract(backbone, dataset, arr, fp.batch_size, device, fp.amp, f"{comp_name} {split}")
             arr.flush()
         if fp.aug_copies:
-            images, _ = load_cache(paths.cache, "train")
             shape = (fp.aug_copies, len(images), dim)
             aug = np.lib.format.open_memmap(out / "train_aug.npy", "w+", np.float16, shape)
             transform = build_transform(mean, std, cp.augment, seed=params.seed)

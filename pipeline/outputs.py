@@ -30,11 +30,15 @@ class FoldSplit:
     val_rows: np.ndarray
 
 
-def fold_split(paths: Paths, comp: Competition, fold: int) -> FoldSplit:
+def train_rows(paths: Paths, comp: Competition) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every cached train row's id, encoded label and fold, in the cache's order."""
     _, index = load_cache(paths.cache, "train")
-    folds = load_folds(paths.folds, index)
-    labels = encode_labels(index["label"], comp.classes)
-    return FoldSplit(index["id"].to_numpy(), labels, np.flatnonzero(folds != fold), np.flatnonzero(folds == fold))
+    return index["id"].to_numpy(), encode_labels(index["label"], comp.classes), load_folds(paths.folds, index)
+
+
+def fold_split(paths: Paths, comp: Competition, fold: int) -> FoldSplit:
+    ids, labels, folds = train_rows(paths, comp)
+    return FoldSplit(ids, labels, np.flatnonzero(folds != fold), np.flatnonzero(folds == fold))
 
 
 def save_fold(
