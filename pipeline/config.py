@@ -16,6 +16,7 @@ import yaml
 
 from pipeline.competitions import COMPETITIONS, get_competition
 from pipeline.errors import ConfigError
+from pipeline.weights import PACKAGES
 
 TTA_VIEWS = ("identity", "hflip", "zoom")
 
@@ -78,9 +79,14 @@ class AugmentParams:
 class FeaturesParams:
     """The frozen backbone that precomputes conv features."""
 
-    backbone: str = field(default="resnet10t", metadata={"doc": "timm model name"})
-    pretrained: bool = field(default=False, metadata={"doc": "load timm's pretrained weights (hub or weights_file)"})
-    weights_file: str | None = field(default=None, metadata={"doc": "local weights for the backbone"})
+    backbone: str = field(default="efficientnet_lite0", metadata={"doc": "timm model name"})
+    pretrained: bool = field(default=True, metadata={"doc": "start from pretrained weights (false: random init)"})
+    weights: str = field(
+        default="package",
+        metadata=_choice("package", "hub", "file", doc="where pretrained weights come from: an installed pip "
+                         "package (offline), the Hugging Face hub (online), or weights_file (offline)"),
+    )
+    weights_file: str | None = field(default=None, metadata={"doc": "local weights, with weights: file"})
     batch_size: int = field(default=64, metadata=_range(1, 4096, "images per forward pass"))
     aug_copies: int = field(default=0, metadata=_range(0, 50, "augmented copies of the train features"))
     amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
@@ -95,7 +101,7 @@ class HeadParams:
     epochs: int = field(default=30, metadata=_range(1, 10_000, "training epochs"))
     lr: float = field(default=1e-3, metadata=_range(1e-7, 10.0, "peak learning rate"))
     weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0, "AdamW weight decay"))
-    batch_size: int = field(default=64, metadata=_range(1, 65536, "rows per step"))
+    batch_size: int = field(default=64, metadata=_range(2, 65536, "rows per step (batch norm needs 2)"))
     warmup: float = field(default=0.3, metadata=_range(0.0, 0.9, "fraction of steps spent warming up"))
 
 
@@ -108,7 +114,7 @@ class FinetuneParams:
     backbone_lr_ratio: float = field(default=0.3, metadata=_range(0.0, 1.0, "backbone lr as a fraction of lr"))
     warmup: float = field(default=0.2, metadata=_range(0.0, 0.9, "fraction of steps spent warming up"))
     weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0, "AdamW weight decay"))
-    batch_size: int = field(default=32, metadata=_range(1, 4096, "images per step"))
+    batch_size: int = field(default=32, metadata=_range(2, 4096, "images per step (batch norm needs 2)"))
     tta: tuple[str, ...] = field(default=("identity",), metadata={"doc": "views averaged at prediction"})
     num_workers: int = field(default=0, metadata=_range(0, 256, "DataLoader worker processes"))
     amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
@@ -265,9 +271,22 @@ def _check_competition(name: str, cp: CompetitionParams, errors: list[str]) -> N
             errors.append(f"{name}.finetune.tta: unknown view {view!r}; allowed views are {allowed}")
     if not cp.finetune.tta:
         errors.append(f"{name}.finetune.tta: needs at least one view, e.g. ['identity']")
+    _check_weights(name, cp.features, errors)
     source = cp.data.source
     if source not in ("demo", "kaggle") and not source.endswith(".zip"):
         errors.append(f"{name}.data.source: must be 'demo', 'kaggle' or a path to a .zip; got {source!r}")
+
+
+def _check_weights(name: str, fp: FeaturesParams, errors: list[str]) -> None:
+    key = f"{name}.features"
+    if fp.weights_file is not None and not (fp.pretrained and fp.weights == "file"):
+        errors.append(f"{key}.weights_file: is set but would be ignored (pretrained: {str(fp.pretrained).lower()}, "
+                      f"weights: {fp.weights}); set pretrained: true and weights: file to use it, or weights_file: null")
+    if fp.pretrained and fp.weights == "file" and fp.weights_file is None:
+        errors.append(f"{key}.weights_file: weights: file needs the path of a .safetensors/.pth file; got null")
+    if fp.pretrained and fp.weights == "package" and fp.backbone.split(".")[0] not in PACKAGES:
+        errors.append(f"{key}.weights: 'package' has weights for {', '.join(PACKAGES)} only, not "
+                      f"{fp.backbone!r}; use weights: hub (online) or weights: file")
 
 
 def parse_params(raw: dict, origin: str = "params.yaml") -> Params:

@@ -13,7 +13,8 @@ def test_shipped_params_load_and_use_the_demo_offline():
     for comp in params.competitions:
         cp = params.comp(comp)
         assert cp.data.source == "demo"
-        assert cp.features.pretrained is False  # no weights can be downloaded offline
+        # the lesson's recipe, offline: ImageNet weights from an installed package, not the hub
+        assert cp.features.pretrained and cp.features.weights == "package"
     assert params.comp("statefarm").augment.hflip == 0
     assert "hflip" not in params.comp("statefarm").finetune.tta
 
@@ -116,3 +117,22 @@ def test_stage_command_line_reports_user_errors_without_a_traceback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pipeline.head", "dogscats", "7"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 2 and "fold 7 is not one of params.yaml's folds [0, 1, 2]" in out.stderr
+
+
+@pytest.mark.parametrize("stage", ["head", "finetune"])
+def test_a_training_batch_of_one_is_refused(stage):
+    msg = _error(tiny_raw(**{f"dogscats.{stage}.batch_size": 1}))
+    assert f"dogscats.{stage}.batch_size: must be between 2" in msg
+
+
+def test_weights_file_that_would_be_ignored_is_an_error():
+    msg = _error(tiny_raw(**{"dogscats.features.weights_file": "w.safetensors"}))  # tiny params: pretrained false
+    assert "dogscats.features.weights_file: is set but would be ignored" in msg and "weights: file" in msg
+
+
+def test_weights_need_their_source():
+    msg = _error(tiny_raw(**{"statefarm.features.pretrained": True, "statefarm.features.weights": "file",
+                             "dogscats.features.pretrained": True, "dogscats.features.weights": "package"}))
+    assert "statefarm.features.weights_file: weights: file needs the path" in msg
+    assert "dogscats.features.weights: 'package' has weights for efficientnet_lite0" in msg
+    assert "'test_resnet'" in msg
