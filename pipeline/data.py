@@ -11,17 +11,22 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from albumentations.pytorch import ToTensorV2
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from pipeline.config import AugmentParams
+from pipeline.errors import OutputError
 
 
 def load_cache(cache: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
     """The memory-mapped uint8 images of `split` and their index (same row order)."""
-    images = np.load(cache / f"{split}.npy", mmap_mode="r")
-    index = pd.read_csv(cache / f"{split}.csv", dtype={"id": str, "group": str})
+    try:
+        images = np.load(cache / f"{split}.npy", mmap_mode="r")
+        index = pd.read_csv(cache / f"{split}.csv", dtype={"id": str, "group": str})
+    except (OSError, ValueError) as e:
+        raise OutputError(f"the image cache {cache} cannot be read ({e}); re-run `dvc repro prepare@<comp>`.") from None
     if len(images) != len(index):
-        raise ValueError(f"{cache}: {split}.npy has {len(images)} rows but {split}.csv {len(index)}; re-run prepare.")
+        raise OutputError(f"{cache}: {split}.npy has {len(images)} rows but {split}.csv {len(index)}; "
+                          "re-run `dvc repro prepare@<comp>`.")
     return images, index
 
 
@@ -29,11 +34,11 @@ def load_folds(path: Path, train_index: pd.DataFrame) -> np.ndarray:
     """Each train row's fold, checked to be in the cache's row order."""
     folds = pd.read_csv(path, dtype={"id": str, "group": str})
     if list(folds["id"]) != list(train_index["id"]):
-        raise ValueError(f"{path} does not list the cached train images in order; re-run `dvc repro`.")
+        raise OutputError(f"{path} does not list the cached train images in order; re-run `dvc repro`.")
     return folds["fold"].to_numpy()
 
 
-def build_transform(mean, std, aug: AugmentParams | None = None, seed: int | None = None) -> A.Compose:
+def build_transform(mean, std, aug: AugmentParams | None = None) -> A.Compose:
     """uint8 HWC image -> normalised float CHW tensor, with `aug`'s random changes when given."""
     ops = []
     if aug is not None:
@@ -55,11 +60,42 @@ def build_transform(mean, std, aug: AugmentParams | None = None, seed: int | Non
         if aug.channel_shuffle > 0:
             ops.append(A.ChannelShuffle(p=aug.channel_shuffle))
     ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(ops, seed=seed)
+    return A.Compose(ops, seed=0)  # reseeded per sample by SeededRows
+
+
+class SeededRows(Sampler):
+    """Row positions, each with the seed of its augmentation, as (position, seed) pairs.
+
+    albumentations keeps its random state inside `Compose`, and every DataLoader worker gets a copy of it, so
+    workers would draw the same augmentations. Drawing a seed per sample here, in the main process, makes each
+    image's augmentation depend only on `seed`, the epoch and the draw: never on `num_workers`.
+    """
+
+    def __init__(self, n: int, seed, shuffle: bool):
+        self.n, self.seed, self.shuffle, self.epoch = n, tuple(np.atleast_1d(seed).tolist()), shuffle, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        rng = np.random.default_rng([*self.seed, self.epoch])
+        self.epoch += 1
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        return iter(zip(order.tolist(), rng.integers(0, 2**31, self.n).tolist()))
+
+
+def reseed(transform: A.Compose, seed: int) -> None:
+    """Give `transform` and each of its steps a distinct random stream derived from `seed`."""
+    transform.set_random_seed(seed)
+    for step, s in zip(transform.transforms, np.random.default_rng(seed).integers(0, 2**31, len(transform.transforms))):
+        step.set_random_seed(int(s))
 
 
 class ImageDataset(Dataset):
-    """Rows `rows` of a cached image array, transformed; with labels when given."""
+    """Rows `rows` of a cached image array, transformed; with labels when given.
+
+    Indexed by position, or by (position, seed) from `SeededRows` to fix that sample's augmentation.
+    """
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, transform: A.Compose, labels: np.ndarray | None = None):
         self.images, self.rows, self.transform, self.labels = images, rows, transform, labels
@@ -67,7 +103,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None:
+            reseed(self.transform, seed)
         x = self.transform(image=np.asarray(self.images[self.rows[i]]))["image"]
         if self.labels is None:
             return x

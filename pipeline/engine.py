@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 
 import numpy as np
 import torch
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.data import TTA
+from pipeline.errors import DeviceError
 
 KAGGLE_EPS = 1e-15
 
@@ -21,7 +21,7 @@ KAGGLE_EPS = 1e-15
 def pick_device(name: str) -> torch.device:
     """`auto` -> the GPU when there is one; `cuda` without a GPU is an error, not a silent CPU run."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' was asked for in params.yaml but torch sees no GPU; use 'auto' or 'cpu'.")
+        raise DeviceError("device: 'cuda' was asked for in params.yaml but torch sees no GPU; use 'auto' or 'cpu'.")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -83,6 +83,41 @@ def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
+def lr_range(model, loader, optimizer, device, start: float, end: float, steps: int, amp=False,
+             channels_last=False, smoothing: float = 0.9) -> tuple[list[float], list[float]]:
+    """The learning-rate range test: raise the rate exponentially from `start` to `end`, one batch per step,
+    recording the smoothed training loss; stop once it explodes (4x its minimum). Param groups keep their
+    ratios to the last group (finetuning's lower backbone rate). Returns the rates and losses."""
+    ratios = [g["lr"] / optimizer.param_groups[-1]["lr"] for g in optimizer.param_groups]
+    factor = (end / start) ** (1 / max(steps - 1, 1))
+    model.train()
+    rates, losses, average, best = [], [], 0.0, float("inf")
+    batches = iter(())
+    for step in range(steps):
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, y = next(batches)
+        rate = start * factor**step
+        for group, ratio in zip(optimizer.param_groups, ratios):
+            group["lr"] = rate * ratio
+        x, y = _to(x, device, channels_last), y.to(device)
+        with autocast(device, amp):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        average = smoothing * average + (1 - smoothing) * loss.item()
+        smoothed = average / (1 - smoothing ** (step + 1))  # bias-corrected, as Adam's moments
+        rates.append(rate)
+        losses.append(smoothed)
+        if not np.isfinite(smoothed) or smoothed > 4 * best:
+            break
+        best = min(best, smoothed)
+    return rates, losses
+
+
 def one_cycle(optimizer, epochs: int, steps_per_epoch: int, warmup: float):
     """Warm up from small to the peak learning rate, then anneal to near zero (start small, go high, end small)."""
     return torch.optim.lr_scheduler.OneCycleLR(
@@ -108,26 +143,27 @@ def fit(
     live=None,
     amp: bool = False,
     channels_last: bool = False,
-) -> tuple[int, list[dict]]:
-    """Train for `epochs`, keep the weights of the epoch with the best validation log loss (epoch 0 = as given).
+) -> list[dict]:
+    """Train for exactly `epochs` on the fixed schedule; `model` keeps the last epoch's weights.
 
-    Returns the best epoch and the per-epoch history; `model` holds the best weights afterwards.
+    Nothing is chosen on the validation rows (no best epoch, no early stop), so the out-of-fold predictions made
+    from them next cannot flatter the fold's score. Their scores are only recorded: the learning curve, with
+    epoch 0 being the weights as given. dvclive's step is the epoch, as printed.
     """
-    history = [{"epoch": 0, **scores(predict(model, val_loader, device, amp=amp), val_labels)}]
-    best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
-    for epoch in range(1, epochs + 1):
-        train_loss = train_one_epoch(model, train_loader, optimizer, scheduler, device, amp, channels_last)
-        val = scores(predict(model, val_loader, device, amp=amp, channels_last=channels_last), val_labels)
-        history.append({"epoch": epoch, "train_loss": train_loss, **val})
+    history = []
+    for epoch in range(epochs + 1):
+        record = {"epoch": epoch}
+        if epoch:
+            record["train_loss"] = train_one_epoch(model, train_loader, optimizer, scheduler, device, amp, channels_last)
+        record.update(scores(predict(model, val_loader, device, amp=amp, channels_last=channels_last), val_labels))
+        history.append(record)
         if live is not None:
-            live.log_metric("train/loss", train_loss)
-            live.log_metric("val/logloss", val["logloss"])
-            live.log_metric("val/accuracy", val["accuracy"])
+            live.step = epoch
+            for name, key in (("train/loss", "train_loss"), ("val/logloss", "logloss"), ("val/accuracy", "accuracy")):
+                if key in record:
+                    live.log_metric(name, record[key])
             live.log_metric("lr", optimizer.param_groups[-1]["lr"])
-            live.next_step()
-        if val["logloss"] < history[best_epoch]["logloss"]:
-            best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
-        tqdm.write(f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, val logloss {val['logloss']:.4f}, "
-                   f"accuracy {val['accuracy']:.4f}")
-    model.load_state_dict(best_state)
-    return best_epoch, history
+        if epoch:
+            tqdm.write(f"epoch {epoch}/{epochs}: train loss {record['train_loss']:.4f}, val logloss "
+                       f"{record['logloss']:.4f}, accuracy {record['accuracy']:.4f}")
+    return history

@@ -1,9 +1,9 @@
 """Stage `ensemble@<comp>`: every fold's head and finetune predictions -> `submissions/<comp>.csv`.
 
 Out-of-fold predictions choose the members (head, finetune, or both averaged) and fit a log-loss calibration
-(a temperature, or a clip like the course's [0.05, 0.95] but fitted); test predictions are the folds' average,
-calibrated the same way. The reported `logloss` is honest: each fold's rows are calibrated by a fit on the
-other folds only. Outputs: the submission (checked against sample_submission.csv) and `metrics/<comp>.json`;
+(a temperature, or a clip like the course's [0.05, 0.95] but fitted); test predictions are the folds' average in
+log space, calibrated the same way. The reported `logloss` is honest: each fold's rows get the member and
+calibration chosen and fitted on the other folds only. Outputs: the submission (checked against sample_submission.csv) and `metrics/<comp>.json`;
 on demo data that also holds `demo_test`, the score on the demo's secret test labels (what Kaggle would say).
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 
-from pipeline.competitions import Competition, get_competition
+from pipeline.competitions import get_competition
 from pipeline.config import Params
 from pipeline.data import encode_labels, load_cache
 from pipeline.engine import KAGGLE_EPS, scores
@@ -23,7 +23,7 @@ from pipeline.io import read_json, write_csv, write_json
 from pipeline.outputs import load_oof, load_test, train_rows
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
-from pipeline.submission import make_submission, read_sample, validate_submission
+from pipeline.submission import FLOAT_FORMAT, make_submission, read_sample, validate_submission
 
 STAGES = ("head", "finetune")
 
@@ -63,19 +63,49 @@ def calibrate(method: str, value: float | None, probs: np.ndarray) -> np.ndarray
     return probs
 
 
-def cross_fitted(method: str, probs: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Calibrate each fold's rows with a fit on the other folds: an unbiased estimate of calibrated log loss."""
-    out = probs.copy()
+def choose(oof: dict[str, np.ndarray], labels: np.ndarray, members, methods) -> tuple[str, str, float | None]:
+    """The member and calibration (fitted on the same rows) with the lowest log loss on `labels`' rows."""
+    best = None
+    for member in members:
+        for method in methods:
+            value = fit_calibration(method, oof[member], labels)
+            loss = scores(calibrate(method, value, oof[member]), labels)["logloss"]
+            if best is None or loss < best[0]:
+                best = (loss, member, method, value)
+    return best[1:]
+
+
+def cross_fitted(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, members, methods):
+    """Each fold's rows predicted by the member and calibration chosen and fitted on the other folds only.
+
+    So the reported score is what the whole procedure (choose, fit, apply) gives on rows it never saw.
+    Returns the predictions and each fold's choice.
+    """
+    out = np.empty_like(next(iter(oof.values())))
+    choices = {}
     for k in np.unique(folds):
-        rest = folds != k
-        out[~rest] = calibrate(method, fit_calibration(method, probs[rest], labels[rest]), probs[~rest])
-    return out
+        rest, held = folds != k, folds == k
+        member, method, value = choose({m: p[rest] for m, p in oof.items()}, labels[rest], members, methods)
+        out[held] = calibrate(method, value, oof[member][held])
+        choices[str(k)] = f"{member}+{method}"
+    return out, choices
 
 
-def fold_scores(comp: Competition, paths: Paths, folds: list[int]) -> dict:
+def log_average(predictions) -> np.ndarray:
+    """Average probability arrays in log space (a normalised geometric mean).
+
+    Where the fold models agree this is as confident as each of them, unlike the arithmetic mean, so a
+    calibration fitted on single models' out-of-fold predictions still fits the averaged test predictions.
+    (A temperature commutes with it: calibrating each model then averaging gives the same result.)
+    """
+    z = np.mean([np.log(np.clip(p, KAGGLE_EPS, 1.0)) for p in predictions], axis=0)
+    return with_temperature(np.exp(z), 1.0)
+
+
+def fold_scores(paths: Paths, folds: list[int]) -> dict:
     return {
         str(k): {f"{stage}_{m}": v for stage in STAGES for m, v in read_json(paths.fold_metrics(stage, k)).items()
-                 if m in ("logloss", "accuracy", "best_epoch")}
+                 if m in ("logloss", "accuracy")}
         for k in folds
     }
 
@@ -86,31 +116,28 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     paths = Paths(comp_name, root)
     ids, labels, fold_of = train_rows(paths, comp)
     oof = {s: load_oof(comp, [paths.model(s, k) for k in params.folds], ids) for s in STAGES}
-    test = {s: load_test([paths.model(s, k) for k in params.folds]) for s in STAGES}
-    oof["both"], test["both"] = (oof["head"] + oof["finetune"]) / 2, (test["head"] + test["finetune"]) / 2
-    candidates = {m: scores(p, labels) for m, p in oof.items()}
-    member = min(candidates, key=lambda m: candidates[m]["logloss"]) if ep.members == "auto" else ep.members
-
+    test = {s: log_average(load_test([paths.model(s, k) for k in params.folds])) for s in STAGES}
+    oof["both"], test["both"] = log_average([oof["head"], oof["finetune"]]), log_average([test["head"], test["finetune"]])
+    members = ("head", "finetune", "both") if ep.members == "auto" else (ep.members,)
     methods = ("none", "temperature", "clip") if ep.calibration == "auto" else (ep.calibration,)
-    calibrated = {m: scores(cross_fitted(m, oof[member], labels, fold_of), labels) for m in methods}
-    method = min(calibrated, key=lambda m: calibrated[m]["logloss"])
-    value = fit_calibration(method, oof[member], labels)
+
+    honest, fold_choices = cross_fitted(oof, labels, fold_of, members, methods)
+    member, method, value = choose(oof, labels, members, methods)  # for the submission: fitted on every row
 
     _, test_index = load_cache(paths.cache, "test")
     sample = read_sample(comp, paths.raw)
     final = calibrate(method, value, test[member])
     sub = make_submission(comp, test_index["id"], final)
     validate_submission(comp, sub, sample, str(paths.submission))
-    write_csv(paths.submission, sub, float_format="%.6f")
+    write_csv(paths.submission, sub, float_format=FLOAT_FORMAT)
     metrics = {
-        **calibrated[method],
-        "logloss_uncalibrated": candidates[member]["logloss"],
+        **scores(honest, labels),
         "member": member,
         "calibration": method,
         "calibration_value": value,
-        "members_logloss": {m: c["logloss"] for m, c in candidates.items()},
-        "calibrations_logloss": {m: c["logloss"] for m, c in calibrated.items()},
-        "folds": fold_scores(comp, paths, list(params.folds)),
+        "fold_choices": fold_choices,
+        "members_logloss": {m: scores(p, labels)["logloss"] for m, p in oof.items()},
+        "folds": fold_scores(paths, list(params.folds)),
     }
     if paths.demo_answers.is_file():  # the demo knows its test labels: report the "leaderboard" score too
         answers = pd.read_csv(paths.demo_answers, dtype=str).set_index("id").loc[test_index["id"], "label"]

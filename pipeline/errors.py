@@ -28,3 +28,11 @@ class SubmissionError(PipelineError, ValueError):
 
 class KaggleError(PipelineError, RuntimeError):
     """Kaggle could not do what was asked."""
+
+
+class OutputError(PipelineError, ValueError):
+    """An earlier stage's output is missing, damaged or out of step with another; re-running the stages fixes it."""
+
+
+class DeviceError(PipelineError, RuntimeError):
+    """The device asked for in params.yaml is not there."""

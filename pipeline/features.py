@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.config import Params, as_dict
-from pipeline.data import ImageDataset, build_transform, load_cache
+from pipeline.data import ImageDataset, SeededRows, build_transform, load_cache
 from pipeline.engine import autocast, pick_device
 from pipeline.io import atomic_dir, write_json
 from pipeline.models import create_backbone, normalisation, save_weights
@@ -26,9 +26,10 @@ from pipeline.stage import stage_main
 
 
 @torch.no_grad()
-def extract(backbone, dataset, out: np.ndarray, batch_size: int, device, amp: bool, desc: str) -> None:
-    """Write the backbone's pooled features of every `dataset` row into `out`, in order."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+def extract(backbone, dataset, out: np.ndarray, batch_size: int, device, amp: bool, desc: str, seed=None) -> None:
+    """Write the backbone's pooled features of every `dataset` row into `out`, in order (augmented with `seed`)."""
+    sampler = None if seed is None else SeededRows(len(dataset), seed, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler)
     start = 0
     for x in tqdm(loader, desc=desc, unit="batch"):
         with autocast(device, amp):
@@ -43,7 +44,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     paths = Paths(comp_name, root)
     device = pick_device(params.device)
     torch.manual_seed(params.seed)
-    backbone = create_backbone(fp, key=f"{comp_name}.features").to(device).eval()
+    images, _ = load_cache(paths.cache, "train")
+    backbone = create_backbone(fp, key=f"{comp_name}.features", image_size=images.shape[1:3]).to(device).eval()
     mean, std = normalisation(backbone)
     plain = build_transform(mean, std)
     with atomic_dir(paths.features) as out:
@@ -57,10 +59,10 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         if fp.aug_copies:
             shape = (fp.aug_copies, len(images), dim)
             aug = np.lib.format.open_memmap(out / "train_aug.npy", "w+", np.float16, shape)
-            transform = build_transform(mean, std, cp.augment, seed=params.seed)
-            augmented = ImageDataset(images, np.arange(len(images)), transform)
-            for k in range(fp.aug_copies):
-                extract(backbone, augmented, aug[k], fp.batch_size, device, fp.amp, f"{comp_name} augmented {k + 1}")
+            augmented = ImageDataset(images, np.arange(len(images)), build_transform(mean, std, cp.augment))
+            for k in range(fp.aug_copies):  # each copy its own seeds: copies differ from each other
+                extract(backbone, augmented, aug[k], fp.batch_size, device, fp.amp, f"{comp_name} augmented {k + 1}",
+                        seed=(params.seed, k))
             aug.flush()
         save_weights(backbone, out / "backbone.safetensors")
         write_json(

@@ -3,10 +3,11 @@
 Starts from exactly the network the head was trained on (`data/<comp>/features/backbone.safetensors` and
 `models/<comp>/head/fold<k>/head.safetensors`), never from a random head; epoch 0 of the learning curve is that
 starting point, so its validation log loss matches the head's. Augmentation comes from `<comp>.augment`
-(params.yaml refuses horizontal flips for State Farm); the learning rate warms up, peaks and anneals; the epoch
-with the best validation log loss is kept. Outputs in `models/<comp>/finetune/fold<k>/`: `model.safetensors`,
-`oof.csv` and `test.npy` (averaged over `finetune.tta` views), `params.json`; `metrics/<comp>/finetune/fold<k>.json`;
-curves in `dvclive/<comp>/finetune/fold<k>/`.
+(params.yaml refuses horizontal flips for State Farm); the learning rate warms up, peaks and anneals, and the
+last epoch is kept (none is picked on the validation rows, so their predictions stay out-of-fold).
+Outputs in `models/<comp>/finetune/fold<k>/`: `model.safetensors`, `oof.csv` and `test.npy` (averaged over
+`finetune.tta` views), `params.json`; `metrics/<comp>/finetune/fold<k>.json`; curves in
+`dvclive/<comp>/finetune/fold<k>/`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
-from pipeline.data import ImageDataset, build_transform, load_cache
+from pipeline.data import ImageDataset, SeededRows, build_transform, load_cache
 from pipeline.engine import fit, one_cycle, pick_device, predict
 from pipeline.io import atomic_dir, read_json
 from pipeline.models import Classifier, create_backbone, create_head, save_weights
@@ -42,29 +43,32 @@ def load_start(params: Params, comp_name: str, fold: int, paths: Paths) -> Class
     return Classifier(backbone, head)
 
 
-def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> dict:
+def setup(params: Params, comp_name: str, fold: int, paths: Paths, device: torch.device):
+    """The fold's loaders (augmented train, val, test), the starting network on `device` and its optimizer
+    (lower learning rate for the backbone): everything finetuning trains, which `pipeline lr-find` uses too."""
     comp = get_competition(comp_name)
     cp = params.comp(comp_name)
     ft = cp.finetune
-    paths = Paths(comp_name, root)
-    device = pick_device(params.device)
     torch.manual_seed(params.seed + fold)
     split = fold_split(paths, comp, fold)
     meta = read_json(paths.features / "meta.json")
     images, _ = load_cache(paths.cache, "train")
     test_images, _ = load_cache(paths.cache, "test")
     plain = build_transform(meta["mean"], meta["std"])
-    augmented = build_transform(meta["mean"], meta["std"], cp.augment, seed=params.seed + fold)
-    val_labels = split.labels[split.val_rows]
-    workers = {"num_workers": ft.num_workers, "persistent_workers": ft.num_workers > 0}
+    augmented = build_transform(meta["mean"], meta["std"], cp.augment)
+    # Own generators: a loader otherwise draws its workers' base seed from torch's global RNG (once with
+    # persistent workers, per epoch without), which would move dropout's masks with num_workers.
+    loader = {"num_workers": ft.num_workers, "persistent_workers": ft.num_workers > 0,
+              "generator": torch.Generator().manual_seed(params.seed)}
     train_loader = DataLoader(
         ImageDataset(images, split.train_rows, augmented, split.labels[split.train_rows]),
-        batch_size=ft.batch_size, shuffle=True, drop_last=len(split.train_rows) > ft.batch_size,
-        generator=torch.Generator().manual_seed(params.seed + fold), **workers,
+        batch_size=ft.batch_size, sampler=SeededRows(len(split.train_rows), (params.seed, fold), shuffle=True),
+        drop_last=len(split.train_rows) > ft.batch_size, **loader,
     )
-    val_loader = DataLoader(ImageDataset(images, split.val_rows, plain, val_labels), batch_size=ft.batch_size * 2)
-    test_loader = DataLoader(ImageDataset(test_images, np.arange(len(test_images)), plain), batch_size=ft.batch_size * 2)
-
+    val_loader = DataLoader(ImageDataset(images, split.val_rows, plain, split.labels[split.val_rows]),
+                            batch_size=ft.batch_size * 2, **loader)
+    test_loader = DataLoader(ImageDataset(test_images, np.arange(len(test_images)), plain),
+                             batch_size=ft.batch_size * 2, **loader)
     model = load_start(params, comp_name, fold, paths).to(device)
     if ft.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -73,18 +77,30 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
          {"params": model.head.parameters(), "lr": ft.lr}],
         weight_decay=ft.weight_decay,
     )
+    return split, meta, (train_loader, val_loader, test_loader), model, optimizer
+
+
+def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> dict:
+    comp = get_competition(comp_name)
+    cp = params.comp(comp_name)
+    ft = cp.finetune
+    paths = Paths(comp_name, root)
+    device = pick_device(params.device)
+    split, meta, (train_loader, val_loader, test_loader), model, optimizer = setup(params, comp_name, fold, paths,
+                                                                                  device)
+    val_labels = split.labels[split.val_rows]
     scheduler = one_cycle(optimizer, ft.epochs, len(train_loader), ft.warmup)
     amp = {"amp": ft.amp, "channels_last": ft.channels_last}
     with atomic_dir(paths.model("finetune", fold)) as out:
         with Live(dir=str(paths.live("finetune", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-            best_epoch, history = fit(model, train_loader, val_loader, val_labels, optimizer, scheduler,
-                                      ft.epochs, device, live, **amp)
+            history = fit(model, train_loader, val_loader, val_labels, optimizer, scheduler, ft.epochs, device,
+                          live, **amp)
         save_weights(model, out / "model.safetensors")
         oof = predict(model, val_loader, device, ft.tta, **amp)
         test = predict(model, test_loader, device, ft.tta, **amp)
         info = {"stage": "finetune", "competition": comp_name, "fold": fold, "seed": params.seed,
                 "finetune": as_dict(ft), "augment": as_dict(cp.augment), "head": as_dict(cp.head),
-                "features": meta, "best_epoch": best_epoch, "history": history}
+                "features": meta, "history": history}
         return save_fold(out, paths.fold_metrics("finetune", fold), comp, split, oof, test, info)
 
 

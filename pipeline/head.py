@@ -1,7 +1,7 @@
 """Stage `head@<comp>-<fold>`: precomputed features -> a dense head trained on the fold's train rows.
 
 Inputs: `data/<comp>/features/`, `folds/<comp>.csv`. Outputs in `models/<comp>/head/fold<k>/`: `head.safetensors`
-(the best epoch on validation log loss), `oof.csv`, `test.npy`, `params.json`; `metrics/<comp>/head/fold<k>.json`;
+(after the fixed number of epochs: no epoch is picked on the validation rows), `oof.csv`, `test.npy`, `params.json`; `metrics/<comp>/head/fold<k>.json`;
 learning curves in `dvclive/<comp>/head/fold<k>/`. Training on features takes seconds, so the head's
 hyperparameters can be tuned without touching the images.
 """
@@ -35,11 +35,11 @@ def _loader(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool,
                       drop_last=shuffle and len(x) > batch_size)
 
 
-def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> dict:
+def setup(params: Params, comp_name: str, fold: int, paths: Paths):
+    """The fold's loaders (train: plain + augmented feature copies, shuffled; val; test), a fresh head and its
+    optimizer: everything the head stage trains, which `pipeline lr-find` uses too."""
     comp = get_competition(comp_name)
     hp = params.comp(comp_name).head
-    paths = Paths(comp_name, root)
-    device = pick_device(params.device)
     torch.manual_seed(params.seed + fold)
     split = fold_split(paths, comp, fold)
     feats = np.load(paths.features / "train.npy", mmap_mode="r")
@@ -49,24 +49,32 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
         aug = np.load(aug_file, mmap_mode="r")[:, split.train_rows]
         x_train = np.concatenate([x_train, aug.reshape(-1, aug.shape[-1])])
         y_train = np.concatenate([y_train] + [split.labels[split.train_rows]] * len(aug))
-    val_labels = split.labels[split.val_rows]
-    train_loader = _loader(x_train, y_train, hp.batch_size, True, params.seed + fold)
-    val_loader = _loader(feats[split.val_rows], val_labels, 1024, False, 0)
-    test_loader = _loader(np.load(paths.features / "test.npy", mmap_mode="r"), None, 1024, False, 0)
-
-    head = create_head(feats.shape[1], comp.num_classes, hp.hidden, hp.dropout).to(device)
+    loaders = (_loader(x_train, y_train, hp.batch_size, True, params.seed + fold),
+               _loader(feats[split.val_rows], split.labels[split.val_rows], 1024, False, 0),
+               _loader(np.load(paths.features / "test.npy", mmap_mode="r"), None, 1024, False, 0))
+    head = create_head(feats.shape[1], comp.num_classes, hp.hidden, hp.dropout)
     optimizer = torch.optim.AdamW(head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    return split, loaders, head, optimizer
+
+
+def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> dict:
+    comp = get_competition(comp_name)
+    hp = params.comp(comp_name).head
+    paths = Paths(comp_name, root)
+    device = pick_device(params.device)
+    split, (train_loader, val_loader, test_loader), head, optimizer = setup(params, comp_name, fold, paths)
+    head = head.to(device)
+    val_labels = split.labels[split.val_rows]
     scheduler = one_cycle(optimizer, hp.epochs, len(train_loader), hp.warmup)
     with atomic_dir(paths.model("head", fold)) as out:
         with Live(dir=str(paths.live("head", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-            best_epoch, history = fit(head, train_loader, val_loader, val_labels, optimizer, scheduler,
-                                      hp.epochs, device, live)
+            history = fit(head, train_loader, val_loader, val_labels, optimizer, scheduler, hp.epochs, device, live)
         save_weights(head, out / "head.safetensors")
         oof = predict(head, val_loader, device)
         test = predict(head, test_loader, device)
         info = {"stage": "head", "competition": comp_name, "fold": fold, "seed": params.seed,
                 "head": as_dict(hp), "features": read_json(paths.features / "meta.json"),
-                "best_epoch": best_epoch, "history": history}
+                "history": history}
         return save_fold(out, paths.fold_metrics("head", fold), comp, split, oof, test, info)
 
 

@@ -2,7 +2,8 @@
 
 A fold's folder holds `oof.csv` (its validation rows: id, true label, one probability column per class),
 `test.npy` (test probabilities in the cache's order), the weights, and `params.json` (the resolved params,
-seed, best epoch and learning curve that produced them).
+seed and learning curve that produced them). Every fold trains for its fixed number of epochs: nothing is
+chosen on the validation rows whose predictions `oof.csv` holds.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def save_fold(
     oof_df.insert(0, "id", split.ids[split.val_rows])
     write_csv(out / "oof.csv", oof_df)
     np.save(out / "test.npy", test.astype(np.float32))
-    metrics = {**scores(oof, val_labels), "best_epoch": info.get("best_epoch"), "val_rows": int(len(val_labels))}
+    last = info["history"][-1]
+    metrics = {**scores(oof, val_labels), "epochs": last["epoch"], "train_loss": last.get("train_loss"),
+               "val_rows": int(len(val_labels))}
     write_json(out / "params.json", info)
     write_json(metrics_path, metrics)
     return metrics
@@ -70,5 +73,5 @@ def load_oof(comp: Competition, dirs: list[Path], ids: np.ndarray) -> np.ndarray
 
 
 def load_test(dirs: list[Path]) -> np.ndarray:
-    """The folds' test predictions averaged."""
-    return np.mean([np.load(d / "test.npy").astype(np.float64) for d in dirs], axis=0)
+    """The folds' test predictions, stacked: (folds, M, C)."""
+    return np.stack([np.load(d / "test.npy").astype(np.float64) for d in dirs])

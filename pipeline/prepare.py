@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,9 +43,15 @@ def decode(data: bytes, size: tuple[int, int], where: str) -> np.ndarray:
 
 
 def _read(zips: dict[str, zipfile.ZipFile], raw: Path, container: str, member: str) -> bytes:
-    if container not in zips:
-        zips[container] = zipfile.ZipFile(raw / container)
-    return zips[container].read(member)
+    try:
+        if container not in zips:
+            zips[container] = zipfile.ZipFile(raw / container)
+        return zips[container].read(member)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a damaged member behind an intact directory
+        raise ImageError(
+            f"{container}:{member} cannot be read from the archive ({type(e).__name__}: {e}); the archive is "
+            "damaged. Download it again (delete data/<comp>/kaggle/ first if it came from Kaggle)."
+        ) from None
 
 
 def decode_index(index: pd.DataFrame, raw: Path, out: np.ndarray, size, workers: int, desc: str) -> None:

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 _STAGE = {
     "data": {"source": "demo", "demo": {"train_per_class": 6, "test": 5, "drivers": 3}},
     "prepare": {"num_workers": 2},
-    "features": {"backbone": "test_resnet", "pretrained": False, "batch_size": 16, "aug_copies": 1},
+    "features": {"backbone": "test_resnet", "pretrained": False, "batch_size": 16, "aug_copies": 2},
     "head": {"hidden": 16, "epochs": 3, "batch_size": 8, "lr": 0.01},
     "finetune": {"epochs": 2, "batch_size": 8, "lr": 0.01},
 }

@@ -38,20 +38,36 @@ def imported_closure(module: str) -> set[str]:
     return seen
 
 
+def _is_comp_call(node) -> bool:
+    """`params.comp(...)`: the one way a stage gets a competition's params."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "comp"
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "params")
+
+
 def params_read(module: str) -> set[str]:
-    """Params a stage module reads: top-level keys, and `<comp>.<section>` for each section attribute."""
+    """Params a stage module reads: top-level keys on `params`, and `<comp>.<section>` for each section taken
+    from `params.comp(...)` directly or from a name bound to it (an attribute that merely shares a section's
+    name, like `model.head`, does not count)."""
     tree = ast.parse((REPO / "pipeline" / f"{module}.py").read_text())
+    comp_names = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) and _is_comp_call(node.value)
+                  for t in node.targets if isinstance(t, ast.Name)}
     read = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute):
-            on_paths = isinstance(node.value, ast.Name) and node.value.id == "paths"  # Paths.features is a folder
-            if node.attr in SECTIONS and not on_paths:
-                read.add(f"${{item.comp}}.{node.attr}")
-            elif node.attr in TOP_KEYS and isinstance(node.value, ast.Name) and node.value.id == "params":
-                read.add(node.attr)
-            elif node.attr == "n_splits":
-                read.add("folds")
+        if not isinstance(node, ast.Attribute):
+            continue
+        on_comp = _is_comp_call(node.value) or (isinstance(node.value, ast.Name) and node.value.id in comp_names)
+        if node.attr in SECTIONS and on_comp:
+            read.add(f"${{item.comp}}.{node.attr}")
+        elif node.attr in TOP_KEYS and isinstance(node.value, ast.Name) and node.value.id == "params":
+            read.add(node.attr)
+        elif node.attr == "n_splits":
+            read.add("folds")
     return read
+
+
+def test_params_read_ignores_attributes_that_only_share_a_sections_name():
+    assert "${item.comp}.head" not in params_read("models")  # models.py has `model.head`-like attributes
+    assert "${item.comp}.head" in params_read("head")
 
 
 @pytest.mark.parametrize("stage", sorted(DVC))

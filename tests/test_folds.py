@@ -26,6 +26,15 @@ def test_grouped_folds_never_split_a_driver(seed, n_splits):
     assert (per_group == 1).all(), "no driver on both sides of any split"
 
 
+def test_grouped_folds_follow_the_seed():
+    """Another seed must give other folds (StratifiedGroupKFold ignored the seed for most seeds)."""
+    train = synthetic()
+    base = assign_folds(train, 5, 0, grouped=True)
+    assert np.array_equal(base, assign_folds(train, 5, 0, grouped=True))
+    for seed in range(1, 6):
+        assert not np.array_equal(base, assign_folds(train, 5, seed, grouped=True)), seed
+
+
 def test_stratified_folds_balance_classes_and_are_deterministic():
     train = synthetic(n_groups=1, per_group=500, n_classes=2)
     train["group"] = train["id"]

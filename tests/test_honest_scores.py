@@ -1,0 +1,130 @@
+"""Fold scores that cannot flatter: a fold's out-of-fold predictions do not depend on that fold's labels, the
+ensemble chooses nothing on the rows it reports, and the same params on the same CPU give the same outputs,
+whatever the number of DataLoader workers."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+
+from conftest import tiny_params
+from pipeline import ensemble, finetune, head
+from pipeline.competitions import get_competition
+from pipeline.paths import Paths
+
+COMP = "statefarm"
+
+
+def copy_upstream(src_root, dst_root, comp_name=COMP):
+    """The outputs a per-fold stage reads (cache, features, folds), copied to a fresh root."""
+    src, dst = Paths(comp_name, src_root), Paths(comp_name, dst_root)
+    for folder in (src.raw, src.cache, src.features):
+        shutil.copytree(folder, dst_root / folder.relative_to(src_root))
+    dst.folds.parent.mkdir(parents=True)
+    shutil.copy(src.folds, dst.folds)
+    return dst
+
+
+def probabilities(path, comp_name=COMP) -> np.ndarray:
+    return pd.read_csv(path / "oof.csv")[list(get_competition(comp_name).classes)].to_numpy()
+
+
+def permute_fold_labels(paths: Paths, fold: int, seed: int = 0) -> None:
+    """Shuffle the labels of fold `fold`'s rows among themselves, in the cache index and the folds file."""
+    folds = pd.read_csv(paths.folds, dtype=str)
+    cache = pd.read_csv(paths.cache / "train.csv", dtype=str)
+    rows = np.flatnonzero(folds["fold"].astype(int) == fold)
+    shuffled = np.roll(cache.loc[rows, "label"].to_numpy(), len(rows) // 2 + seed)
+    assert (shuffled != cache.loc[rows, "label"].to_numpy()).mean() > 0.5
+    cache.loc[rows, "label"] = shuffled
+    folds.loc[rows, "label"] = shuffled
+    cache.to_csv(paths.cache / "train.csv", index=False)
+    folds.to_csv(paths.folds, index=False)
+
+
+def test_a_folds_predictions_do_not_move_when_its_labels_do(pipeline_run, tmp_path, monkeypatch):
+    """Permuting fold 0's validation labels changes neither the head's nor the finetuned model's predictions for
+    fold 0: no epoch, checkpoint or anything else is chosen on them."""
+    root, params, _ = pipeline_run
+    paths = copy_upstream(root, tmp_path)
+    permute_fold_labels(paths, 0)
+    monkeypatch.chdir(tmp_path)
+    head.run(params, COMP, 0, tmp_path)
+    finetune.run(params, COMP, 0, tmp_path)
+    original = Paths(COMP, root)
+    for stage in ("head", "finetune"):
+        np.testing.assert_allclose(probabilities(paths.model(stage, 0)), probabilities(original.model(stage, 0)),
+                                   rtol=0, atol=1e-6, err_msg=stage)
+        assert (pd.read_csv(paths.model(stage, 0) / "oof.csv")["label"]
+                != pd.read_csv(original.model(stage, 0) / "oof.csv")["label"]).any()
+
+
+def test_finetune_does_not_depend_on_the_number_of_workers(pipeline_run, tmp_path, monkeypatch):
+    """Augmentation seeds are drawn per sample in the main process: two workers give the very same run as none
+    (albumentations' own state would have given each worker the same augmentations)."""
+    root, _, _ = pipeline_run
+    params = tiny_params(**{f"{COMP}.finetune.num_workers": 2})
+    paths = copy_upstream(root, tmp_path)
+    shutil.copytree(Paths(COMP, root).model("head", 1), paths.model("head", 1))
+    monkeypatch.chdir(tmp_path)
+    finetune.run(params, COMP, 1, tmp_path)
+    np.testing.assert_allclose(probabilities(paths.model("finetune", 1)),
+                               probabilities(Paths(COMP, root).model("finetune", 1)), rtol=0, atol=1e-6)
+
+
+def test_ensemble_chooses_member_and_calibration_without_the_rows_it_scores():
+    """A fold whose labels change keeps its cross-fitted predictions: they were chosen and fitted elsewhere."""
+    rng = np.random.default_rng(0)
+    n, c = 300, 3
+    labels = rng.integers(c, size=n)
+    folds = np.arange(n) % 5
+    logits = rng.normal(size=(n, c)) + 2.5 * np.eye(c)[labels]
+    oof = {"head": ensemble.with_temperature(np.exp(logits), 0.5),
+           "finetune": ensemble.with_temperature(np.exp(logits + rng.normal(size=(n, c))), 2.0)}
+    members, methods = ("head", "finetune"), ("none", "temperature", "clip")
+    base, _ = ensemble.cross_fitted(oof, labels, folds, members, methods)
+    moved = labels.copy()
+    moved[folds == 2] = rng.permutation(moved[folds == 2])
+    again, _ = ensemble.cross_fitted(oof, moved, folds, members, methods)
+    np.testing.assert_array_equal(base[folds == 2], again[folds == 2])
+    assert not np.array_equal(base[folds != 2], again[folds != 2]), "other folds' fits did see fold 2's labels"
+
+
+def test_log_average_keeps_the_confidence_of_agreeing_models():
+    p = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]])
+    assert np.allclose(ensemble.log_average([p, p, p]), p)
+    q = ensemble.log_average([p, p[:, ::-1]])
+    assert np.allclose(q.sum(axis=1), 1) and q[0, 0] < 0.9
+
+
+def test_same_params_same_cpu_same_outputs(pipeline_run, tmp_path, monkeypatch):
+    """The whole tiny pipeline again, from the archive: byte-identical folds and features, identical predictions
+    and submission."""
+    from pipeline import download, features, folds, prepare
+
+    root, params, _ = pipeline_run
+    monkeypatch.chdir(tmp_path)
+    comp = "dogscats"
+    for stage in (download, folds, prepare, features):
+        stage.run(params, comp, tmp_path)
+    for k in params.folds:
+        head.run(params, comp, k, tmp_path)
+        finetune.run(params, comp, k, tmp_path)
+    ensemble.run(params, comp, tmp_path)
+    a, b = Paths(comp, root), Paths(comp, tmp_path)
+    assert a.folds.read_bytes() == b.folds.read_bytes()
+    for name in ("train.npy", "test.npy", "train_aug.npy"):
+        assert (a.features / name).read_bytes() == (b.features / name).read_bytes(), name
+    for k in params.folds:
+        np.testing.assert_allclose(probabilities(b.model("finetune", k), comp),
+                                   probabilities(a.model("finetune", k), comp), rtol=0, atol=1e-6)
+    assert a.submission.read_text() == b.submission.read_text()
+
+
+def test_the_seed_changes_state_farms_folds(tmp_path):
+    """Three demo drivers in three folds: 6 possible assignments, so five seeds must give several of them."""
+    from pipeline import download, folds
+
+    download.run(tiny_params(), COMP, tmp_path)
+    seen = {tuple(pd.read_csv(folds.run(tiny_params(seed=seed), COMP, tmp_path))["fold"]) for seed in range(5)}
+    assert len(seen) >= 3
