@@ -24,6 +24,16 @@ class Paths:
         return self.raw / "demo_test_labels.csv"
 
     @property
+    def inputs(self) -> Path:
+        """inputs: content fingerprints of the archive and weights files that params.yaml points at."""
+        return self.root / "data" / self.comp / "inputs"
+
+    @property
+    def inputs_state(self) -> Path:
+        """Hashes the inputs stage already computed, by file stat (outside its outputs, which DVC deletes)."""
+        return self.root / "data" / self.comp / "inputs-state.json"
+
+    @property
     def download(self) -> Path:
         """Kaggle downloads, kept outside DVC's outputs so a re-run does not fetch gigabytes again."""
         return self.root / "data" / self.comp / "kaggle"
@@ -60,6 +70,11 @@ class Paths:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics" / f"{self.comp}.json"
+
+    @property
+    def reports(self) -> Path:
+        """Pictures made by hand-run commands (lr-find)."""
+        return self.root / "reports" / self.comp
 
     @property
     def ensemble(self) -> Path:

