@@ -1,7 +1,7 @@
-"""The `pipeline` console script: `pipeline submit <comp>` and `pipeline submissions <comp>`.
+"""The `pipeline` console script: `pipeline submit <comp>`, `pipeline submissions <comp>`, `pipeline lr-find`.
 
-The DVC stages have their own entry points (`python -m pipeline.<stage>`); these two talk to Kaggle and are run
-by hand.
+The DVC stages have their own entry points (`python -m pipeline.<stage>`); these are run by hand: two talk to
+Kaggle, lr-find plots loss against learning rate so a user can pick the peak rate.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pandas as pd
 
 from pipeline import submit
 from pipeline.competitions import COMPETITIONS
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline", description="Send submissions to Kaggle and compare scores.")
+    parser = argparse.ArgumentParser(prog="pipeline", description="Send submissions to Kaggle, compare scores, find learning rates.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("submit", help="upload submissions/<comp>.csv and record it in submissions/scores.csv")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
@@ -27,7 +27,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1800.0, help="give up waiting after this many seconds")
     p = sub.add_parser("submissions", help="Kaggle's scores of your submissions beside their CV scores")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
+    p = sub.add_parser("lr-find", help="learning-rate range test for the head and finetuning: plots in reports/")
+    p.add_argument("comp", choices=sorted(COMPETITIONS))
+    p.add_argument("fold", type=int, nargs="?", default=0, help="fold whose training rows are used (default 0)")
+    p.add_argument("--stage", choices=["head", "finetune", "both"], default="both")
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate")
+    p.add_argument("--end", type=float, default=10.0, help="last learning rate, unless the loss explodes first")
+    p.add_argument("--steps", type=int, default=100, help="batches, one learning rate each")
     return parser
+
+
+def _lr_find(args) -> None:
+    from pipeline import lr_find  # imports torch and timm: only for this command
+    from pipeline.config import load_params
+
+    params = load_params()
+    if args.fold not in params.folds:
+        raise ConfigError(f"fold {args.fold} is not one of params.yaml's folds {list(params.folds)}")
+    stages = lr_find.STAGES if args.stage == "both" else (args.stage,)
+    found = lr_find.run(params, args.comp, args.fold, stages, args.start, args.end, args.steps)
+    for stage, f in found.items():
+        print(f"{args.comp} {stage}: loss lowest at lr {f['minimum']:.3g}, steepest fall at {f['steepest']:.3g}; "
+              f"suggested peak lr {f['suggested']:.3g} ({args.comp}.{stage}.lr in params.yaml). Plot: {f['plot']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             row = submit.run(args.comp, args.message, args.wait, poll_seconds=args.poll_seconds, timeout=args.timeout)
             print(f"Submitted {args.comp} (ref {row['ref']}): status {row['status']}, public score "
                   f"{row['public_score']}, CV log loss {row['cv_logloss']}; recorded in submissions/scores.csv")
+        elif args.command == "lr-find":
+            _lr_find(args)
         else:
             board = submit.leaderboard(args.comp)
             with pd.option_context("display.width", 200, "display.max_colwidth", 40):

@@ -1,0 +1,82 @@
+"""`pipeline lr-find <comp> [fold]`: the learning-rate range test, for the head and for finetuning.
+
+Each starts where its stage starts (the head: a fresh head on the fold's precomputed features; finetuning: the
+features backbone joined to the fold's trained head, with the backbone's lower rate ratio), then raises the
+learning rate exponentially batch by batch and records the smoothed training loss until it explodes. Read the
+plot as the lesson teaches: the loss falls, bottoms out, then shoots up; set the peak `lr` below the bottom,
+where the loss still falls steeply (the printed suggestion is the bottom's rate / 10, fast.ai's rule of thumb).
+Nothing is saved but the plots and the curves: `reports/<comp>/lr_find_<stage>_fold<k>.png` and `.csv`. It needs
+`dvc repro` to have run up to the fold's head.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import finetune, head
+from pipeline.config import Params
+from pipeline.engine import lr_range, pick_device
+from pipeline.errors import OutputError
+from pipeline.io import write_csv
+from pipeline.paths import Paths
+
+STAGES = ("head", "finetune")
+
+
+def suggest(rates: list[float], losses: list[float]) -> dict[str, float]:
+    """The rate at the smoothed loss's minimum, a tenth of it (the suggested peak), and the steepest fall before it."""
+    bottom = int(np.argmin(losses))
+    slope = np.gradient(np.asarray(losses[: bottom + 1]), np.log(rates[: bottom + 1])) if bottom > 1 else [0.0]
+    return {"minimum": rates[bottom], "suggested": rates[bottom] / 10, "steepest": rates[int(np.argmin(slope))]}
+
+
+def _plot(path: Path, curves: pd.DataFrame, found: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed, and no network
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(curves["lr"], curves["loss"])
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (peak group)")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.axvline(found["suggested"], color="tab:green", linestyle="--", label=f"suggested {found['suggested']:.2g}")
+    ax.axvline(found["minimum"], color="tab:red", linestyle=":", label=f"minimum {found['minimum']:.2g}")
+    ax.set_title(title)
+    ax.legend()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run(params: Params, comp_name: str, fold: int, stages=STAGES, start: float = 1e-7, end: float = 10.0,
+        steps: int = 100, root: Path = Path(".")) -> dict[str, dict]:
+    """Run the range test for each of `stages`; return each one's suggestion (and write plot and curve)."""
+    paths = Paths(comp_name, root)
+    device = pick_device(params.device)
+    needed = paths.model("head", fold) if "finetune" in stages else paths.features
+    if not needed.exists():
+        raise OutputError(f"{needed} does not exist yet; run `dvc repro head@{comp_name}-{fold}` first.")
+    found = {}
+    for stage in stages:
+        if stage == "head":
+            _, (train_loader, _, _), model, optimizer = head.setup(params, comp_name, fold, paths)
+            amp = {}
+        else:
+            _, _, (train_loader, _, _), model, optimizer = finetune.setup(params, comp_name, fold, paths, device)
+            ft = params.comp(comp_name).finetune
+            amp = {"amp": ft.amp, "channels_last": ft.channels_last}
+        rates, losses = lr_range(model.to(device), train_loader, optimizer, device, start, end, steps, **amp)
+        curves = pd.DataFrame({"lr": rates, "loss": losses})
+        found[stage] = suggest(rates, losses)
+        out = paths.reports / f"lr_find_{stage}_fold{fold}"
+        write_csv(out.with_suffix(".csv"), curves)
+        _plot(out.with_suffix(".png"), curves, found[stage], f"{comp_name} {stage}, fold {fold}")
+        found[stage]["plot"] = str(out.with_suffix(".png"))
+    return found
