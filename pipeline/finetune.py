@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dvclive import Live
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -91,6 +90,8 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
     val_labels = split.labels[split.val_rows]
     scheduler = one_cycle(optimizer, ft.epochs, len(train_loader), ft.warmup)
     amp = {"amp": ft.amp, "channels_last": ft.channels_last}
+    from dvclive import Live  # here, not at the top: setup() (and lr-find) need none of dvclive's imports
+
     with atomic_dir(paths.model("finetune", fold)) as out:
         with Live(dir=str(paths.live("finetune", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
             history = fit(model, train_loader, val_loader, val_labels, optimizer, scheduler, ft.epochs, device,

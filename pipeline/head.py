@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dvclive import Live
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.competitions import get_competition
@@ -66,6 +65,8 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
     head = head.to(device)
     val_labels = split.labels[split.val_rows]
     scheduler = one_cycle(optimizer, hp.epochs, len(train_loader), hp.warmup)
+    from dvclive import Live  # here, not at the top: setup() (and lr-find) need none of dvclive's imports
+
     with atomic_dir(paths.model("head", fold)) as out:
         with Live(dir=str(paths.live("head", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
             history = fit(head, train_loader, val_loader, val_labels, optimizer, scheduler, hp.epochs, device, live)
