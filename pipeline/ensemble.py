@@ -45,8 +45,10 @@ def with_clip(probs: np.ndarray, eps: float) -> np.ndarray:
 def fit_calibration(method: str, probs: np.ndarray, labels: np.ndarray) -> float | None:
     """The temperature or clip minimising log loss on (probs, labels); None for 'none'."""
     if method == "temperature":
+        # Sharpen at most 2x: only near-perfect out-of-fold predictions ask for more, and then the test set's
+        # rare confident miss pays for it (demo Dogs vs Cats: T 0.05 turned 2 misses in 50 into log loss 0.39).
         res = minimize_scalar(lambda lt: scores(with_temperature(probs, np.exp(lt)), labels)["logloss"],
-                              bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+                              bounds=(np.log(0.5), np.log(20.0)), method="bounded")
         return float(np.exp(res.x))
     if method == "clip":
         grid = np.geomspace(1e-5, 0.3, 60)
