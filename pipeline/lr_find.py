@@ -30,8 +30,12 @@ STAGES = ("head", "finetune")
 def suggest(rates: list[float], losses: list[float]) -> dict[str, float]:
     """The rate at the smoothed loss's minimum, a tenth of it (the suggested peak), and the steepest fall before it."""
     bottom = int(np.argmin(losses))
-    slope = np.gradient(np.asarray(losses[: bottom + 1]), np.log(rates[: bottom + 1])) if bottom > 1 else [0.0]
-    return {"minimum": rates[bottom], "suggested": rates[bottom] / 10, "steepest": rates[int(np.argmin(slope))]}
+    skip = max(1, len(losses) // 10)  # the first batches' smoothed loss is mostly start-up noise (fast.ai skips them)
+    if bottom - skip < 2:
+        return {"minimum": rates[bottom], "suggested": rates[bottom] / 10, "steepest": rates[bottom]}
+    slope = np.gradient(np.asarray(losses[skip : bottom + 1]), np.log(rates[skip : bottom + 1]))
+    return {"minimum": rates[bottom], "suggested": rates[bottom] / 10,
+            "steepest": rates[skip + int(np.argmin(slope))]}
 
 
 def _plot(path: Path, curves: pd.DataFrame, found: dict, title: str) -> None:
