@@ -44,6 +44,9 @@ def _lr_find(args) -> None:
     params = load_params()
     if args.fold not in params.folds:
         raise ConfigError(f"fold {args.fold} is not one of params.yaml's folds {list(params.folds)}")
+    if not (0 < args.start < args.end) or args.steps < 3:
+        raise ConfigError(f"lr-find needs 0 < --start < --end and --steps >= 3; got --start {args.start}, "
+                          f"--end {args.end}, --steps {args.steps}")
     stages = lr_find.STAGES if args.stage == "both" else (args.stage,)
     found = lr_find.run(params, args.comp, args.fold, stages, args.start, args.end, args.steps)
     for stage, f in found.items():

@@ -79,7 +79,7 @@ class AugmentParams:
 class FeaturesParams:
     """The frozen backbone that precomputes conv features."""
 
-    backbone: str = field(default="efficientnet_lite0", metadata={"doc": "timm model name"})
+    backbone: str = field(default="tf_efficientnet_lite0", metadata={"doc": "timm model name"})
     pretrained: bool = field(default=True, metadata={"doc": "start from pretrained weights (false: random init)"})
     weights: str = field(
         default="package",

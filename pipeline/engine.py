@@ -110,9 +110,11 @@ def lr_range(model, loader, optimizer, device, start: float, end: float, steps: 
         optimizer.step()
         average = smoothing * average + (1 - smoothing) * loss.item()
         smoothed = average / (1 - smoothing ** (step + 1))  # bias-corrected, as Adam's moments
+        if not np.isfinite(smoothed):
+            break  # diverged: a NaN must not become the curve's "minimum"
         rates.append(rate)
         losses.append(smoothed)
-        if not np.isfinite(smoothed) or smoothed > 4 * best:
+        if smoothed > 4 * best:
             break
         best = min(best, smoothed)
     return rates, losses

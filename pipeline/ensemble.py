@@ -23,7 +23,7 @@ from pipeline.io import read_json, write_csv, write_json
 from pipeline.outputs import load_oof, load_test, train_rows
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
-from pipeline.submission import FLOAT_FORMAT, make_submission, read_sample, validate_submission
+from pipeline.submission import FLOAT_FORMAT, make_submission, read_sample, submission_probs, validate_submission
 
 STAGES = ("head", "finetune")
 
@@ -143,7 +143,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     }
     if paths.demo_answers.is_file():  # the demo knows its test labels: report the "leaderboard" score too
         answers = pd.read_csv(paths.demo_answers, dtype=str).set_index("id").loc[test_index["id"], "label"]
-        metrics["demo_test"] = scores(final, encode_labels(answers.reset_index(drop=True), comp.classes))
+        written = submission_probs(comp, sub)  # what Kaggle would score: the clipped values in the file
+        metrics["demo_test"] = scores(written, encode_labels(answers.reset_index(drop=True), comp.classes))
     write_json(paths.metrics, metrics)
     return metrics
 

@@ -2,7 +2,7 @@
 
 Runs on every `dvc repro` (`always_changed`) and costs well under a second, so a typo anywhere in params.yaml
 fails the run even when no other stage would run. Outputs in `data/<comp>/inputs/`:
-- `source.json`: the content hash of a local archive (`data.source: <path>.zip`) or of the kept Kaggle download;
+- `source.json`: the content hash of a local archive (`data.source: <path>.zip`);
 - `weights.json`: the content hash of the backbone's weights file, or of the installed weights package's file.
 `download` and `features` depend on these small files, so replacing an archive or a weights file at the same
 path re-runs what reads it, and rewriting an identical fingerprint re-runs nothing. Hashes are remembered by
@@ -48,15 +48,17 @@ class Hasher:
         write_json(self.state, self.known)
 
 
-def source_fingerprint(params: Params, comp_name: str, paths: Paths, md5: Hasher) -> dict:
+def source_fingerprint(params: Params, comp_name: str, md5: Hasher) -> dict:
     """What the download stage will read: the demo's params, or the archive's content."""
     comp = get_competition(comp_name)
     source = params.comp(comp_name).data.source
     if source == "demo":
         return {"source": "demo"}  # made from params alone, which DVC already tracks
     if source == "kaggle":
-        kept = paths.download / f"{comp.slug}.zip"
-        return {"source": "kaggle", "kept_download": md5(kept) if kept.is_file() else None}
+        # Kaggle's archive is fixed, and the kept copy is made by `download` itself: hashing it here would make
+        # the run after every download re-run download. To fetch again: delete data/<comp>/kaggle/, then
+        # `dvc repro -f download@<comp>`.
+        return {"source": "kaggle", "slug": comp.slug}
     path = Path(source).expanduser()
     if not path.is_file():
         raise ConfigError(
@@ -88,7 +90,7 @@ def weights_fingerprint(params: Params, comp_name: str, md5: Hasher) -> dict:
 def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     paths = Paths(comp_name, root)
     md5 = Hasher(paths.inputs_state)
-    source = source_fingerprint(params, comp_name, paths, md5)
+    source = source_fingerprint(params, comp_name, md5)
     weights = weights_fingerprint(params, comp_name, md5)
     with atomic_dir(paths.inputs) as out:
         write_json(out / "source.json", source)

@@ -29,6 +29,8 @@ STAGES = ("head", "finetune")
 
 def suggest(rates: list[float], losses: list[float]) -> dict[str, float]:
     """The rate at the smoothed loss's minimum, a tenth of it (the suggested peak), and the steepest fall before it."""
+    if not losses:
+        raise OutputError("the loss was not finite from the first batch on; lower --start")
     bottom = int(np.argmin(losses))
     skip = max(1, len(losses) // 10)  # the first batches' smoothed loss is mostly start-up noise (fast.ai skips them)
     if bottom - skip < 2:

@@ -38,6 +38,12 @@ def make_submission(comp: Competition, ids, probs: np.ndarray) -> pd.DataFrame:
     return sub
 
 
+def submission_probs(comp: Competition, sub: pd.DataFrame) -> np.ndarray:
+    """A submission frame's probabilities as (N, C), inverting `make_submission`."""
+    values = sub[list(comp.submission_columns)].to_numpy(dtype=np.float64)
+    return np.hstack([1 - values, values]) if comp.binary else values
+
+
 def validate_submission(comp: Competition, sub: pd.DataFrame, sample: pd.DataFrame, name: str = "submission") -> None:
     """Raise SubmissionError listing every way `sub` differs from what Kaggle expects."""
     problems = []

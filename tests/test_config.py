@@ -134,5 +134,5 @@ def test_weights_need_their_source():
     msg = _error(tiny_raw(**{"statefarm.features.pretrained": True, "statefarm.features.weights": "file",
                              "dogscats.features.pretrained": True, "dogscats.features.weights": "package"}))
     assert "statefarm.features.weights_file: weights: file needs the path" in msg
-    assert "dogscats.features.weights: 'package' has weights for efficientnet_lite0" in msg
+    assert "dogscats.features.weights: 'package' has weights for tf_efficientnet_lite0" in msg
     assert "'test_resnet'" in msg

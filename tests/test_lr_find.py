@@ -32,3 +32,22 @@ def test_lr_find_before_repro_says_what_to_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["lr-find", "dogscats", "1"]) == 1
     assert "dvc repro head@dogscats-1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--start", "0"], ["--start", "1", "--end", "0.1"]])
+def test_lr_find_refuses_a_sweep_that_cannot_be_made(tmp_path, monkeypatch, capsys, args):
+    from conftest import TINY
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["lr-find", "dogscats", *args]) == 1
+    assert "lr-find needs 0 < --start < --end and --steps >= 3" in capsys.readouterr().err
+
+
+def test_suggestion_sits_on_the_falling_part_of_the_curve():
+    rates = list(np.geomspace(1e-6, 1.0, 61))
+    losses = [2.3 - 1.5 / (1 + np.exp(-(np.log10(r) + 3) * 3)) for r in rates[:50]] + [1.0, 1.5, 3.0, 6.0, 9.0]
+    found = lr_find.suggest(rates[:55], losses)
+    assert found["minimum"] == rates[49] and found["suggested"] < found["minimum"]
+    assert 3e-4 < found["steepest"] < 3e-3, "the sigmoid falls fastest at 1e-3"

@@ -32,7 +32,7 @@ def test_pretrained_default_features_tell_real_photos_apart_for_unseen_drivers(t
     accuracy = {}
     for pretrained in (True, False):
         params = tiny_params(**{"statefarm.data.source": str(archive), "statefarm.prepare.image_size": [120, 160],
-                                "statefarm.features.backbone": "efficientnet_lite0", "statefarm.features.aug_copies": 0,
+                                "statefarm.features.backbone": "tf_efficientnet_lite0", "statefarm.features.aug_copies": 0,
                                 "statefarm.features.pretrained": pretrained, "statefarm.features.weights": "package"})
         accuracy[pretrained] = _test_accuracy(params, tmp_path / str(pretrained), tmp_path / "answers.csv")
     groups = pd.read_csv(Paths("statefarm", tmp_path / "True").folds).groupby("group")["fold"].nunique()
