@@ -23,8 +23,8 @@ import yaml
 
 from pipeline import download, features, finetune, folds, head, prepare
 from pipeline.config import parse_params
-from pipeline.engine import autocast, fit
-from pipeline.models import Classifier, create_backbone, create_head
+from pipeline.engine import autocast, fit, one_cycle
+from pipeline.models import Classifier, create_backbone, create_head, save_weights
 from pipeline.paths import Paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,18 +42,15 @@ def demo_on_gpu(root: Path) -> None:
     paths = Paths(comp, root)
     split, loaders, model, optimizer = head.setup(params, comp, 0, paths)
     hp = params.comp(comp).head
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, hp.lr, total_steps=hp.epochs * len(loaders[0]))
+    scheduler = one_cycle(optimizer, hp.epochs, len(loaders[0]), hp.warmup)
     history = fit(model.to(device), loaders[0], loaders[1], split.labels[split.val_rows], optimizer, scheduler,
                   hp.epochs, device)
     print(f"head fold 0 on GPU: val log loss {history[-1]['logloss']:.3f}, accuracy {history[-1]['accuracy']:.3f}")
-    (paths.model("head", 0)).mkdir(parents=True)
-    from pipeline.models import save_weights
-
+    paths.model("head", 0).mkdir(parents=True)
     save_weights(model, paths.model("head", 0) / "head.safetensors")
     ft = params.comp(comp).finetune
     split, _, loaders, model, optimizer = finetune.setup(params, comp, 0, paths, device)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, [g["lr"] for g in optimizer.param_groups],
-                                                    total_steps=ft.epochs * len(loaders[0]))
+    scheduler = one_cycle(optimizer, ft.epochs, len(loaders[0]), ft.warmup)
     start = time.perf_counter()
     history = fit(model, loaders[0], loaders[1], split.labels[split.val_rows], optimizer, scheduler, ft.epochs,
                   device, amp=True, channels_last=True)

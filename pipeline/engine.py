@@ -40,19 +40,24 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
     return x
 
 
+def train_step(model, x, y, optimizer, device, amp=False, channels_last=False) -> float:
+    """One optimiser step on the batch (x, y); returns its loss."""
+    x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
+    with autocast(device, amp):
+        loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, device, amp=False, channels_last=False) -> float:
     """One pass over `loader`, stepping `scheduler` per batch; returns the mean training loss."""
     model.train()
     total, count = 0.0, 0
     for x, y in tqdm(loader, desc="train", leave=False, unit="batch", disable=None):
-        x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        total += train_step(model, x, y, optimizer, device, amp, channels_last) * len(y)
         scheduler.step()
-        total += loss.item() * len(y)
         count += len(y)
     return total / max(count, 1)
 
@@ -102,13 +107,8 @@ def lr_range(model, loader, optimizer, device, start: float, end: float, steps: 
         rate = start * factor**step
         for group, ratio in zip(optimizer.param_groups, ratios):
             group["lr"] = rate * ratio
-        x, y = _to(x, device, channels_last), y.to(device)
-        with autocast(device, amp):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        average = smoothing * average + (1 - smoothing) * loss.item()
+        average = smoothing * average + (1 - smoothing) * train_step(model, x, y, optimizer, device, amp,
+                                                                     channels_last)
         smoothed = average / (1 - smoothing ** (step + 1))  # bias-corrected, as Adam's moments
         if not np.isfinite(smoothed):
             break  # diverged: a NaN must not become the curve's "minimum"

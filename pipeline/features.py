@@ -44,18 +44,19 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     paths = Paths(comp_name, root)
     device = pick_device(params.device)
     torch.manual_seed(params.seed)
-    images, _ = load_cache(paths.cache, "train")
-    backbone = create_backbone(fp, key=f"{comp_name}.features", image_size=images.shape[1:3]).to(device).eval()
+    caches = {split: load_cache(paths.cache, split)[0] for split in ("test", "train")}
+    size = caches["train"].shape[1:3]
+    backbone = create_backbone(fp, key=f"{comp_name}.features", image_size=size).to(device).eval()
     mean, std = normalisation(backbone)
     plain = build_transform(mean, std)
     with atomic_dir(paths.features) as out:
         dim = backbone.num_features
-        for split in ("test", "train"):  # train last: its images are reused for the augmented copies
-            images, _ = load_cache(paths.cache, split)
+        for split, images in caches.items():
             arr = np.lib.format.open_memmap(out / f"{split}.npy", "w+", np.float16, (len(images), dim))
             dataset = ImageDataset(images, np.arange(len(images)), plain)
             extract(backbone, dataset, arr, fp.batch_size, device, fp.amp, f"{comp_name} {split}")
             arr.flush()
+        images = caches["train"]
         if fp.aug_copies:
             shape = (fp.aug_copies, len(images), dim)
             aug = np.lib.format.open_memmap(out / "train_aug.npy", "w+", np.float16, shape)
