@@ -70,8 +70,8 @@ def main() -> None:
     print(f"stage start-up share of the full run: {n_stages * startup / full:.0%}")
     for comp, m in metrics.items():
         print(f"{comp}: CV logloss {m['logloss']:.4f}, accuracy {m['accuracy']:.4f} ({m['member']}, "
-              f"{m['calibration']}); demo test logloss {m['demo_test']['logloss']:.4f}, "
-              f"accuracy {m['demo_test']['accuracy']:.4f}")
+              f"{m['calibration']}); demo test logloss {m['demo_test_logloss']:.4f}, "
+              f"accuracy {m['demo_test_accuracy']:.4f}")
     if not args.keep:
         print(f"(clone left in {work}; delete it when done)")
 

@@ -118,7 +118,8 @@ def main() -> None:
         print(f"{name}: CV log loss {cv['logloss']:.3f} accuracy {cv['accuracy']:.3f} ({cv['member']}, "
               f"{cv['calibration']}) | test log loss {test['logloss']:.3f} accuracy {test['accuracy']:.3f} | "
               f"CV vs test {gap:.0%} | x chance log loss {test['logloss'] / math.log(10):.2f}")
-        print("  members (OOF log loss): " + ", ".join(f"{m} {v:.3f}" for m, v in cv["members_logloss"].items()))
+        detail = yaml.safe_load((root / "metrics" / COMP / "cv.json").read_text())
+        print("  members (OOF log loss): " + ", ".join(f"{m} {v:.3f}" for m, v in detail["members_logloss"].items()))
         print("  seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + f" (total {sum(times.values()):.0f})")
     print(f"(outputs left in {work}; delete when done)")
 

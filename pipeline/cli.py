@@ -1,7 +1,7 @@
-"""The `pipeline` console script: `pipeline submit <comp>`, `pipeline submissions <comp>`, `pipeline lr-find`.
+"""The `pipeline` console script: `pipeline compare`, `pipeline submit`, `pipeline submissions`, `pipeline lr-find`.
 
-The DVC stages have their own entry points (`python -m pipeline.<stage>`); these are run by hand: two talk to
-Kaggle, lr-find plots loss against learning rate so a user can pick the peak rate.
+The DVC stages have their own entry points (`python -m pipeline.<stage>`); these are run by hand: compare reads
+committed metrics of experiments, two talk to Kaggle, lr-find plots loss against learning rate.
 """
 
 from __future__ import annotations
@@ -23,10 +23,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("comp", choices=sorted(COMPETITIONS))
     p.add_argument("-m", "--message", help="submission description (default: CV log loss and git commit)")
     p.add_argument("--wait", action="store_true", help="poll until Kaggle has scored it, and record the score")
+    p.add_argument("--force", action="store_true",
+                   help="submit even a file made from demo data or outputs older than their params or code")
     p.add_argument("--poll-seconds", type=float, default=10.0, help="seconds between polls with --wait")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up waiting after this many seconds")
     p = sub.add_parser("submissions", help="Kaggle's scores of your submissions beside their CV scores")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
+    p = sub.add_parser("compare", help="experiments against a baseline, fold by fold and per driver, with noise")
+    p.add_argument("comp", choices=sorted(COMPETITIONS))
+    p.add_argument("experiments", nargs="*", metavar="EXP",
+                   help="DVC experiment names, git commits, branches or tags, or 'workspace' (default: workspace)")
+    p.add_argument("-b", "--baseline", default="HEAD", help="revision to compare against (default: HEAD)")
     p = sub.add_parser("lr-find", help="learning-rate range test for the head and finetuning: plots in reports/")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
     p.add_argument("fold", type=int, nargs="?", default=0, help="fold whose training rows are used (default 0)")
@@ -58,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "submit":
-            row = submit.run(args.comp, args.message, args.wait, poll_seconds=args.poll_seconds, timeout=args.timeout)
+            row = submit.run(args.comp, args.message, args.wait, poll_seconds=args.poll_seconds, timeout=args.timeout,
+                             force=args.force)
             print(f"Submitted {args.comp} (ref {row['ref']}): status {row['status']}, public score "
                   f"{row['public_score']}, CV log loss {row['cv_logloss']}; recorded in submissions/scores.csv")
+        elif args.command == "compare":
+            from pipeline import compare
+
+            print(compare.run(args.comp, args.experiments, args.baseline))
         elif args.command == "lr-find":
             _lr_find(args)
         else:

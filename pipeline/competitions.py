@@ -38,6 +38,11 @@ class Competition:
     """Column of `labels_file` that folds must be grouped by (no group on both sides of a split)."""
     hflip_keeps_label: bool
     """Whether a horizontal flip is label-preserving (allowed in augmentation and TTA)."""
+    group_noun: str = "group"
+    """What one group is, in words (State Farm: a driver)."""
+    test_images: int | None = None
+    """Rows of the real competition's sample_submission.csv: a submission with another count was not made from
+    the real archive (`pipeline submit` refuses it)."""
 
     @property
     def num_classes(self) -> int:
@@ -72,6 +77,7 @@ COMPETITIONS: dict[str, Competition] = {
             labels_file=None,
             group_column=None,
             hflip_keeps_label=True,
+            test_images=12_500,
         ),
         Competition(
             name="statefarm",
@@ -97,6 +103,8 @@ COMPETITIONS: dict[str, Competition] = {
             labels_file="driver_imgs_list.csv",
             group_column="subject",
             hflip_keeps_label=False,
+            group_noun="driver",
+            test_images=79_726,
         ),
     )
 }

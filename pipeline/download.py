@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline import archive, demo, kaggle_api
 from pipeline.competitions import get_competition
 from pipeline.config import Params
-from pipeline.io import atomic_dir, write_csv, write_json
+from pipeline.io import atomic_dir, read_json, write_csv, write_json
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
 
@@ -87,8 +87,14 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     return paths.raw
 
 
+def summary(out: Path) -> str:
+    s = read_json(out / "summary.json")
+    return (f"{s['train_images']} train images in {len(s['classes'])} classes ({s['groups']} groups), "
+            f"{s['test_images']} test images, from {s['source']}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, argv=argv)
+    stage_main(__doc__, run, argv=argv, summary=summary, wrote=lambda comp, fold: [Paths(comp).raw])
 
 
 if __name__ == "__main__":

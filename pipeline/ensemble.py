@@ -104,11 +104,31 @@ def log_average(predictions) -> np.ndarray:
     return with_temperature(np.exp(z), 1.0)
 
 
-def fold_scores(paths: Paths, folds: list[int]) -> dict:
+def _rounded(d: dict) -> dict:
+    """Scores to 6 decimals: the committed metrics files then diff cleanly between runs."""
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def per_fold(paths: Paths, folds: list[int], honest: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
+             choices: dict) -> dict:
+    """Each fold's cross-fitted ensemble score and choice, beside its head and finetune scores."""
+    out = {}
+    for k in folds:
+        rows = fold_of == k
+        stages = {f"{stage}_{m}": v for stage in STAGES for m, v in read_json(paths.fold_metrics(stage, k)).items()
+                  if m in ("logloss", "accuracy")}
+        out[str(k)] = _rounded({**scores(honest[rows], labels[rows]), "rows": int(rows.sum()),
+                                "choice": choices[str(k)], **stages})
+    return out
+
+
+def per_group(groups: np.ndarray, honest: np.ndarray, labels: np.ndarray, fold_of: np.ndarray) -> dict:
+    """Each group's (State Farm: driver's) cross-fitted score: which drivers are hard, and whether a change
+    helps on most of them or on one."""
     return {
-        str(k): {f"{stage}_{m}": v for stage in STAGES for m, v in read_json(paths.fold_metrics(stage, k)).items()
-                 if m in ("logloss", "accuracy")}
-        for k in folds
+        str(g): _rounded({**scores(honest[rows], labels[rows]), "rows": int(rows.sum()),
+                          "fold": int(fold_of[rows][0])})
+        for g in sorted(set(groups)) for rows in [groups == g]
     }
 
 
@@ -132,25 +152,38 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     sub = make_submission(comp, test_index["id"], final)
     validate_submission(comp, sub, sample, str(paths.submission))
     write_csv(paths.submission, sub, float_format=FLOAT_FORMAT)
-    metrics = {
-        **scores(honest, labels),
-        "member": member,
-        "calibration": method,
-        "calibration_value": value,
-        "fold_choices": fold_choices,
-        "members_logloss": {m: scores(p, labels)["logloss"] for m, p in oof.items()},
-        "folds": fold_scores(paths, list(params.folds)),
-    }
+    # Top level: a few flat keys, small enough to commit, so `dvc metrics diff main` works in any clone.
+    metrics = {**scores(honest, labels)}
     if paths.demo_answers.is_file():  # the demo knows its test labels: report the "leaderboard" score too
         answers = pd.read_csv(paths.demo_answers, dtype=str).set_index("id").loc[test_index["id"], "label"]
         written = submission_probs(comp, sub)  # what Kaggle would score: the clipped values in the file
-        metrics["demo_test"] = scores(written, encode_labels(answers.reset_index(drop=True), comp.classes))
+        demo = scores(written, encode_labels(answers.reset_index(drop=True), comp.classes))
+        metrics.update(demo_test_logloss=demo["logloss"], demo_test_accuracy=demo["accuracy"])
+    metrics = _rounded({**metrics, "member": member, "calibration": method,
+                        "source": read_json(paths.raw / "summary.json")["source"], "test_rows": len(sub)})
+    _, train_index = load_cache(paths.cache, "train")
+    detail = {
+        "logloss": metrics["logloss"],
+        "calibration_value": value,
+        "members_logloss": _rounded({m: scores(p, labels)["logloss"] for m, p in oof.items()}),
+        "folds": per_fold(paths, list(params.folds), honest, labels, fold_of, fold_choices),
+        "groups": per_group(train_index["group"].astype(str).to_numpy(), honest, labels, fold_of)
+        if comp.group_column else {},
+    }
+    write_json(paths.cv, detail)
     write_json(paths.metrics, metrics)
-    return metrics
+    return {**metrics, **detail}
+
+
+def summary(result: dict) -> str:
+    demo = (f"; demo test log loss {result['demo_test_logloss']:.4f}" if "demo_test_logloss" in result else "")
+    return (f"CV log loss {result['logloss']:.4f}, accuracy {result['accuracy']:.4f} ({result['member']}, "
+            f"{result['calibration']}){demo}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, argv=argv)
+    stage_main(__doc__, run, argv=argv, summary=summary,
+               wrote=lambda comp, fold: (Paths(comp).submission, Paths(comp).metrics, Paths(comp).cv))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from pipeline.config import Params, as_dict
 from pipeline.data import ImageDataset, SeededRows, build_transform, load_cache
 from pipeline.engine import autocast, pick_device
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import atomic_dir, read_json, write_json
 from pipeline.models import create_backbone, normalisation, save_weights
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
@@ -74,8 +74,16 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     return paths.features
 
 
+def summary(out: Path) -> str:
+    meta = read_json(out / "meta.json")
+    rows = {split: len(np.load(out / f"{split}.npy", mmap_mode="r")) for split in ("train", "test")}
+    copies = meta["features"]["aug_copies"]
+    return (f"{meta['num_features']} features from {meta['features']['backbone']} for {rows['train']} train "
+            f"(+{copies} augmented copies) and {rows['test']} test images")
+
+
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, argv=argv)
+    stage_main(__doc__, run, argv=argv, summary=summary, wrote=lambda comp, fold: [Paths(comp).features])
 
 
 if __name__ == "__main__":

@@ -57,8 +57,14 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     return paths.folds
 
 
+def summary(path: Path) -> str:
+    folds = pd.read_csv(path, dtype={"group": str})
+    sizes = folds.groupby("fold").agg(rows=("id", "size"), groups=("group", "nunique"))
+    return "rows (groups) per fold: " + ", ".join(f"{k}: {r.rows} ({r.groups})" for k, r in sizes.iterrows())
+
+
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, argv=argv)
+    stage_main(__doc__, run, argv=argv, summary=summary, wrote=lambda comp, fold: [Paths(comp).folds])
 
 
 if __name__ == "__main__":

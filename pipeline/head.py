@@ -19,7 +19,7 @@ from pipeline.config import Params, as_dict
 from pipeline.engine import fit, one_cycle, pick_device, predict
 from pipeline.io import atomic_dir, read_json
 from pipeline.models import create_head, save_weights
-from pipeline.outputs import fold_split, save_fold
+from pipeline.outputs import fold_outputs, fold_summary, fold_split, save_fold
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
 
@@ -80,7 +80,7 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, per_fold=True, argv=argv)
+    stage_main(__doc__, run, per_fold=True, argv=argv, summary=fold_summary, wrote=fold_outputs("head"))
 
 
 if __name__ == "__main__":

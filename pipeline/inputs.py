@@ -100,7 +100,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, argv=argv)
+    stage_main(__doc__, run, argv=argv, summary=lambda out: "params.yaml checked; input fingerprints written",
+               wrote=lambda comp, fold: [Paths(comp).inputs])
 
 
 if __name__ == "__main__":

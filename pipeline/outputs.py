@@ -60,6 +60,18 @@ def save_fold(
     return metrics
 
 
+def fold_summary(metrics: dict) -> str:
+    """What a per-fold stage prints: the fold's out-of-fold score at the epoch it kept (its last)."""
+    return (f"val log loss {metrics['logloss']:.4f}, accuracy {metrics['accuracy']:.4f} on {metrics['val_rows']} "
+            f"rows, after epoch {metrics['epochs']} (the last, kept)")
+
+
+def fold_outputs(stage: str):
+    """What a per-fold stage writes, for its closing message."""
+    return lambda comp, fold: (Paths(comp).model(stage, fold), Paths(comp).fold_metrics(stage, fold),
+                               Paths(comp).live(stage, fold))
+
+
 def load_oof(comp: Competition, dirs: list[Path], ids: np.ndarray) -> np.ndarray:
     """Stitch the folds' out-of-fold predictions into one (N, C) array in the order of `ids`."""
     frames = pd.concat([pd.read_csv(d / "oof.csv", dtype={"id": str}) for d in dirs]).set_index("id")

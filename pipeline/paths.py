@@ -72,8 +72,18 @@ class Paths:
         return self.root / "metrics" / f"{self.comp}.json"
 
     @property
+    def cv(self) -> Path:
+        """ensemble: per-fold and per-group (driver) cross-fitted scores, committed with the top-level metrics."""
+        return self.root / "metrics" / self.comp / "cv.json"
+
+    @property
+    def plots(self) -> Path:
+        """curves: learning-curve pictures (`dvc plots show` renders them, offline)."""
+        return self.root / "plots" / self.comp
+
+    @property
     def reports(self) -> Path:
-        """Pictures made by hand-run commands (lr-find)."""
+        """Pictures made by hand-run commands (lr-find, compare)."""
         return self.root / "reports" / self.comp
 
     @property

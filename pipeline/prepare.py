@@ -88,8 +88,14 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     return paths.cache
 
 
+def summary(out: Path) -> str:
+    shapes = {split: np.load(out / f"{split}.npy", mmap_mode="r").shape for split in ("train", "test")}
+    h, w = shapes["train"][1:3]
+    return f"{shapes['train'][0]} train and {shapes['test'][0]} test images decoded once to {h}x{w}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, argv=argv)
+    stage_main(__doc__, run, argv=argv, summary=summary, wrote=lambda comp, fold: [Paths(comp).cache])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ worth a leaderboard look. The file is checked against `sample_submission.csv` be
 upload appends a row to `submissions/scores.csv`: time, competition, git commit (and DVC experiment, if HEAD is
 one), CV log loss from `metrics/<comp>.json`, public and private score, status, message and Kaggle's ref.
 `pipeline submissions <comp>` lists Kaggle's submissions joined with those rows.
+
+Each upload spends one of the day's few submissions, so a file that cannot be what the user means is refused
+before anything is sent (unless `--force`): one made from the demo data or another archive than the real
+competition's (its row count is not the real test set's), and one older than the params, code or data that
+produced it (`dvc status` of the ensemble stage and everything upstream is not clean).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pandas as pd
 
 from pipeline import kaggle_api
 from pipeline.competitions import get_competition
+from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_csv
 from pipeline.paths import Paths
 from pipeline.submission import read_sample, validate_submission
@@ -65,6 +71,63 @@ def checked_submission(comp_name: str, root: Path) -> Path:
     return paths.submission
 
 
+class SubmitRefused(PipelineError):
+    """The submission is valid but is not one to spend a Kaggle submission on."""
+
+
+def source_problems(comp_name: str, root: Path) -> list[str]:
+    """Why the submission was not made from the real competition archive (empty when it was)."""
+    comp = get_competition(comp_name)
+    paths = Paths(comp_name, root)
+    source = read_json(paths.raw / "summary.json").get("source") if (paths.raw / "summary.json").is_file() else None
+    rows = sum(1 for _ in open(paths.submission)) - 1
+    problems = []
+    if source == "demo":
+        problems.append(f"it was made from the built-in demo data ({comp_name}.data.source: demo in params.yaml); "
+                        f"Kaggle would score it as noise. Set {comp_name}.data.source to kaggle or to the path of "
+                        f"{comp.slug}.zip and run `dvc repro`")
+    if comp.test_images is not None and rows != comp.test_images:
+        problems.append(f"it has {rows} rows, but the real competition's test set has {comp.test_images}: it was not "
+                        f"made from Kaggle's archive (source: {source})")
+    return problems
+
+
+def stale_stages(comp_name: str, root: Path) -> dict:
+    """Stages behind the submission whose params, code or data changed since they ran (`dvc status`), apart from
+    the always-run input checks; a dict of stage -> what changed."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            status = repo.status(targets=[f"{Path(root).resolve() / 'dvc.yaml'}:ensemble@{comp_name}"], with_deps=True)
+    except DvcException as e:
+        return {"dvc status": [f"failed ({e}), so the submission's freshness is unknown"]}
+    stale = {}
+    for stage, changes in status.items():
+        what = []
+        for change in changes:
+            if change == "always changed":
+                continue  # the input checks run on every repro; they count only with a real change
+            for kind in change.values() if isinstance(change, dict) else [{str(change): ""}]:
+                for path, detail in kind.items():
+                    what.extend(f"{path}: {k}" for k in detail) if isinstance(detail, dict) else what.append(path)
+        if what:
+            stale[stage] = what
+    return stale
+
+
+def refusals(comp_name: str, root: Path) -> list[str]:
+    """Every reason not to spend a submission on `submissions/<comp>.csv`."""
+    problems = source_problems(comp_name, root)
+    stale = stale_stages(comp_name, root)
+    if stale:
+        shown = "; ".join(f"{stage} ({', '.join(sorted(set(what)))})" for stage, what in sorted(stale.items())[:4])
+        problems.append(f"it is older than the params, code or data that produce it ({len(stale)} stage(s) not up "
+                        f"to date: {shown}); run `dvc repro ensemble@{comp_name}` first")
+    return problems
+
+
 def wait_for_score(slug: str, ref: str, poll_seconds: float, timeout: float):
     """Poll Kaggle until submission `ref` is scored or failed; None if `timeout` passes first."""
     deadline = time.monotonic() + timeout
@@ -78,10 +141,15 @@ def wait_for_score(slug: str, ref: str, poll_seconds: float, timeout: float):
 
 
 def run(comp_name: str, message: str | None = None, wait: bool = False, root: Path = Path("."),
-        poll_seconds: float = 10.0, timeout: float = 1800.0) -> dict:
-    """Validate, upload, optionally wait for the score, and append the row to submissions/scores.csv."""
+        poll_seconds: float = 10.0, timeout: float = 1800.0, force: bool = False) -> dict:
+    """Validate, refuse what should not be sent (unless `force`), upload, optionally wait for the score, and
+    append the row to submissions/scores.csv."""
     comp = get_competition(comp_name)
     path = checked_submission(comp_name, root)
+    problems = [] if force else refusals(comp_name, root)
+    if problems:
+        raise SubmitRefused(f"{path} was not submitted: " + "; and ".join(problems)
+                            + ". Nothing was sent; `pipeline submit --force` sends it anyway.")
     metrics_file = Paths(comp_name, root).metrics
     cv = read_json(metrics_file)["logloss"] if metrics_file.is_file() else None
     commit, experiment = provenance(root)

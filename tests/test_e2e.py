@@ -1,5 +1,6 @@
-"""`dvc repro` end to end on a copy of this repository with tiny params: both submissions, metrics, a no-op
-re-run, and a head-param change that re-runs nothing upstream of the head."""
+"""`dvc repro` end to end on a copy of this repository with tiny params: both submissions, committable metrics,
+what each stage prints, offline plots, a no-op re-run, an experiment compared with its baseline (also from a
+fresh clone), and submissions refused when they come from the demo or are stale."""
 
 import json
 import re
@@ -18,66 +19,133 @@ def ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+DVC = [sys.executable, "-m", "dvc"]
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
+    """The tiny project after its first `dvc repro`, committed as the baseline (dvc.lock and metrics/, as the
+    README says); also what `git status` showed before that commit."""
     root = tmp_path_factory.mktemp("project")
     env = make_project(root, tiny_params(folds=[0, 1]))
-    return root, env, repro(root, env)
+    out = repro(root, env)
+    status = sh(["git", "status", "--porcelain", "--untracked-files=all"], root, env).stdout
+    sh(GIT + ["add", "dvc.lock", "metrics"], root, env)
+    sh(GIT + ["commit", "-qm", "baseline"], root, env)
+    return root, env, out, status
 
 
 def repro(root, env) -> str:
-    result = sh([sys.executable, "-m", "dvc", "repro"], root, env)
+    result = sh(DVC + ["repro"], root, env)
     return result.stdout + result.stderr
 
 
-def test_repro_writes_both_valid_submissions_and_metrics(project):
-    root, env, first = project
-    assert {"download@dogscats", "ensemble@statefarm", "finetune@statefarm-1"} <= ran(first)
+def test_repro_writes_both_valid_submissions_and_small_committable_metrics(project):
+    root, env, first, status = project
+    assert {"download@dogscats", "ensemble@statefarm", "finetune@statefarm-1", "curves@dogscats", "summary"} <= ran(first)
     for name in ("dogscats", "statefarm"):
         comp = get_competition(name)
         sub = pd.read_csv(root / "submissions" / f"{name}.csv", dtype={comp.id_column: str})
         validate_submission(comp, sub, read_sample(comp, root / "data" / name / "raw"))
-    shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env).stdout)
+    shown = json.loads(sh(DVC + ["metrics", "show", "--json"], root, env).stdout)
     metrics = next(iter(shown.values()))["data"]
+    assert set(metrics) == {"metrics/dogscats.json", "metrics/statefarm.json"}, "only the top-level metrics"
     for name in ("dogscats", "statefarm"):
-        assert metrics[f"metrics/{name}.json"]["data"]["logloss"] > 0
-        assert "finetune_logloss" in metrics[f"metrics/{name}.json"]["data"]["folds"]["1"]
-        assert metrics[f"metrics/{name}/head/fold0.json"]["data"]["accuracy"] >= 0
-    status = sh(["git", "status", "--porcelain"], root, env).stdout
-    assert status.strip() in ("?? dvc.lock", "M dvc.lock"), f"outputs must be git-ignored:\n{status}"
+        top = metrics[f"metrics/{name}.json"]["data"]
+        assert top["logloss"] > 0 and top["source"] == "demo" and len(top) <= 10
+    # Everything else is git-ignored; the metrics are small files for git, beside dvc.lock.
+    changed = {line[3:] for line in status.splitlines()}
+    assert "dvc.lock" in changed and all(p == "dvc.lock" or p.startswith("metrics/") for p in changed), status
+    assert "metrics/statefarm/cv.json" in changed and "metrics/statefarm/head/fold1.json" in changed
+    assert all((root / p).stat().st_size < 20_000 for p in changed if p.startswith("metrics/"))
+
+
+def test_each_stage_says_what_it_did_and_repro_ends_with_a_summary_table(project):
+    _, _, out, _ = project
+    assert re.search(r"head@statefarm-0: val log loss \d\.\d{4}, accuracy [\d.]+ on \d+ rows, after epoch 3", out)
+    assert "wrote models/statefarm/head/fold0, metrics/statefarm/head/fold0.json" in out
+    assert re.search(r"ensemble@dogscats: CV log loss \d\.\d{4}, accuracy", out)
+    assert "wrote submissions/dogscats.csv, metrics/dogscats.json" in out
+    assert len(re.findall(r"  took \d+\.\d s", out)) >= 20
+    table = out[out.rindex("Running stage 'summary'"):]
+    assert "Scores (cross-validated" in table and "Stage wall times" in table
+    assert re.search(r"statefarm +\d\.\d{4} +[\d.]+ +\d\.\d{4} .* submissions/statefarm.csv", table)
+    assert re.search(r"statefarm +finetune +2 +\d+\.\d", table), "per-fold stages summed per kind"
+
+
+def test_plots_render_offline_with_all_folds_in_one_picture(project):
+    root, env, _, _ = project
+    sh(DVC + ["plots", "show"], root, env)
+    html = (root / "dvc_plots" / "index.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert len(images) == 2 and all((root / "dvc_plots" / src).is_file() for src in images)
+    assert "<script" not in html and "http" not in html, "nothing to fetch: the page renders offline"
 
 
 def test_noop_repro_runs_only_the_input_checks(project):
-    root, env, _ = project
+    root, env, _, _ = project
     assert ran(repro(root, env)) == {"inputs@dogscats", "inputs@statefarm"}
 
 
-def test_head_param_change_reruns_only_downstream_of_the_head(project):
-    root, env, _ = project
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["statefarm"]["head"]["dropout"] = 0.25
-    (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    again = ran(repro(root, env))
-    assert {"head@statefarm-0", "head@statefarm-1"} <= again
+def test_an_experiment_compares_fold_by_fold_and_per_driver_against_the_baseline(project):
+    """The README's loop: baseline committed, `dvc exp run -S ...`, then `dvc metrics diff` and `pipeline compare`."""
+    root, env, _, _ = project
+    out = sh(DVC + ["exp", "run", "-n", "drop25", "-S", "statefarm.head.dropout=0.25"], root, env).stdout
+    again = ran(out)
+    assert {"head@statefarm-0", "head@statefarm-1", "ensemble@statefarm"} <= again
     assert again <= {"head@statefarm-0", "head@statefarm-1", "finetune@statefarm-0", "finetune@statefarm-1",
-                     "ensemble@statefarm", "inputs@dogscats", "inputs@statefarm"}
+                     "ensemble@statefarm", "curves@statefarm", "summary", "inputs@dogscats", "inputs@statefarm"}
+    diff = json.loads(sh(DVC + ["metrics", "diff", "HEAD", "--json"], root, env).stdout)
+    assert "logloss" in diff["metrics/statefarm.json"] and "metrics/dogscats.json" not in diff
+
+    shown = sh([sys.executable, "-m", "pipeline.cli", "compare", "statefarm", "drop25"], root, env).stdout
+    base = json.loads(sh(["git", "show", "HEAD:metrics/statefarm/cv.json"], root, env).stdout)
+    exp = json.loads((root / "metrics" / "statefarm" / "cv.json").read_text())
+    for k in ("0", "1"):
+        change = exp["folds"][k]["logloss"] - base["folds"][k]["logloss"]
+        assert re.search(rf"\n +{k} +\d+ +{base['folds'][k]['logloss']:.4f} +{exp['folds'][k]['logloss']:.4f} +"
+                         rf"{change:+.4f}\n", shown), shown
+    for driver, g in base["groups"].items():
+        assert re.search(rf"\n +{driver} +{g['fold']} +{g['rows']} +{g['logloss']:.4f} ", shown), shown
+    assert "Per driver" in shown and shown.count("spread (sd)") == 2 and "folds" in shown
 
 
-def test_exp_show_reads_the_metrics_of_a_committed_run(project):
-    """Metrics are git-ignored but DVC-cached: `dvc exp show` still finds them for every commit."""
-    root, env, _ = project
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    sh(git + ["add", "dvc.lock", "params.yaml"], root, env)
-    sh(git + ["commit", "-qm", "run"], root, env)
-    sh(["git", "clean", "-fdxq", "metrics"], root, env)  # as in a fresh clone: only DVC's cache has them
-    shown = json.loads(sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], root, env).stdout)
+def test_a_fresh_clone_has_the_baseline_to_compare_against(project, tmp_path):
+    """No DVC cache, no run: the committed metrics are enough for `dvc metrics`, `dvc exp show` and compare."""
+    root, env, _, _ = project
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    env = dict(env, PYTHONPATH=str(clone))
+    result = sh(DVC + ["metrics", "diff", "HEAD"], clone, env)
+    assert "failed to load" not in result.stdout + result.stderr
+    committed = json.loads(sh(["git", "show", "HEAD:metrics/statefarm.json"], root, env).stdout)
+    shown = json.loads(sh(DVC + ["exp", "show", "--json"], clone, env).stdout)
     head = next(row for row in shown if row["rev"] != "workspace")
-    metrics = head["data"]["metrics"]
-    assert metrics["metrics/statefarm.json"]["data"]["logloss"] > 0
+    assert head["data"]["metrics"]["metrics/statefarm.json"]["data"]["logloss"] == committed["logloss"]
+    out = sh([sys.executable, "-m", "pipeline.cli", "compare", "statefarm"], clone, env).stdout
+    assert "Per fold" in out and "+0.0000" in out
+
+
+def test_pipeline_submit_refuses_demo_and_stale_submissions(project):
+    from pipeline import submit
+
+    root, _, _, _ = project
+    reasons = submit.refusals("dogscats", root)
+    assert len(reasons) == 2 and "demo" in reasons[0] and "12500" in reasons[1], "fresh: only the demo is wrong"
+    original = (root / "params.yaml").read_text()
+    raw = yaml.safe_load(original)
+    raw["dogscats"]["head"]["dropout"] = 0.1
+    try:
+        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        stale = submit.refusals("dogscats", root)[-1]
+        assert "older than the params" in stale and "head@dogscats-0 (params.yaml: dogscats.head)" in stale
+    finally:
+        (root / "params.yaml").write_text(original)
 
 
 def test_a_top_level_params_typo_fails_repro_even_when_nothing_else_would_run(project):
-    root, env, _ = project
+    root, env, _, _ = project
     original = (root / "params.yaml").read_text()
     try:
         (root / "params.yaml").write_text(original + "fodls: [0, 1]\n")
@@ -92,7 +160,7 @@ def test_replacing_a_local_archive_at_the_same_path_reruns_download(project, tmp
     """DVC tracks the archive's content, not the path string in params.yaml."""
     from pipeline.demo import write_demo_archive
 
-    root, env, _ = project
+    root, env, _, _ = project
     comp = get_competition("dogscats")
     demo = tiny_params().comp("dogscats").data.demo
     archive = write_demo_archive(comp, demo, 0, tmp_path / "dogs.zip")

@@ -168,8 +168,8 @@ def test_submit_cli_uploads_exactly_the_file_and_records_the_score(fake, tmp_pat
     root = tmp_path / "project"
     root.mkdir()
     env = {**ready_to_submit(root), **fake.client_env(tmp_path / "home")}
-    out = sh([Path(sys.executable).parent / "pipeline", "submit", "dogscats", "--wait", "--poll-seconds", "0.05"],
-             root, env)
+    out = sh([Path(sys.executable).parent / "pipeline", "submit", "dogscats", "--wait", "--poll-seconds", "0.05",
+              "--force"], root, env)  # a demo submission: only --force sends it (see the refusal test below)
     assert "public score 0.12345" in out.stdout
     assert len(fake.uploads) == 1
     assert fake.uploads[0]["bytes"] == (root / "submissions" / "dogscats.csv").read_bytes()
@@ -184,6 +184,20 @@ def test_submit_cli_uploads_exactly_the_file_and_records_the_score(fake, tmp_pat
 
     listing = sh([Path(sys.executable).parent / "pipeline", "submissions", "dogscats"], root, env).stdout
     assert "0.12345" in listing and "0.25" in listing and head[:12] in listing
+
+
+def test_a_demo_submission_is_refused_with_the_reasons_before_anything_is_sent(fake, tmp_path):
+    """With real credentials it would spend one of the day's submissions on noise."""
+    root = tmp_path / "project"
+    root.mkdir()
+    env = {**ready_to_submit(root), **fake.client_env(tmp_path / "home")}
+    out = sh([Path(sys.executable).parent / "pipeline", "submit", "dogscats"], root, env, ok=False)
+    assert out.returncode == 1
+    assert "made from the built-in demo data (dogscats.data.source: demo" in out.stderr
+    assert "the real competition's test set has 12500" in out.stderr
+    assert "older than the params, code or data" in out.stderr and "dvc repro ensemble@dogscats" in out.stderr
+    assert "--force" in out.stderr
+    assert fake.requests == [] and not (root / "submissions" / "scores.csv").exists()
 
 
 def test_invalid_submission_is_refused_before_anything_is_sent(fake, tmp_path):
@@ -204,7 +218,7 @@ def test_silent_upload_failure_is_an_error(fake, tmp_path):
     ready_to_submit(root)
     fake.fail["submit"] = "upload_fail"
     with pytest.raises(KaggleError, match="did not accept the upload"):
-        submit.run("dogscats", "try", root=root)
+        submit.run("dogscats", "try", root=root, force=True)
     assert not (root / "submissions" / "scores.csv").exists()
 
 
@@ -214,7 +228,7 @@ def test_submit_403_points_to_the_rules(fake, tmp_path):
     ready_to_submit(root)
     fake.fail["submit"] = 403
     with pytest.raises(KaggleError, match="dogs-vs-cats-redux-kernels-edition/rules"):
-        submit.run("dogscats", "try", root=root)
+        submit.run("dogscats", "try", root=root, force=True)
 
 
 def test_scoring_error_is_recorded_and_raised(fake, tmp_path, monkeypatch):
@@ -230,7 +244,7 @@ def test_scoring_error_is_recorded_and_raised(fake, tmp_path, monkeypatch):
 
     monkeypatch.setattr(fake, "_list_submissions", failing)
     with pytest.raises(KaggleError, match="expected 3"):
-        submit.run("dogscats", "bad", wait=True, root=root, poll_seconds=0.01)
+        submit.run("dogscats", "bad", wait=True, root=root, poll_seconds=0.01, force=True)
     scores = pd.read_csv(root / "submissions" / "scores.csv", dtype=str)
     assert scores["status"].tolist() == ["ERROR"]
 

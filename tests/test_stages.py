@@ -117,13 +117,35 @@ def test_submission_has_kaggles_exact_format(pipeline_run, comp_name):
 @pytest.mark.parametrize("comp_name", COMPS)
 def test_ensemble_reports_the_cross_fitted_score_and_every_fold(pipeline_run, comp_name):
     root, params, _ = pipeline_run
-    metrics = read_json(Paths(comp_name, root).metrics)
+    paths = Paths(comp_name, root)
+    metrics = read_json(paths.metrics)
     assert metrics["member"] in ("head", "finetune", "both")
     assert metrics["calibration"] in ("none", "temperature", "clip")
-    assert set(metrics["fold_choices"]) == set(metrics["folds"]) == {str(k) for k in params.folds}
-    for fold in metrics["folds"].values():
-        assert {"head_logloss", "head_accuracy", "finetune_logloss", "finetune_accuracy"} <= set(fold)
-    assert metrics["demo_test"]["logloss"] > 0 and 0 <= metrics["demo_test"]["accuracy"] <= 1
+    assert metrics["source"] == "demo" and metrics["demo_test_logloss"] > 0
+    assert all(not isinstance(v, (dict, list)) for v in metrics.values()), "top level: a few flat keys"
+    cv = read_json(paths.cv)
+    assert set(cv["folds"]) == {str(k) for k in params.folds}
+    for fold in cv["folds"].values():
+        assert {"head_logloss", "head_accuracy", "finetune_logloss", "finetune_accuracy", "choice"} <= set(fold)
+    # The folds (and the groups) partition the rows: their row-weighted scores are the overall score.
+    parts = [cv["folds"]] + ([cv["groups"]] if get_competition(comp_name).group_column else [])
+    for part in parts:
+        rows = np.array([v["rows"] for v in part.values()])
+        assert rows.sum() == len(pd.read_csv(paths.folds))
+        for key in ("logloss", "accuracy"):
+            pooled = (rows * np.array([v[key] for v in part.values()])).sum() / rows.sum()
+            assert pooled == pytest.approx(metrics[key], abs=1e-5)
+
+
+def test_state_farm_is_scored_per_driver_with_each_driver_in_one_fold(pipeline_run):
+    root, _, _ = pipeline_run
+    folds = pd.read_csv(Paths("statefarm", root).folds, dtype={"group": str})
+    groups = read_json(Paths("statefarm", root).cv)["groups"]
+    assert set(groups) == set(folds["group"])
+    for driver, g in groups.items():
+        rows = folds[folds["group"] == driver]
+        assert g["rows"] == len(rows) and {g["fold"]} == set(rows["fold"])
+    assert read_json(Paths("dogscats", root).cv)["groups"] == {}, "no groups: no per-group rows"
 
 
 def test_submission_never_holds_a_zero_or_a_one(pipeline_run):

@@ -1,0 +1,206 @@
+"""`pipeline compare <comp> [EXP ...]`: experiments against a baseline, fold by fold and group by group, with
+the noise that tells a real gain from luck.
+
+Each run's per-fold and per-group (State Farm: per-driver) cross-fitted scores live in `metrics/<comp>/cv.json`,
+committed to git with the top-level metrics (DVC `cache: false`), so any commit, branch, tag or DVC experiment
+can be read in any clone; `workspace` is the files on disk. A difference is paired: the same fold (or driver)
+scored by both runs. Its mean over folds, spread, standard error and the number of folds that agree in sign say
+whether it is more than noise. Kaggle scores recorded by `pipeline submit` in `submissions/scores.csv` are shown
+beside the CV score of the same commit, and `reports/<comp>/cv_vs_leaderboard.png` draws CV against the public
+leaderboard over every recorded submission.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.competitions import get_competition
+from pipeline.errors import ConfigError, OutputError
+from pipeline.paths import Paths
+
+WORKSPACE = "workspace"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run's scores: its name, the git commit it was read from (None for the workspace) and cv.json."""
+
+    name: str
+    commit: str | None
+    cv: dict
+    metrics: dict
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def resolve(root: Path, rev: str) -> str:
+    """A git commit, branch, tag or DVC experiment name -> the commit's sha."""
+    from dvc.scm import RevError, SCMError, resolve_rev
+    from scmrepo.git import Git
+
+    try:
+        return resolve_rev(Git(str(root)), rev)
+    except (RevError, SCMError) as e:
+        raise ConfigError(f"cannot find revision {rev!r} ({e}); give a git commit, branch or tag, a DVC experiment "
+                          f"name from `dvc exp show`, or {WORKSPACE!r} for the files on disk.") from None
+
+
+def _read(root: Path, commit: str | None, path: Path, rev: str) -> dict:
+    rel = path.relative_to(root).as_posix()
+    if commit is None:
+        if not path.is_file():
+            raise OutputError(f"{rel} does not exist in the workspace; run `dvc repro` first.")
+        return json.loads(path.read_text())
+    shown = _git(root, "show", f"{commit}:{rel}")
+    if shown.returncode:
+        raise OutputError(f"{rel} is not in {rev!r} ({commit[:12]}): that run's metrics were not committed, or it "
+                          "predates per-fold metrics. Commit a run's dvc.lock and metrics/ (DVC experiments do this "
+                          "themselves), or compare against another revision.")
+    return json.loads(shown.stdout)
+
+
+def load_run(root: Path, comp_name: str, rev: str) -> Run:
+    paths = Paths(comp_name, root)
+    commit = None if rev == WORKSPACE else resolve(root, rev)
+    return Run(rev, commit, _read(root, commit, paths.cv, rev), _read(root, commit, paths.metrics, rev))
+
+
+def _verdict(diffs: np.ndarray, unit: str) -> str:
+    """Mean paired difference, its spread and standard error, sign agreement, and what that amounts to."""
+    n = len(diffs)
+    mean = float(diffs.mean())
+    better, worse = int((diffs < 0).sum()), int((diffs > 0).sum())
+    if n < 2:
+        return f"mean change {mean:+.4f} on a single {unit}: no spread to judge it by"
+    sd = float(diffs.std(ddof=1))
+    se = sd / math.sqrt(n)
+    ratio = abs(mean) / se if se > 0 else math.inf
+    if ratio >= 2 and max(better, worse) >= math.ceil(0.75 * n) and mean != 0:
+        call = "better" if mean < 0 else "worse"
+        judged = f"likely {call}: the mean change is {ratio:.1f} standard errors from zero"
+    else:
+        judged = f"within noise: |mean| is {ratio:.1f} standard errors (needs 2, and 3/4 of {unit}s agreeing)"
+    return (f"mean change {mean:+.4f}, spread (sd) {sd:.4f}, standard error {se:.4f}; lower on {better}/{n} "
+            f"{unit}s, higher on {worse}/{n} -> {judged}")
+
+
+def paired_table(base: Run, runs: list[Run], key: str, extra: tuple[str, ...], label: str) -> pd.DataFrame:
+    """Rows of cv.json's `key` (folds or groups) present in every run: each run's log loss, and its change
+    against the baseline."""
+    common = [k for k in base.cv[key] if all(k in r.cv[key] for r in runs)]
+    rows = []
+    for k in common:
+        row = {label: k, **{c: base.cv[key][k][c] for c in extra}, base.name: base.cv[key][k]["logloss"]}
+        for r in runs:
+            row[r.name] = r.cv[key][k]["logloss"]
+            row[f"change {r.name}"] = r.cv[key][k]["logloss"] - base.cv[key][k]["logloss"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _table(df: pd.DataFrame) -> str:
+    """Log losses to 4 decimals, changes with their sign."""
+    formats = {c: ("{:+.4f}" if c.startswith("change ") else "{:.4f}").format
+               for c in df.columns if df[c].dtype.kind == "f"}
+    return df.to_string(index=False, formatters=formats)
+
+
+def submissions(root: Path, comp_name: str) -> pd.DataFrame:
+    path = root / "submissions" / "scores.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["commit", "experiment", "cv_logloss", "public_score", "private_score"])
+    scores = pd.read_csv(path, dtype=str)
+    scores = scores[scores["competition"] == comp_name].copy()
+    for c in ("cv_logloss", "public_score", "private_score"):
+        scores[c] = pd.to_numeric(scores[c], errors="coerce")
+    return scores
+
+
+def plot_cv_vs_leaderboard(scores: pd.DataFrame, comp_name: str, out: Path) -> Path | None:
+    """CV log loss against the public leaderboard, one point per scored submission: does CV predict it?"""
+    scored = scores.dropna(subset=["cv_logloss", "public_score"])
+    if scored.empty:
+        return None
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(scored["cv_logloss"], scored["public_score"])
+    for _, r in scored.iterrows():
+        ax.annotate(str(r.get("experiment") or "")[:16] or str(r["commit"])[:7], (r["cv_logloss"], r["public_score"]),
+                    fontsize=7, xytext=(3, 3), textcoords="offset points")
+    lo = min(scored["cv_logloss"].min(), scored["public_score"].min())
+    hi = max(scored["cv_logloss"].max(), scored["public_score"].max())
+    ax.plot([lo, hi], [lo, hi], ":", color="grey", label="CV = leaderboard")
+    ax.set_xlabel("CV log loss (metrics/<comp>.json)")
+    ax.set_ylabel("public leaderboard log loss")
+    ax.set_title(f"{comp_name}: does CV predict the leaderboard? ({len(scored)} submissions)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Path = Path(".")) -> str:
+    """The comparison as text (and the CV-vs-leaderboard picture when submissions were scored)."""
+    comp = get_competition(comp_name)
+    experiments = experiments or [WORKSPACE]
+    for rev in [baseline, *experiments]:  # a mistyped name is reported before anything is read
+        if rev != WORKSPACE:
+            resolve(root, rev)
+    base = load_run(root, comp_name, baseline)
+    runs = [load_run(root, comp_name, e) for e in experiments]
+    out = [f"{comp_name}: cross-validated log loss (lower is better) against baseline {baseline!r}; "
+           "each change is paired on the same rows"]
+    overall = pd.DataFrame([{"run": r.name, "log loss": r.metrics.get("logloss"), "accuracy": r.metrics.get("accuracy"),
+                             "demo test log loss": r.metrics.get("demo_test_logloss", "-"),
+                             "chosen": f"{r.metrics.get('member')}+{r.metrics.get('calibration')}"}
+                            for r in [base, *runs]])
+    out.append(overall.to_string(index=False, float_format="{:.4f}".format))
+
+    folds = paired_table(base, runs, "folds", ("rows",), "fold")
+    out.append("\nPer fold:")
+    out.append(_table(folds) if len(folds) else "(no fold in common)")
+    for r in runs:
+        if any(base.cv["folds"][k]["rows"] != r.cv["folds"][k]["rows"] for k in folds.get("fold", [])):
+            out.append(f"  note: {r.name}'s folds hold other rows than {base.name}'s (seed or folds changed), "
+                       "so its per-fold changes are not paired; compare per group or the overall score.")
+        if len(folds):
+            out.append(f"  {r.name}: " + _verdict(folds[f"change {r.name}"].to_numpy(), "fold"))
+
+    if comp.group_column and base.cv.get("groups"):
+        noun = comp.group_noun
+        groups = paired_table(base, runs, "groups", ("fold", "rows"), noun)
+        out.append(f"\nPer {noun} ({comp.group_column}; each {noun}'s rows are scored by the fold that held them out):")
+        out.append(_table(groups))
+        for r in runs:
+            out.append(f"  {r.name}: " + _verdict(groups[f"change {r.name}"].to_numpy(), noun))
+
+    scores = submissions(root, comp_name)
+    if len(scores):
+        commits = {r.name: r.commit for r in [base, *runs] if r.commit}
+        shown = scores.assign(run=[next((n for n, c in commits.items() if str(v).removesuffix("-dirty") == c), "")
+                                   for v in scores["commit"]])
+        out.append("\nKaggle submissions (submissions/scores.csv); `run` names a compared run made from that commit:")
+        out.append(shown[["run", "time", "commit", "experiment", "cv_logloss", "public_score", "private_score"]]
+                   .assign(commit=shown["commit"].str[:12]).to_string(index=False))
+        picture = plot_cv_vs_leaderboard(scores, comp_name, Paths(comp_name, root).reports / "cv_vs_leaderboard.png")
+        if picture is not None:
+            scored = scores.dropna(subset=["cv_logloss", "public_score"])
+            corr = (f"; correlation {scored['cv_logloss'].corr(scored['public_score']):.2f}" if len(scored) >= 3 else "")
+            out.append(f"CV against public leaderboard over {len(scored)} scored submissions{corr}: {picture}")
+    return "\n".join(out)

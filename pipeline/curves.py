@@ -1,0 +1,89 @@
+"""Stage `curves@<comp>`: every fold's learning curves -> one picture per competition, readable offline.
+
+Inputs: the dvclive curves of the head and finetune stages (`dvclive/<comp>/<stage>/fold<k>/`). Output:
+`plots/<comp>/learning_curves.png`: one panel per stage with all folds overlaid (validation log loss solid,
+training loss dashed, one colour per fold) and the epoch each fold kept marked. The x axis is the epoch as the
+stages print and record it; epoch 0 is the starting point (finetuning's is the trained head). `dvc plots show`
+embeds the picture, so the page needs no network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import Params
+from pipeline.errors import OutputError
+from pipeline.paths import Paths
+from pipeline.stage import stage_main
+
+STAGES = ("head", "finetune")
+
+
+def read_curve(live_dir: Path, name: str) -> pd.DataFrame:
+    """One dvclive metric of one fold: columns step (the epoch) and the value."""
+    path = live_dir / "plots" / "metrics" / f"{name}.tsv"
+    try:
+        curve = pd.read_csv(path, sep="\t")
+    except (OSError, pd.errors.ParserError) as e:
+        raise OutputError(f"cannot read the learning curve {path} ({e}); re-run the stage that writes it, "
+                          f"e.g. `dvc repro {live_dir.parent.name}@{live_dir.parent.parent.name}-"
+                          f"{live_dir.name.removeprefix('fold')}`.") from None
+    return curve.rename(columns={curve.columns[-1]: "value"})[["step", "value"]]
+
+
+def curves(paths: Paths, folds) -> dict[str, dict[int, dict[str, pd.DataFrame]]]:
+    """{stage: {fold: {"val": ..., "train": ...}}} for every stage and fold."""
+    return {stage: {k: {"val": read_curve(paths.live(stage, k), "val/logloss"),
+                        "train": read_curve(paths.live(stage, k), "train/loss")} for k in folds}
+            for stage in STAGES}
+
+
+def draw(data: dict, title: str, out: Path) -> Path:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(data), figsize=(6 * len(data), 4.2), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, (stage, folds) in zip(axes[0], data.items()):
+        kept = set()
+        for i, (k, c) in enumerate(folds.items()):
+            colour = colours(i % 10)
+            ax.plot(c["val"]["step"], c["val"]["value"], "o-", color=colour, label=f"fold {k} validation")
+            ax.plot(c["train"]["step"], c["train"]["value"], "--", color=colour, alpha=0.7, label=f"fold {k} train")
+            kept.add(int(c["val"]["step"].max()))
+        for epoch in sorted(kept):
+            ax.axvline(epoch, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(f"kept: epoch {epoch}", (epoch, 1), xycoords=("data", "axes fraction"), ha="right",
+                        va="top", fontsize=8, color="grey")
+        ax.set_title(f"{stage}: log loss per epoch (solid: validation, dashed: train)", fontsize=10)
+        ax.set_xlabel("epoch (0 = starting point)")
+        ax.set_ylabel("log loss")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
+    paths = Paths(comp_name, root)
+    return draw(curves(paths, params.folds), f"{comp_name}: learning curves, {len(params.folds)} folds",
+                paths.plots / "learning_curves.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv, summary=lambda out: "all folds' learning curves in one picture",
+               wrote=lambda comp, fold: [Paths(comp).plots / "learning_curves.png"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Stage `summary`: the short table `dvc repro` ends with — every competition's scores and where its files are,
+and how long each kind of stage took when it last ran.
+
+Inputs: `metrics/` (written by the ensembles) and `plots/` (by the curves stages), so it runs last and only when
+a score or a picture changed; the stage timings come from `logs/stages/`, where every stage records its run.
+It writes nothing: the table goes to the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import Params, load_params
+from pipeline.errors import PipelineError
+from pipeline.io import read_json
+from pipeline.paths import Paths
+from pipeline.stage import LOGS
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def scores_table(params: Params, root: Path) -> pd.DataFrame:
+    rows = []
+    for comp in params.competitions:
+        paths = Paths(comp, root)
+        m = read_json(paths.metrics) if paths.metrics.is_file() else {}
+        rows.append({
+            "competition": comp,
+            "CV log loss": _num(m.get("logloss")),
+            "accuracy": _num(m.get("accuracy")),
+            "demo test log loss": _num(m.get("demo_test_logloss")),
+            "chosen": f"{m.get('member')}+{m.get('calibration')}" if m else "-",
+            "source": m.get("source", "-"),
+            "submission": str(paths.submission.relative_to(root)) if paths.submission.is_file() else "(none)",
+        })
+    return pd.DataFrame(rows)
+
+
+def timings_table(params: Params, root: Path) -> pd.DataFrame:
+    """Seconds per kind of stage and competition, from each stage's last run (per-fold stages summed)."""
+    seconds, runs, last = defaultdict(float), defaultdict(int), {}
+    for path in sorted((root / LOGS).glob("*.json")):
+        log = read_json(path)
+        if log.get("competition") not in params.competitions or log.get("fold") not in (None, *params.folds):
+            continue  # a stage no longer in the pipeline
+        kind = log["stage"].split("@")[0]
+        key = (log["competition"], kind)
+        seconds[key] += log["seconds"]
+        runs[key] += 1
+        last[key] = max(last.get(key, ""), log["finished"])
+    order = ["inputs", "download", "folds", "prepare", "features", "head", "finetune", "ensemble", "curves"]
+    rows = [{"competition": c, "stage": k, "runs": runs[c, k], "seconds": f"{seconds[c, k]:.1f}",
+             "last finished (UTC)": last[c, k][:19].replace("T", " ")}
+            for c, k in sorted(seconds, key=lambda ck: (ck[0], order.index(ck[1]) if ck[1] in order else 99))]
+    return pd.DataFrame(rows)
+
+
+def run(params: Params, root: Path = Path(".")) -> str:
+    with pd.option_context("display.width", 160, "display.max_colwidth", 40):
+        text = "Scores (cross-validated; `pipeline compare <comp>` shows them fold by fold against a baseline):\n"
+        text += scores_table(params, root).to_string(index=False)
+        timings = timings_table(params, root)
+        if len(timings):
+            text += "\n\nStage wall times (each stage's last run, per-fold stages summed):\n"
+            text += timings.to_string(index=False)
+    plots = sorted(str(p.relative_to(root)) for p in (root / "plots").glob("*/*.png"))
+    if plots:
+        text += "\n\nLearning curves: " + ", ".join(plots) + " (or `dvc plots show`)"
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    try:
+        print(run(load_params()))
+    except (PipelineError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
