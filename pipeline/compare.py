@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from pipeline.competitions import get_competition
 from pipeline.errors import ConfigError, OutputError
@@ -75,23 +76,44 @@ def load_run(root: Path, comp_name: str, rev: str) -> Run:
     return Run(rev, commit, _read(root, commit, paths.cv, rev), _read(root, commit, paths.metrics, rev))
 
 
-def _verdict(diffs: np.ndarray, unit: str) -> str:
-    """Mean paired difference, its spread and standard error, sign agreement, and what that amounts to."""
-    n = len(diffs)
-    mean = float(diffs.mean())
-    better, worse = int((diffs < 0).sum()), int((diffs > 0).sum())
-    if n < 2:
-        return f"mean change {mean:+.4f} on a single {unit}: no spread to judge it by"
+def fold_verdict(diffs: np.ndarray, weights: np.ndarray) -> str:
+    """The fold-paired change of log loss, and whether it stands out from the noise.
+
+    Cross-validation's fold differences are correlated (each pair of training sets shares most rows), so the
+    naive standard error is too small: the corrected resampled t-test (Nadeau & Bengio, 2003) scales the variance
+    by 1/k + 1/(k - 1) instead of 1/k, and compares with Student's t at 95% (two-sided) on k - 1 degrees of
+    freedom. The mean is weighted by the folds' rows, so it agrees with the change of the overall score.
+    """
+    k = len(diffs)
+    mean = float(np.average(diffs, weights=weights))
+    lower, higher = int((diffs < 0).sum()), int((diffs > 0).sum())
+    counts = f"lower on {lower}/{k} folds, higher on {higher}/{k}"
+    if not np.any(diffs):
+        return f"identical on every fold ({counts})"
+    if k < 2:
+        return f"change {mean:+.4f} on a single fold: no spread to judge it by"
     sd = float(diffs.std(ddof=1))
-    se = sd / math.sqrt(n)
-    ratio = abs(mean) / se if se > 0 else math.inf
-    if ratio >= 2 and max(better, worse) >= math.ceil(0.75 * n) and mean != 0:
-        call = "better" if mean < 0 else "worse"
-        judged = f"likely {call}: the mean change is {ratio:.1f} standard errors from zero"
+    se = sd * math.sqrt(1 / k + 1 / (k - 1))
+    t = abs(mean) / se if se > 0 else math.inf
+    needed = float(stats.t.ppf(0.975, k - 1))
+    if t >= needed:
+        judged = f"likely {'better' if mean < 0 else 'worse'}: {t:.1f} corrected standard errors from zero"
     else:
-        judged = f"within noise: |mean| is {ratio:.1f} standard errors (needs 2, and 3/4 of {unit}s agreeing)"
-    return (f"mean change {mean:+.4f}, spread (sd) {sd:.4f}, standard error {se:.4f}; lower on {better}/{n} "
-            f"{unit}s, higher on {worse}/{n} -> {judged}")
+        judged = (f"not distinguishable from noise: {t:.1f} corrected standard errors from zero, {needed:.1f} needed; "
+                  "repeat with other seeds (`dvc exp run -S seed=...`) before deciding")
+    return f"mean change {mean:+.4f}, spread (sd) {sd:.4f}, corrected standard error {se:.4f}; {counts} -> {judged}"
+
+
+def group_counts(diffs: np.ndarray, weights: np.ndarray, noun: str) -> str:
+    """Per group, only a description: a fold's groups share one model, so they are not independent samples."""
+    return (f"mean change {np.average(diffs, weights=weights):+.4f}; lower on {int((diffs < 0).sum())}/{len(diffs)} "
+            f"{noun}s, higher on {int((diffs > 0).sum())}/{len(diffs)} (does the change help most {noun}s, or one?)")
+
+
+def same_folds(a: Run, b: Run) -> bool:
+    """Whether both runs' folds hold the same rows (a changed seed or fold count gives other folds)."""
+    fa, fb = a.cv["folds"], b.cv["folds"]
+    return set(fa) == set(fb) and all(fa[k].get("rows_md5") == fb[k].get("rows_md5") is not None for k in fa)
 
 
 def paired_table(base: Run, runs: list[Run], key: str, extra: tuple[str, ...], label: str) -> pd.DataFrame:
@@ -108,11 +130,29 @@ def paired_table(base: Run, runs: list[Run], key: str, extra: tuple[str, ...], l
     return pd.DataFrame(rows)
 
 
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _table(df: pd.DataFrame) -> str:
     """Log losses to 4 decimals, changes with their sign."""
     formats = {c: ("{:+.4f}" if c.startswith("change ") else "{:.4f}").format
                for c in df.columns if df[c].dtype.kind == "f"}
     return df.to_string(index=False, formatters=formats)
+
+
+def _made_by(row, runs: list[Run]) -> str:
+    """The compared run a recorded submission came from: a clean commit is that commit's run; one made from
+    uncommitted changes (`-dirty`, e.g. an experiment applied to the workspace) only the run with its CV score."""
+    commit = str(row["commit"])
+    for r in runs:
+        if r.commit is not None and commit == r.commit:
+            return r.name
+    for r in runs:
+        cv = r.metrics.get("logloss")
+        if commit.endswith("-dirty") and cv is not None and abs(row["cv_logloss"] - cv) < 5e-7:
+            return r.name
+    return ""
 
 
 def submissions(root: Path, comp_name: str) -> pd.DataFrame:
@@ -137,7 +177,8 @@ def plot_cv_vs_leaderboard(scores: pd.DataFrame, comp_name: str, out: Path) -> P
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.scatter(scored["cv_logloss"], scored["public_score"])
     for _, r in scored.iterrows():
-        ax.annotate(str(r.get("experiment") or "")[:16] or str(r["commit"])[:7], (r["cv_logloss"], r["public_score"]),
+        label = r.get("experiment") if isinstance(r.get("experiment"), str) and r.get("experiment") else str(r["commit"])[:7]
+        ax.annotate(label[:16], (r["cv_logloss"], r["public_score"]),
                     fontsize=7, xytext=(3, 3), textcoords="offset points")
     lo = min(scored["cv_logloss"].min(), scored["public_score"].min())
     hi = max(scored["cv_logloss"].max(), scored["public_score"].max())
@@ -159,45 +200,53 @@ def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Pa
     """The comparison as text (and the CV-vs-leaderboard picture when submissions were scored)."""
     comp = get_competition(comp_name)
     experiments = experiments or [WORKSPACE]
+    if len(set([baseline, *experiments])) <= len(experiments):
+        raise ConfigError(f"compare needs distinct runs; got baseline {baseline!r} and {experiments}")
     for rev in [baseline, *experiments]:  # a mistyped name is reported before anything is read
         if rev != WORKSPACE:
             resolve(root, rev)
     base = load_run(root, comp_name, baseline)
     runs = [load_run(root, comp_name, e) for e in experiments]
-    out = [f"{comp_name}: cross-validated log loss (lower is better) against baseline {baseline!r}; "
-           "each change is paired on the same rows"]
-    overall = pd.DataFrame([{"run": r.name, "log loss": r.metrics.get("logloss"), "accuracy": r.metrics.get("accuracy"),
-                             "demo test log loss": r.metrics.get("demo_test_logloss", "-"),
+    out = [f"{comp_name}: cross-validated log loss (lower is better) against baseline {baseline!r}"]
+    overall = pd.DataFrame([{"run": r.name, "log loss": _num(r.metrics.get("logloss")),
+                             "accuracy": _num(r.metrics.get("accuracy")),
+                             "demo test log loss": _num(r.metrics.get("demo_test_logloss")),
                              "chosen": f"{r.metrics.get('member')}+{r.metrics.get('calibration')}"}
                             for r in [base, *runs]])
-    out.append(overall.to_string(index=False, float_format="{:.4f}".format))
+    out.append(overall.to_string(index=False))
 
-    folds = paired_table(base, runs, "folds", ("rows",), "fold")
-    out.append("\nPer fold:")
-    out.append(_table(folds) if len(folds) else "(no fold in common)")
+    paired = [r for r in runs if same_folds(base, r)]
     for r in runs:
-        if any(base.cv["folds"][k]["rows"] != r.cv["folds"][k]["rows"] for k in folds.get("fold", [])):
-            out.append(f"  note: {r.name}'s folds hold other rows than {base.name}'s (seed or folds changed), "
-                       "so its per-fold changes are not paired; compare per group or the overall score.")
-        if len(folds):
-            out.append(f"  {r.name}: " + _verdict(folds[f"change {r.name}"].to_numpy(), "fold"))
+        if r not in paired:
+            out.append(f"\n{r.name}'s folds hold other rows than {base.name}'s (the seed or the folds changed): its "
+                       "per-fold scores cannot be paired; compare the overall score, or per group below.")
+    if paired:
+        folds = paired_table(base, paired, "folds", ("rows",), "fold")
+        out.append("\nPer fold (each change paired on the same rows):")
+        out.append(_table(folds))
+        weights = folds["rows"].to_numpy(dtype=float)
+        for r in paired:
+            out.append(f"  {r.name}: " + fold_verdict(folds[f"change {r.name}"].to_numpy(), weights))
 
     if comp.group_column and base.cv.get("groups"):
         noun = comp.group_noun
         groups = paired_table(base, runs, "groups", ("fold", "rows"), noun)
         out.append(f"\nPer {noun} ({comp.group_column}; each {noun}'s rows are scored by the fold that held them out):")
-        out.append(_table(groups))
-        for r in runs:
-            out.append(f"  {r.name}: " + _verdict(groups[f"change {r.name}"].to_numpy(), noun))
+        if len(groups):
+            out.append(_table(groups))
+            for r in runs:
+                out.append(f"  {r.name}: " + group_counts(groups[f"change {r.name}"].to_numpy(),
+                                                          groups["rows"].to_numpy(dtype=float), noun))
+        else:
+            out.append(f"(no {noun} in common)")
 
     scores = submissions(root, comp_name)
     if len(scores):
-        commits = {r.name: r.commit for r in [base, *runs] if r.commit}
-        shown = scores.assign(run=[next((n for n, c in commits.items() if str(v).removesuffix("-dirty") == c), "")
-                                   for v in scores["commit"]])
-        out.append("\nKaggle submissions (submissions/scores.csv); `run` names a compared run made from that commit:")
+        shown = scores.assign(run=[_made_by(row, [base, *runs]) for _, row in scores.iterrows()])
+        out.append("\nKaggle submissions (submissions/scores.csv); `run` names the compared run that made it:")
         out.append(shown[["run", "time", "commit", "experiment", "cv_logloss", "public_score", "private_score"]]
-                   .assign(commit=shown["commit"].str[:12]).to_string(index=False))
+                   .assign(commit=shown["commit"].str.replace(r"^(\w{12})\w*", r"\1", regex=True))
+                   .fillna("").to_string(index=False))
         picture = plot_cv_vs_leaderboard(scores, comp_name, Paths(comp_name, root).reports / "cv_vs_leaderboard.png")
         if picture is not None:
             scored = scores.dropna(subset=["cv_logloss", "public_score"])

@@ -3,12 +3,15 @@
 Out-of-fold predictions choose the members (head, finetune, or both averaged) and fit a log-loss calibration
 (a temperature, or a clip like the course's [0.05, 0.95] but fitted); test predictions are the folds' average in
 log space, calibrated the same way. The reported `logloss` is honest: each fold's rows get the member and
-calibration chosen and fitted on the other folds only. Outputs: the submission (checked against sample_submission.csv) and `metrics/<comp>.json`;
-on demo data that also holds `demo_test`, the score on the demo's secret test labels (what Kaggle would say).
+calibration chosen and fitted on the other folds only. Outputs: the submission (checked against
+sample_submission.csv); `metrics/<comp>.json`, a few flat keys committed to git (on demo data also `demo_test_*`,
+the score on the demo's secret test labels: what Kaggle would say); and `metrics/<comp>/cv.json`, each fold's and
+each group's cross-fitted score, which `pipeline compare` pairs between runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -109,16 +112,18 @@ def _rounded(d: dict) -> dict:
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def per_fold(paths: Paths, folds: list[int], honest: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
-             choices: dict) -> dict:
-    """Each fold's cross-fitted ensemble score and choice, beside its head and finetune scores."""
+def per_fold(paths: Paths, folds: list[int], ids: np.ndarray, honest: np.ndarray, labels: np.ndarray,
+             fold_of: np.ndarray, choices: dict) -> dict:
+    """Each fold's cross-fitted ensemble score and choice, beside its head and finetune scores, and a hash of
+    its rows' ids: two runs' fold scores are paired only when their folds hold the same rows."""
     out = {}
     for k in folds:
         rows = fold_of == k
+        rows_md5 = hashlib.md5("\n".join(sorted(map(str, ids[rows]))).encode()).hexdigest()
         stages = {f"{stage}_{m}": v for stage in STAGES for m, v in read_json(paths.fold_metrics(stage, k)).items()
                   if m in ("logloss", "accuracy")}
         out[str(k)] = _rounded({**scores(honest[rows], labels[rows]), "rows": int(rows.sum()),
-                                "choice": choices[str(k)], **stages})
+                                "rows_md5": rows_md5, "choice": choices[str(k)], **stages})
     return out
 
 
@@ -166,7 +171,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         "logloss": metrics["logloss"],
         "calibration_value": value,
         "members_logloss": _rounded({m: scores(p, labels)["logloss"] for m, p in oof.items()}),
-        "folds": per_fold(paths, list(params.folds), honest, labels, fold_of, fold_choices),
+        "folds": per_fold(paths, list(params.folds), ids, honest, labels, fold_of, fold_choices),
         "groups": per_group(train_index["group"].astype(str).to_numpy(), honest, labels, fold_of)
         if comp.group_column else {},
     }

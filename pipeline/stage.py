@@ -60,8 +60,11 @@ def stage_main(
         sys.exit(1)
     seconds = time.perf_counter() - start
     name = stage_name(run, args.comp, fold)
-    figure = summary(result) if summary else ""
-    files = [str(p) for p in wrote(args.comp, fold)] if wrote else []
+    try:
+        figure = summary(result) if summary else ""
+        files = [str(p) for p in wrote(args.comp, fold)] if wrote else []
+    except Exception as e:  # the work is done and written: a failed summary must not fail the stage
+        figure, files = f"(could not summarise: {e!r})", []
     print(f"{name}: {figure}" if figure else name)
     if files:
         print(f"  wrote {', '.join(files)}")

@@ -76,11 +76,16 @@ class SubmitRefused(PipelineError):
 
 
 def source_problems(comp_name: str, root: Path) -> list[str]:
-    """Why the submission was not made from the real competition archive (empty when it was)."""
+    """Why the submission was not made from the real competition archive (empty when it was), from what the
+    ensemble recorded beside it in metrics/<comp>.json."""
     comp = get_competition(comp_name)
     paths = Paths(comp_name, root)
-    source = read_json(paths.raw / "summary.json").get("source") if (paths.raw / "summary.json").is_file() else None
-    rows = sum(1 for _ in open(paths.submission)) - 1
+    recorded = read_json(paths.metrics) if paths.metrics.is_file() else {}
+    if "source" not in recorded and (paths.raw / "summary.json").is_file():
+        recorded = read_json(paths.raw / "summary.json")  # what download fetched (metrics of an older run)
+    source = recorded.get("source", "unknown: neither metrics/<comp>.json nor the download's summary says")
+    with open(paths.submission) as f:
+        rows = sum(1 for _ in f) - 1
     problems = []
     if source == "demo":
         problems.append(f"it was made from the built-in demo data ({comp_name}.data.source: demo in params.yaml); "
@@ -92,26 +97,42 @@ def source_problems(comp_name: str, root: Path) -> list[str]:
     return problems
 
 
-def stale_stages(comp_name: str, root: Path) -> dict:
-    """Stages behind the submission whose params, code or data changed since they ran (`dvc status`), apart from
-    the always-run input checks; a dict of stage -> what changed."""
+# Missing files are not changes: a deleted upstream output (or one `dvc gc` took from the cache) says nothing
+# about whether the submission is older than its params, code or data.
+NOT_CHANGES = ("deleted", "not in cache")
+
+
+def stale_stages(comp_name: str, root: Path) -> dict[str, list[str]]:
+    """Stages behind the submission whose params, code or data changed since they ran, as `dvc repro` would see
+    them: the input fingerprints are refreshed first (so an archive or weights file replaced at the same path
+    counts), then `dvc status` of the ensemble and everything upstream. Returns stage -> what changed."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    from pipeline import inputs
+    from pipeline.config import load_params
+
+    inputs.run(load_params(Path(root) / "params.yaml"), comp_name, Path(root))
     try:
         with Repo(str(root)) as repo:
             status = repo.status(targets=[f"{Path(root).resolve() / 'dvc.yaml'}:ensemble@{comp_name}"], with_deps=True)
     except DvcException as e:
-        return {"dvc status": [f"failed ({e}), so the submission's freshness is unknown"]}
+        raise SubmitRefused(f"cannot tell whether {Paths(comp_name, root).submission} is up to date: `dvc status` "
+                            f"failed ({e}). Fix that, or `pipeline submit --force` to send it unchecked.") from None
     stale = {}
     for stage, changes in status.items():
         what = []
         for change in changes:
-            if change == "always changed":
-                continue  # the input checks run on every repro; they count only with a real change
-            for kind in change.values() if isinstance(change, dict) else [{str(change): ""}]:
+            if not isinstance(change, dict):
+                if change != "always changed":  # the input checks run on every repro: only real changes count
+                    what.append(str(change))
+                continue
+            for kind in change.values():
                 for path, detail in kind.items():
-                    what.extend(f"{path}: {k}" for k in detail) if isinstance(detail, dict) else what.append(path)
+                    if isinstance(detail, dict):
+                        what.extend(f"{path}: {key}" for key in detail)
+                    elif detail not in NOT_CHANGES:
+                        what.append(path)
         if what:
             stale[stage] = what
     return stale

@@ -1,14 +1,18 @@
 """The pieces of a competitor's daily loop that need no `dvc repro`: learning-curve pictures, the noise verdict of
 `pipeline compare`, and a params.yaml that `dvc exp run -S` rewrites without reformatting."""
 
+import json
+import re
 import shutil
+import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, tiny_params
 from pipeline import compare, curves
 from pipeline.errors import ConfigError
 from pipeline.io import read_json
@@ -45,12 +49,70 @@ def test_a_missing_curve_names_the_stage_to_rerun(pipeline_run, tmp_path):
 
 
 def test_verdict_calls_a_consistent_gain_real_and_a_small_scattered_one_noise():
-    real = compare._verdict(np.array([-0.05, -0.06, -0.055, -0.05, -0.045]), "fold")
+    rows = np.full(5, 100.0)
+    real = compare.fold_verdict(np.array([-0.05, -0.06, -0.055, -0.05, -0.045]), rows)
     assert "likely better" in real and "lower on 5/5 folds" in real
-    noise = compare._verdict(np.array([0.002, -0.01, 0.012, -0.004, 0.003]), "fold")
-    assert "within noise" in noise and "spread (sd) 0.0" in noise
-    # a large mean driven by one fold is not a consistent gain either
-    assert "within noise" in compare._verdict(np.array([-0.2, 0.01, 0.0, 0.01, -0.01]), "fold")
+    noise = compare.fold_verdict(np.array([0.002, -0.01, 0.012, -0.004, 0.003]), rows)
+    assert "not distinguishable from noise" in noise and "2.8 needed" in noise  # t(0.975, 4) = 2.78
+    # one fold driving a large mean is no consistent gain, though the naive t (2.4) would call it one
+    assert "not distinguishable" in compare.fold_verdict(np.array([-0.05, -0.05, -0.05, 0.001, 0.001]), rows)
+    assert compare.fold_verdict(np.zeros(5), rows).startswith("identical on every fold")
+    # the mean is row-weighted, as the overall score is
+    assert "mean change -0.0900" in compare.fold_verdict(np.array([-0.1, 0.0]), np.array([90.0, 10.0]))
+
+
+def _git_project(pipeline_run, tmp_path):
+    """A copy of the session's tiny run as a git repository whose HEAD holds its metrics (the baseline)."""
+    root, params, _ = pipeline_run
+    repo = tmp_path / "repo"
+    shutil.copytree(root, repo)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for args in (["init", "-q"], ["add", "metrics"], ["commit", "-qm", "baseline"]):
+        subprocess.run(git + args, cwd=repo, check=True, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    return repo, params, head
+
+
+def test_compare_pairs_folds_and_drivers_and_credits_kaggle_scores(pipeline_run, tmp_path):
+    repo, params, head = _git_project(pipeline_run, tmp_path)
+    base = read_json(Paths("statefarm", repo).cv)
+    # the experiment: the same fold models, ensembled without calibration (real outputs, other scores)
+    from pipeline import ensemble
+
+    changed = tiny_params(**{"statefarm.ensemble.calibration": "none", "statefarm.ensemble.members": "head"})
+    ensemble.run(changed, "statefarm", repo)
+    exp = read_json(Paths("statefarm", repo).cv)
+    exp_metrics = read_json(Paths("statefarm", repo).metrics)
+    assert exp["folds"] != base["folds"]
+    (repo / "submissions").mkdir(exist_ok=True)
+    pd.DataFrame([
+        {"time": "t1", "competition": "statefarm", "commit": head, "experiment": "", "cv_logloss": base["logloss"],
+         "public_score": 0.9, "private_score": 0.95, "status": "COMPLETE", "message": "", "ref": "1"},
+        {"time": "t2", "competition": "statefarm", "commit": f"{head}-dirty", "experiment": "",
+         "cv_logloss": exp_metrics["logloss"], "public_score": 0.8, "private_score": 0.85, "status": "COMPLETE",
+         "message": "", "ref": "2"},
+    ]).to_csv(repo / "submissions" / "scores.csv", index=False)
+
+    shown = compare.run("statefarm", [], root=repo)
+    for k in map(str, params.folds):
+        b, e = base["folds"][k]["logloss"], exp["folds"][k]["logloss"]
+        assert re.search(rf"\n +{k} +\d+ +{b:.4f} +{e:.4f} +{re.escape(f'{e - b:+.4f}')}\n", shown), shown
+    for driver, g in base["groups"].items():
+        e = exp["groups"][driver]["logloss"]
+        assert re.search(rf"\n +{driver} +{g['fold']} +{g['rows']} +{g['logloss']:.4f} +{e:.4f} ", shown), shown
+    assert "corrected standard error" in shown and "Per driver" in shown
+    assert re.search(r"\n *HEAD +t1 ", shown) and re.search(r"\n *workspace +t2 +\w{12}-dirty", shown), shown
+    assert (Paths("statefarm", repo).reports / "cv_vs_leaderboard.png").is_file()
+
+
+def test_compare_refuses_to_pair_folds_that_hold_other_rows(pipeline_run, tmp_path):
+    repo, _, _ = _git_project(pipeline_run, tmp_path)
+    cv_path = Paths("statefarm", repo).cv
+    cv = read_json(cv_path)
+    cv["folds"]["0"]["rows_md5"] = "another seed's fold 0"
+    cv_path.write_text(json.dumps(cv))
+    shown = compare.run("statefarm", [], root=repo)
+    assert "folds hold other rows" in shown and "Per fold" not in shown and "Per driver" in shown
 
 
 def test_compare_names_an_unknown_revision(tmp_path):

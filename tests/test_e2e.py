@@ -105,7 +105,7 @@ def test_an_experiment_compares_fold_by_fold_and_per_driver_against_the_baseline
     for k in ("0", "1"):
         change = exp["folds"][k]["logloss"] - base["folds"][k]["logloss"]
         assert re.search(rf"\n +{k} +\d+ +{base['folds'][k]['logloss']:.4f} +{exp['folds'][k]['logloss']:.4f} +"
-                         rf"{change:+.4f}\n", shown), shown
+                         rf"{re.escape(f'{change:+.4f}')}\n", shown), shown
     for driver, g in base["groups"].items():
         assert re.search(rf"\n +{driver} +{g['fold']} +{g['rows']} +{g['logloss']:.4f} ", shown), shown
     assert "Per driver" in shown and shown.count("spread (sd)") == 2 and "folds" in shown
@@ -132,16 +132,23 @@ def test_pipeline_submit_refuses_demo_and_stale_submissions(project):
 
     root, _, _, _ = project
     reasons = submit.refusals("dogscats", root)
-    assert len(reasons) == 2 and "demo" in reasons[0] and "12500" in reasons[1], "fresh: only the demo is wrong"
+    assert "demo" in reasons[0] and "12500" in reasons[1], reasons
+    assert not any("older than" in r for r in reasons), "fresh outputs are not stale"
     original = (root / "params.yaml").read_text()
+    code = (root / "pipeline" / "ensemble.py").read_text()
     raw = yaml.safe_load(original)
     raw["dogscats"]["head"]["dropout"] = 0.1
     try:
         (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         stale = submit.refusals("dogscats", root)[-1]
         assert "older than the params" in stale and "head@dogscats-0 (params.yaml: dogscats.head)" in stale
+        (root / "params.yaml").write_text(original)
+        (root / "pipeline" / "ensemble.py").write_text(code + "# changed\n")
+        stale = submit.refusals("dogscats", root)[-1]
+        assert "ensemble@dogscats (pipeline/ensemble.py)" in stale
     finally:
         (root / "params.yaml").write_text(original)
+        (root / "pipeline" / "ensemble.py").write_text(code)
 
 
 def test_a_top_level_params_typo_fails_repro_even_when_nothing_else_would_run(project):
