@@ -1,4 +1,4 @@
-"""The `pipeline` console script: `pipeline compare`, `pipeline submit`, `pipeline submissions`, `pipeline lr-find`.
+"""The `pipeline` console script: compare, report, submit, submissions, lr-find.
 
 The DVC stages have their own entry points (`python -m pipeline.<stage>`); these are run by hand: compare reads
 committed metrics of experiments, two talk to Kaggle, lr-find plots loss against learning rate.
@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("experiments", nargs="*", metavar="EXP",
                    help="DVC experiment names, git commits, branches or tags, or 'workspace' (default: workspace)")
     p.add_argument("-b", "--baseline", default="HEAD", help="revision to compare against (default: HEAD)")
+    p = sub.add_parser("report", help="reports/<comp>/index.html: scores, curves, errors, images, the model")
+    p.add_argument("comp", choices=sorted(COMPETITIONS))
     p = sub.add_parser("lr-find", help="learning-rate range test for the head and finetuning: plots in reports/")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
     p.add_argument("fold", type=int, nargs="?", default=0, help="fold whose training rows are used (default 0)")
@@ -73,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline import compare
 
             print(compare.run(args.comp, args.experiments, args.baseline))
+        elif args.command == "report":
+            from pipeline import report  # imports torch and timm: only for this command
+            from pipeline.config import load_params
+
+            print(f"Report: {report.run(load_params(), args.comp)} (pictures in reports/{args.comp}/figures/)")
         elif args.command == "lr-find":
             _lr_find(args)
         else:

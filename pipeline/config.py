@@ -73,6 +73,8 @@ class AugmentParams:
     rotate: float = field(default=10.0, metadata=_range(0.0, 180.0, "max rotation, degrees"))
     brightness_contrast: float = field(default=0.2, metadata=_range(0.0, 1.0, "max brightness/contrast change"))
     channel_shuffle: float = field(default=0.0, metadata=_range(0.0, 1.0, "probability of permuting RGB"))
+    rgb_shift: float = field(default=0.0, metadata=_range(0.0, 0.5, "max shift of each colour channel, fraction "
+                                                                     "of 255 (Keras's channel_shift_range / 255)"))
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,11 @@ class HeadParams:
 
     hidden: int = field(default=256, metadata=_range(1, 16384, "width of the hidden layer"))
     dropout: float = field(default=0.5, metadata=_range(0.0, 0.95, "dropout before each linear layer"))
+    dropout_schedule: str = field(
+        default="constant",
+        metadata=_choice("constant", "rising", doc="rising: no dropout in the first epoch, rising linearly to "
+                         "`dropout` in the last (the lesson's 'increase dropout over time')"),
+    )
     epochs: int = field(default=30, metadata=_range(1, 10_000, "training epochs"))
     lr: float = field(default=1e-3, metadata=_range(1e-7, 10.0, "peak learning rate"))
     weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0, "AdamW weight decay"))
@@ -112,6 +119,11 @@ class FinetuneParams:
     epochs: int = field(default=8, metadata=_range(1, 10_000, "training epochs"))
     lr: float = field(default=3e-3, metadata=_range(1e-7, 10.0, "peak learning rate of the head"))
     backbone_lr_ratio: float = field(default=0.3, metadata=_range(0.0, 1.0, "backbone lr as a fraction of lr"))
+    init: str = field(
+        default="head",
+        metadata=_choice("head", "random", doc="start from the fold's trained head (the lesson's way), or from a "
+                         "randomly initialised head (only to measure what the trained head is worth)"),
+    )
     warmup: float = field(default=0.2, metadata=_range(0.0, 0.9, "fraction of steps spent warming up"))
     weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0, "AdamW weight decay"))
     batch_size: int = field(default=32, metadata=_range(2, 4096, "images per step (batch norm needs 2)"))
@@ -127,6 +139,9 @@ class EnsembleParams:
 
     members: str = field(default="auto", metadata=_choice("auto", "head", "finetune", "both"))
     calibration: str = field(default="auto", metadata=_choice("auto", "temperature", "clip", "none"))
+    neighbours: int = field(default=0, metadata=_range(0, 100, "average each prediction with its k nearest "
+                                                                 "neighbours in feature space (0: off)"))
+    neighbour_weight: float = field(default=0.5, metadata=_range(0.0, 1.0, "weight of the neighbours' average"))
 
 
 @dataclass(frozen=True)

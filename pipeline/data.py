@@ -59,6 +59,9 @@ def build_transform(mean, std, aug: AugmentParams | None = None) -> A.Compose:
             ops.append(A.RandomBrightnessContrast(brightness_limit=bc, contrast_limit=bc, p=0.75))
         if aug.channel_shuffle > 0:
             ops.append(A.ChannelShuffle(p=aug.channel_shuffle))
+        if aug.rgb_shift > 0:
+            limit = aug.rgb_shift * 255  # uint8 images: the limits are in pixel values
+            ops.append(A.RGBShift(r_shift_limit=limit, g_shift_limit=limit, b_shift_limit=limit, p=1.0))
     ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(ops, seed=0)  # reseeded per sample by SeededRows
 

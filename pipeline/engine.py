@@ -145,16 +145,20 @@ def fit(
     live=None,
     amp: bool = False,
     channels_last: bool = False,
+    before_epoch=None,
 ) -> list[dict]:
     """Train for exactly `epochs` on the fixed schedule; `model` keeps the last epoch's weights.
 
     Nothing is chosen on the validation rows (no best epoch, no early stop), so the out-of-fold predictions made
     from them next cannot flatter the fold's score. Their scores are only recorded: the learning curve, with
-    epoch 0 being the weights as given. dvclive's step is the epoch, as printed.
+    epoch 0 being the weights as given. dvclive's step is the epoch, as printed. `before_epoch(epoch)`, when
+    given, runs before each training epoch and returns what to record with it (e.g. a dropout schedule's rate).
     """
     history = []
     for epoch in range(epochs + 1):
         record = {"epoch": epoch}
+        if epoch and before_epoch is not None:
+            record.update(before_epoch(epoch))
         if epoch:
             record["train_loss"] = train_one_epoch(model, train_loader, optimizer, scheduler, device, amp, channels_last)
         record.update(scores(predict(model, val_loader, device, amp=amp, channels_last=channels_last), val_labels))

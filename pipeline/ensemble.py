@@ -6,7 +6,8 @@ log space, calibrated the same way. The reported `logloss` is honest: each fold'
 calibration chosen and fitted on the other folds only. Outputs: the submission (checked against
 sample_submission.csv); `metrics/<comp>.json`, a few flat keys committed to git (on demo data also `demo_test_*`,
 the score on the demo's secret test labels: what Kaggle would say); and `metrics/<comp>/cv.json`, each fold's and
-each group's cross-fitted score, which `pipeline compare` pairs between runs.
+each group's cross-fitted score, which `pipeline compare` pairs between runs; and the cross-fitted out-of-fold
+predictions in `models/<comp>/ensemble/oof.csv` (with each row's group and fold), which the report reads.
 """
 
 from __future__ import annotations
@@ -107,6 +108,35 @@ def log_average(predictions) -> np.ndarray:
     return with_temperature(np.exp(z), 1.0)
 
 
+def neighbour_smooth(probs: np.ndarray, features: np.ndarray, k: int, weight: float) -> np.ndarray:
+    """Each row's prediction averaged with those of its k nearest rows (cosine, in the backbone's feature space):
+    test images are video frames, so a frame's neighbours show the same driver doing the same thing (State Farm's
+    winners' biggest gain). Only predictions are shared between rows, never labels."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(probs) - 1)
+    if k < 1:
+        return probs
+    x = np.asarray(features, dtype=np.float32)
+    index = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(x)
+    neighbours = index.kneighbors(x, return_distance=False)[:, 1:]  # the first is the row itself
+    return (1 - weight) * probs + weight * probs[neighbours].mean(axis=1)
+
+
+def smooth_members(oof: dict, test: dict, paths: Paths, fold_of: np.ndarray, k: int, weight: float) -> None:
+    """`ensemble.neighbours` applied to every member: out-of-fold rows find their neighbours among the same fold's
+    validation rows (unseen drivers, as the test set's are), test rows among the test rows."""
+    train_features = np.load(paths.features / "train.npy", mmap_mode="r")
+    test_features = np.load(paths.features / "test.npy", mmap_mode="r")
+    for member in list(oof):
+        smoothed = oof[member].copy()
+        for fold in np.unique(fold_of):
+            rows = np.flatnonzero(fold_of == fold)
+            smoothed[rows] = neighbour_smooth(oof[member][rows], train_features[rows], k, weight)
+        oof[member] = smoothed
+        test[member] = neighbour_smooth(test[member], test_features, k, weight)
+
+
 def _rounded(d: dict) -> dict:
     """Scores to 6 decimals: the committed metrics files then diff cleanly between runs."""
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
@@ -145,6 +175,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     oof = {s: load_oof(comp, [paths.model(s, k) for k in params.folds], ids) for s in STAGES}
     test = {s: log_average(load_test([paths.model(s, k) for k in params.folds])) for s in STAGES}
     oof["both"], test["both"] = log_average([oof["head"], oof["finetune"]]), log_average([test["head"], test["finetune"]])
+    if ep.neighbours:  # fixed k and weight: nothing is chosen on the rows they are scored on
+        smooth_members(oof, test, paths, fold_of, ep.neighbours, ep.neighbour_weight)
     members = ("head", "finetune", "both") if ep.members == "auto" else (ep.members,)
     methods = ("none", "temperature", "clip") if ep.calibration == "auto" else (ep.calibration,)
 
@@ -175,6 +207,13 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         "groups": per_group(train_index["group"].astype(str).to_numpy(), honest, labels, fold_of)
         if comp.group_column else {},
     }
+    # The cross-fitted out-of-fold predictions themselves, for the report's confusion matrix and image grids.
+    oof_df = pd.DataFrame(honest, columns=list(comp.classes))
+    oof_df.insert(0, "fold", fold_of)
+    oof_df.insert(0, "group", train_index["group"].astype(str).to_numpy())
+    oof_df.insert(0, "label", np.asarray(comp.classes)[labels])
+    oof_df.insert(0, "id", ids)
+    write_csv(paths.ensemble / "oof.csv", oof_df)
     write_json(paths.cv, detail)
     write_json(paths.metrics, metrics)
     return {**metrics, **detail}

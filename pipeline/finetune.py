@@ -31,14 +31,16 @@ from pipeline.stage import stage_main
 
 
 def load_start(params: Params, comp_name: str, fold: int, paths: Paths) -> Classifier:
-    """The features stage's backbone joined to the fold's trained head."""
+    """The features stage's backbone joined to the fold's trained head (or, with `finetune.init: random`, to a
+    freshly initialised one, seeded by fold)."""
     cp = params.comp(comp_name)
     comp = get_competition(comp_name)
     # weights come from the features stage's file, not the hub
     backbone = create_backbone(cp.features, pretrained=False, key=f"{comp_name}.features")
     backbone.load_state_dict(load_file(paths.features / "backbone.safetensors"))
     head = create_head(backbone.num_features, comp.num_classes, cp.head.hidden, cp.head.dropout)
-    head.load_state_dict(load_file(paths.model("head", fold) / "head.safetensors"))
+    if cp.finetune.init == "head":
+        head.load_state_dict(load_file(paths.model("head", fold) / "head.safetensors"))
     return Classifier(backbone, head)
 
 

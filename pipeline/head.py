@@ -56,6 +56,20 @@ def setup(params: Params, comp_name: str, fold: int, paths: Paths):
     return split, loaders, head, optimizer
 
 
+def dropout_schedule(head: torch.nn.Module, hp):
+    """`head.dropout_schedule`: each dropout layer's rate for an epoch (1-based); constant, or rising linearly from
+    none in the first epoch to the configured rate in the last."""
+    layers = [(m, m.p) for m in head.modules() if isinstance(m, torch.nn.Dropout)]
+
+    def set_rates(epoch: int) -> dict:
+        share = 1.0 if hp.dropout_schedule == "constant" or hp.epochs == 1 else (epoch - 1) / (hp.epochs - 1)
+        for module, rate in layers:
+            module.p = rate * share
+        return {"dropout": hp.dropout * share}
+
+    return set_rates
+
+
 def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> dict:
     comp = get_competition(comp_name)
     hp = params.comp(comp_name).head
@@ -69,7 +83,8 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
 
     with atomic_dir(paths.model("head", fold)) as out:
         with Live(dir=str(paths.live("head", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-            history = fit(head, train_loader, val_loader, val_labels, optimizer, scheduler, hp.epochs, device, live)
+            history = fit(head, train_loader, val_loader, val_labels, optimizer, scheduler, hp.epochs, device, live,
+                          before_epoch=dropout_schedule(head, hp))
         save_weights(head, out / "head.safetensors")
         oof = predict(head, val_loader, device)
         test = predict(head, test_loader, device)

@@ -88,5 +88,5 @@ class Paths:
 
     @property
     def ensemble(self) -> Path:
-        """ensemble: out-of-fold and test predictions of the chosen ensemble."""
+        """ensemble: the cross-fitted out-of-fold predictions (what the CV score scores)."""
         return self.root / "models" / self.comp / "ensemble"

@@ -1,0 +1,187 @@
+"""Ablation: each of the lesson's techniques switched against the shipped params, measured fold by fold.
+
+For each competition the shipped params run once in-process (the baseline: download -> folds -> prepare ->
+features -> head and finetune per fold -> ensemble); then each variant re-runs only the stages it affects, on the
+same folds, and is scored on the member it acts on (head techniques on the head's out-of-fold log loss, finetune
+techniques on finetuning's, ensemble techniques on the ensemble's cross-fitted score). The change per fold is
+paired; its row-weighted mean, spread and corrected standard error use `pipeline compare`'s test. Writes
+`reports/ablation.md` (and prints it).
+
+    TQDM_DISABLE=1 OMP_NUM_THREADS=2 python benchmarks/ablation.py                 # demo, both competitions
+    python benchmarks/ablation.py --comps statefarm --photos                        # State Farm on real photos
+    python benchmarks/ablation.py --only head_dropout_rising,ensemble_neighbours_5  # a few variants
+
+State Farm also shows driver-grouped CV against a random split of the same rows (the baseline head refitted on
+random folds): how much a random split flatters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pipeline import download, ensemble, features, finetune, folds, head, prepare
+from pipeline.compare import fold_verdict
+from pipeline.competitions import get_competition
+from pipeline.config import parse_params
+from pipeline.io import read_json, write_csv, write_text
+from pipeline.paths import Paths
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (changes under the competition's section, the first stage to re-run, the member that is scored)
+VARIANTS = {
+    "head_dropout_0.25": ({"head.dropout": 0.25}, "head", "head"),
+    "head_dropout_0": ({"head.dropout": 0.0}, "head", "head"),
+    "head_dropout_rising": ({"head.dropout_schedule": "rising"}, "head", "head"),
+    "features_aug_copies_0": ({"features.aug_copies": 0}, "features", "head"),
+    "features_aug_copies_3": ({"features.aug_copies": 3}, "features", "head"),
+    "finetune_from_random_head": ({"finetune.init": "random"}, "finetune", "finetune"),
+    "finetune_rgb_shift_0.1": ({"augment.rgb_shift": 0.1}, "finetune", "finetune"),
+    "finetune_no_augmentation": ({"augment.shift": 0.0, "augment.scale": 0.0, "augment.rotate": 0.0,
+                                  "augment.brightness_contrast": 0.0, "augment.hflip": 0.0}, "finetune", "finetune"),
+    "ensemble_neighbours_5": ({"ensemble.neighbours": 5}, "ensemble", "ensemble"),
+}
+ORDER = ["features", "head", "finetune", "ensemble"]
+
+
+def params_for(comp: str, changes: dict, source: str | None):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["competitions"] = [comp]
+    for other in list(raw):
+        if other not in (comp, "competitions", "folds", "seed", "device"):
+            raw.pop(other)
+    if source:
+        raw[comp]["data"]["source"] = source
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        raw[comp][section][key] = value
+    return parse_params(raw, "ablation params")
+
+
+def run_from(params, comp: str, root: Path, first: str) -> None:
+    """Re-run the pipeline from stage `first` on (stages before it already ran in `root`)."""
+    start = ORDER.index(first)
+    if start <= 0:
+        features.run(params, comp, root)
+    if start <= 1:
+        for k in params.folds:
+            head.run(params, comp, k, root)
+    if start <= 2:
+        for k in params.folds:
+            finetune.run(params, comp, k, root)
+    ensemble.run(params, comp, root)
+
+
+def fold_scores(root: Path, comp: str, member: str, folds) -> tuple[np.ndarray, np.ndarray]:
+    """Log loss and rows of each fold, for the member scored."""
+    paths = Paths(comp, root)
+    if member == "ensemble":
+        cv = read_json(paths.cv)["folds"]
+        return np.array([cv[str(k)]["logloss"] for k in folds]), np.array([cv[str(k)]["rows"] for k in folds])
+    m = [read_json(paths.fold_metrics(member, k)) for k in folds]
+    return np.array([x["logloss"] for x in m]), np.array([x["val_rows"] for x in m], dtype=float)
+
+
+def copy_run(src: Path, dst: Path) -> None:
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("dvclive"))
+
+
+def random_split_head(params, comp: str, root: Path) -> tuple[float, float]:
+    """Grouped CV against a random split of the same rows: the baseline heads refitted on StratifiedKFold folds."""
+    paths = Paths(comp, root)
+    grouped = read_json(paths.cv)["members_logloss"]["head"]
+    table = pd.read_csv(paths.folds, dtype={"id": str, "group": str})
+    table["fold"] = folds.assign_folds(table, params.n_splits, params.seed, grouped=False)
+    write_csv(paths.folds, table)
+    for k in params.folds:
+        head.run(params, comp, k, root)
+    ensemble.run(params, comp, root)
+    return grouped, read_json(paths.cv)["members_logloss"]["head"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comps", default="statefarm,dogscats")
+    parser.add_argument("--only", default="", help="comma-separated variant names")
+    parser.add_argument("--photos", action="store_true", help="State Farm on pipeline.photos' real photos")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "ablation.md")
+    args = parser.parse_args()
+    variants = {n: v for n, v in VARIANTS.items() if not args.only or n in args.only.split(",")}
+    work = Path(tempfile.mkdtemp(prefix="ablation-"))
+    cwd = os.getcwd()
+    lines = [f"# Ablation ({time.strftime('%Y-%m-%d')}, `benchmarks/ablation.py`{' --photos' if args.photos else ''})",
+             "", "Change of out-of-fold log loss against the shipped params (negative: better), per fold, paired on "
+             "the same folds. Verdict: `pipeline compare`'s corrected resampled t-test (Nadeau & Bengio) at 95%.", ""]
+    for comp in args.comps.split(","):
+        source = None
+        if args.photos and comp == "statefarm":
+            from pipeline.photos import write_photo_archive
+
+            source = str(write_photo_archive(work / "photos.zip", work / "answers.csv", seed=1))
+        base_params = params_for(comp, {}, source)
+        base = work / comp / "baseline"
+        base.mkdir(parents=True)
+        os.chdir(base)  # dvclive looks for a repository in the working directory
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            for stage in (download, folds, prepare):
+                stage.run(base_params, comp, base)
+            run_from(base_params, comp, base, "features")
+        baseline_seconds = time.perf_counter() - started
+        top = read_json(Paths(comp, base).metrics)
+        lines += [f"## {comp}{' (real photos)' if source else ' (demo)'}", "",
+                  f"Baseline: CV log loss {top['logloss']:.4f}, accuracy {top['accuracy']:.4f} "
+                  f"({top['member']}+{top['calibration']}); full run {baseline_seconds:.0f} s.", "",
+                  "| variant | scored | baseline | variant | change | per fold | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, (changes, first, member) in variants.items():
+            if any(k == "augment.hflip" for k in changes) and not base_params.comp(comp).augment.hflip:
+                changes = {k: v for k, v in changes.items() if k != "augment.hflip"}
+            params = params_for(comp, changes, source)
+            root = work / comp / name
+            copy_run(base, root)
+            os.chdir(root)
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                run_from(params, comp, root, first)
+            seconds = time.perf_counter() - started
+            b, rows = fold_scores(base, comp, member, params.folds)
+            v, _ = fold_scores(root, comp, member, params.folds)
+            diffs = v - b
+            verdict = fold_verdict(diffs, rows).split("-> ")[-1].split(";")[0]
+            per_fold = " ".join(f"{d:+.3f}" for d in diffs)
+            lines.append(f"| {name} | {member} | {np.average(b, weights=rows):.4f} | {np.average(v, weights=rows):.4f} "
+                         f"| {np.average(diffs, weights=rows):+.4f} | {per_fold} | {verdict} |")
+            print(lines[-1], f"({seconds:.0f} s)", flush=True)
+            shutil.rmtree(root, ignore_errors=True)
+        if get_competition(comp).group_column:
+            root = work / comp / "random_split"
+            copy_run(base, root)
+            os.chdir(root)
+            with contextlib.redirect_stdout(io.StringIO()):
+                grouped, random = random_split_head(base_params, comp, root)
+            lines += ["", f"Driver-grouped CV of the head {grouped:.4f} against a random split of the same rows "
+                          f"{random:.4f}: a random split puts a driver's near-duplicate frames on both sides and "
+                          f"flatters by {grouped - random:+.4f}."]
+        lines.append("")
+        os.chdir(cwd)
+    text = "\n".join(lines) + "\n"
+    write_text(args.out, text)
+    print(text)
+    print(f"written to {args.out}; work folder {work} (delete when done)")
+
+
+if __name__ == "__main__":
+    main()

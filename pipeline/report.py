@@ -1,0 +1,304 @@
+"""Stage `report@<comp>` (also `pipeline report <comp>`): what the stages wrote, as pictures a person can read.
+
+Outputs: `reports/<comp>/index.html`, one self-contained file (pictures embedded) to open in any browser, offline,
+and the same pictures as PNGs in `reports/<comp>/figures/` (`dvc plots show` renders them too):
+- scores: per fold, of the ensemble (cross-fitted) and of each member; per group where the competition has groups
+  (State Farm: per driver, hardest first);
+- learning curves, with a one-line reading per fold: under-fitting (training loss above validation) or over-fitting
+  (validation far above training, or rising at the end), as the lesson teaches to read them;
+- the confusion matrix with the classes' descriptions, and a reliability (calibration) curve;
+- the most confidently wrong, the most uncertain and the most confidently right validation images (the course's
+  "look at your data"), from the cross-fitted out-of-fold predictions;
+- the model: its layers with parameter counts (the course's `model.summary()`), the first conv layer's filters,
+  and Grad-CAM maps of fold 0's finetuned network on a few of its validation images.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.competitions import Competition, get_competition
+from pipeline.config import Params
+from pipeline.data import build_transform, load_cache
+from pipeline.io import atomic_dir, read_json, write_text
+from pipeline.paths import Paths
+from pipeline.stage import stage_main
+
+GRID = 8  # images per grid
+
+
+def _plt():
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> Path:
+    fig.savefig(out, dpi=90, bbox_inches="tight")
+    _plt().close(fig)
+    return out
+
+
+def diagnose(history: list[dict]) -> str:
+    """One line reading a fold's learning curve the lesson's way (training loss includes dropout and
+    augmentation, so it sitting above validation means the model could fit more)."""
+    last = history[-1]
+    train, val = last.get("train_loss"), last["logloss"]
+    if train is None:
+        return "no training epochs"
+    vals = [h["logloss"] for h in history[1:]]
+    if train > val:
+        return (f"under-fitting: training loss {train:.3f} is above validation {val:.3f}; train longer, or use less "
+                "dropout or augmentation")
+    if len(vals) >= 2 and vals[-1] > min(vals) * 1.05:
+        return (f"over-fitting: validation rose from its low {min(vals):.3f} to {vals[-1]:.3f} by the last epoch; "
+                "fewer epochs, more dropout or augmentation")
+    if val > 2 * train and val - train > 0.1:
+        return (f"over-fitting: validation {val:.3f} is over twice the training loss {train:.3f}; more dropout, "
+                "augmentation or data")
+    return f"fitting well: training {train:.3f}, validation {val:.3f}, still falling or flat at the end"
+
+
+def confusion_figure(comp: Competition, oof: pd.DataFrame, out: Path) -> Path:
+    from sklearn.metrics import confusion_matrix
+
+    plt = _plt()
+    truth = oof["label"].to_numpy()
+    pred = np.asarray(comp.classes)[oof[list(comp.classes)].to_numpy().argmax(axis=1)]
+    cm = confusion_matrix(truth, pred, labels=list(comp.classes))
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = comp.num_classes
+    fig, ax = plt.subplots(figsize=(1.0 * n + 3, 0.8 * n + 2))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    names = [f"{c} {d}" if c != d else c for c, d in zip(comp.classes, comp.class_descriptions)]
+    ax.set_xticks(range(n), comp.classes)
+    ax.set_yticks(range(n), names)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.6 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{comp.name}: confusion matrix of the cross-fitted out-of-fold predictions (row share shaded)",
+                 fontsize=9)
+    return _save(fig, out)
+
+
+def reliability_figure(comp: Competition, oof: pd.DataFrame, out: Path) -> Path:
+    """Confidence of the predicted class against how often it is right: on the diagonal is calibrated."""
+    from sklearn.calibration import calibration_curve
+
+    plt = _plt()
+    probs = oof[list(comp.classes)].to_numpy()
+    correct = (np.asarray(comp.classes)[probs.argmax(axis=1)] == oof["label"].to_numpy()).astype(int)
+    confidence = probs.max(axis=1)
+    bins = min(10, max(2, len(oof) // 20))
+    frac, mean = calibration_curve(correct, confidence, n_bins=bins, strategy="quantile")
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="calibrated")
+    ax.plot(mean, frac, "o-", label="out-of-fold")
+    ax.set_xlabel("confidence in the predicted class")
+    ax.set_ylabel("share right")
+    ax.set_title(f"{comp.name}: reliability ({bins} equal-count bins)", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def image_grid(images: np.ndarray, rows: np.ndarray, titles: list[str], title: str, out: Path) -> Path:
+    plt = _plt()
+    cols = min(len(rows), 4) or 1
+    lines = max(1, -(-len(rows) // cols))
+    fig, axes = plt.subplots(lines, cols, figsize=(3 * cols, 2.6 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r, t in zip(axes.flat, rows, titles):
+        ax.imshow(images[r])
+        ax.set_title(t, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, out)
+
+
+def extremes(comp: Competition, oof: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Row positions in `oof` of the most confidently wrong, the most uncertain and the most confidently right
+    predictions, most extreme first."""
+    probs = oof[list(comp.classes)].to_numpy()
+    truth = pd.Index(comp.classes).get_indexer(oof["label"])
+    pred = probs.argmax(axis=1)
+    p_pred, p_true = probs.max(axis=1), probs[np.arange(len(probs)), truth]
+    wrong, right = np.flatnonzero(pred != truth), np.flatnonzero(pred == truth)
+    return {
+        "confidently_wrong": wrong[np.argsort(-p_pred[wrong], kind="stable")][:GRID],
+        "uncertain": np.argsort(p_pred, kind="stable")[:GRID],
+        "confidently_right": right[np.argsort(-p_true[right], kind="stable")][:GRID],
+    }
+
+
+def grids(comp: Competition, oof: pd.DataFrame, images: np.ndarray, row_of: dict, figs: Path) -> list[tuple]:
+    """Grids of the images `extremes` picks, with label and prediction."""
+    probs = oof[list(comp.classes)].to_numpy()
+    truth = pd.Index(comp.classes).get_indexer(oof["label"])
+    pred = probs.argmax(axis=1)
+    p_pred, p_true = probs.max(axis=1), probs[np.arange(len(probs)), truth]
+    chosen = extremes(comp, oof)
+    described = dict(zip(comp.classes, comp.class_descriptions))
+    shown = []
+    for name, idx in chosen.items():
+        titles = [f"{oof['id'].iloc[i]}\ntrue {truth_name} ({described[truth_name]})\npredicted "
+                  f"{comp.classes[pred[i]]} {p_pred[i]:.2f}, true {p_true[i]:.2f}"
+                  for i in idx for truth_name in [comp.classes[truth[i]]]]
+        label = name.replace("_", " ")
+        path = image_grid(images, np.array([row_of[oof["id"].iloc[i]] for i in idx], dtype=int), titles,
+                          f"{comp.name}: {label} ({len(idx)})", figs / f"{name}.png")
+        shown.append((label, path))
+    return shown
+
+
+def model_parts(params: Params, comp_name: str, paths: Paths):
+    """Fold 0's finetuned network (backbone + head), as finetuning left it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pipeline.finetune import load_start
+
+    fold = params.folds[0]
+    model = load_start(params, comp_name, fold, paths)
+    model.load_state_dict(load_file(paths.model("finetune", fold) / "model.safetensors"))
+    torch.set_grad_enabled(True)
+    return model.eval(), fold
+
+
+def layer_table(model) -> pd.DataFrame:
+    rows = []
+    for part_name, part in (("backbone", model.backbone), ("head", model.head)):
+        for name, child in part.named_children():
+            n = sum(p.numel() for p in child.parameters())
+            rows.append({"part": part_name, "layer": name, "type": type(child).__name__, "parameters": n})
+    table = pd.DataFrame(rows)
+    return pd.concat([table, pd.DataFrame([{"part": "total", "layer": "", "type": "",
+                                            "parameters": int(table["parameters"].sum())}])], ignore_index=True)
+
+
+def filters_figure(model, out: Path) -> Path:
+    import torch
+
+    plt = _plt()
+    conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    w = conv.weight.detach().float().cpu().numpy()  # (out, in, k, k)
+    w = w[:, :3] if w.shape[1] >= 3 else np.repeat(w[:, :1], 3, axis=1)
+    n = min(len(w), 32)
+    cols = 8
+    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(cols * 0.9, -(-n // cols) * 0.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, f in zip(axes.flat, w[:n]):
+        f = f.transpose(1, 2, 0)
+        ax.imshow((f - f.min()) / (np.ptp(f) + 1e-8), interpolation="nearest")
+    fig.suptitle(f"first conv layer: {n} of {len(w)} filters ({w.shape[2]}x{w.shape[3]})", fontsize=9)
+    return _save(fig, out)
+
+
+def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competition, meta: dict, out: Path) -> Path:
+    """Grad-CAM (Selvaraju et al.) on the backbone's last feature map, for the predicted class: where the network
+    looked."""
+    import torch
+
+    plt = _plt()
+    transform = build_transform(meta["mean"], meta["std"])
+    x = torch.stack([transform(image=np.asarray(images[r]))["image"] for r in rows])
+    fmap = model.backbone.forward_features(x)
+    fmap.retain_grad()
+    logits = model.head(model.backbone.forward_head(fmap))
+    pred = logits.argmax(dim=1)
+    logits.gather(1, pred[:, None]).sum().backward()
+    cams = torch.relu((fmap.grad.mean(dim=(2, 3), keepdim=True) * fmap).sum(dim=1, keepdim=True))
+    cams = torch.nn.functional.interpolate(cams, size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+    cams = (cams / cams.flatten(1).max(dim=1).values.clamp_min(1e-8)[:, None, None]).detach().numpy()
+    fig, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 2.8), squeeze=False)
+    for ax, r, cam, p in zip(axes[0], rows, cams, pred.tolist()):
+        ax.imshow(images[r])
+        ax.imshow(cam, cmap="jet", alpha=0.4)
+        ax.set_title(f"predicted {comp.classes[p]}", fontsize=8)
+        ax.axis("off")
+    fig.suptitle("Grad-CAM on the last feature map (red: what drove the prediction)", fontsize=9)
+    return _save(fig, out)
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="t")
+
+
+def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
+    comp = get_competition(comp_name)
+    paths = Paths(comp_name, root)
+    metrics, cv = read_json(paths.metrics), read_json(paths.cv)
+    oof = pd.read_csv(paths.ensemble / "oof.csv", dtype={"id": str, "group": str})
+    images, index = load_cache(paths.cache, "train")
+    row_of = dict(zip(index["id"], range(len(index))))
+    out_dir = paths.reports
+    with atomic_dir(out_dir / "figures") as figs:
+        parts = [f"<h1>{html.escape(comp.title)}</h1>"]
+        summary = {k: v for k, v in metrics.items()}
+        parts.append("<h2>Scores</h2><p>Cross-validated: each fold's rows get the member and calibration chosen on "
+                     "the other folds. Lower log loss is better.</p>" + _table(pd.DataFrame([summary])))
+        folds = pd.DataFrame([{"fold": k, **{c: v for c, v in f.items() if c != "rows_md5"}}
+                              for k, f in cv["folds"].items()])
+        parts.append("<h3>Per fold: the ensemble and each member</h3>" + _table(folds))
+        if cv.get("groups"):
+            groups = pd.DataFrame([{comp.group_noun: g, **v} for g, v in cv["groups"].items()])
+            parts.append(f"<h3>Per {comp.group_noun}, hardest first</h3>"
+                         + _table(groups.sort_values("logloss", ascending=False)))
+
+        parts.append("<h2>Learning curves</h2>")
+        curves_png = paths.plots / "learning_curves.png"
+        if curves_png.is_file():
+            parts.append(_img(curves_png))
+        readings = []
+        for stage in ("head", "finetune"):
+            for k in params.folds:
+                history = read_json(paths.model(stage, k) / "params.json")["history"]
+                readings.append({"stage": stage, "fold": k, "reading": diagnose(history)})
+        parts.append(_table(pd.DataFrame(readings)))
+
+        parts.append("<h2>Errors</h2>")
+        parts.append(_img(confusion_figure(comp, oof, figs / "confusion.png")))
+        parts.append(_img(reliability_figure(comp, oof, figs / "reliability.png")))
+        for label, path in grids(comp, oof, images, row_of, figs):
+            parts.append(f"<h3>{label}</h3>" + _img(path))
+
+        parts.append("<h2>The model (fold 0, finetuned)</h2>")
+        model, fold = model_parts(params, comp_name, paths)
+        parts.append(_table(layer_table(model)))
+        parts.append(_img(filters_figure(model, figs / "first_filters.png")))
+        meta = read_json(paths.features / "meta.json")
+        val = oof[oof["fold"] == fold]
+        picks = np.array([row_of[i] for i in val["id"].iloc[: min(4, len(val))]], dtype=int)
+        parts.append(_img(gradcam_figure(model, images, picks, comp, meta, figs / "gradcam.png")))
+    style = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}img{max-width:100%;display:block;"
+             "margin:1em 0}table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:2px 8px;"
+             "border-bottom:1px solid #ddd;text-align:right}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(comp.title)}: report</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    write_text(out_dir / "index.html", page)
+    return out_dir / "index.html"
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main(__doc__, run, argv=argv, summary=lambda out: f"open {out} in a browser",
+               wrote=lambda comp, fold: [Paths(comp).reports / "index.html", Paths(comp).reports / "figures"])
+
+
+if __name__ == "__main__":
+    main()

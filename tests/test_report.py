@@ -1,0 +1,86 @@
+"""`pipeline report`: one self-contained HTML page and its PNGs, from what a tiny run's stages wrote."""
+
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import curves, report
+from pipeline.io import read_json
+from pipeline.paths import Paths
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.headings, self._h = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        self._h = tag in ("h1", "h2", "h3")
+
+    def handle_data(self, data):
+        if self._h:
+            self.headings.append(data)
+            self._h = False
+
+
+@pytest.mark.parametrize("comp_name", ["dogscats", "statefarm"])
+def test_report_is_one_self_contained_page_with_every_section(pipeline_run, comp_name):
+    root, params, _ = pipeline_run
+    curves.run(params, comp_name, root)
+    page_path = report.run(params, comp_name, root)
+    page = _Page()
+    page.feed(page_path.read_text())
+    assert all(src.startswith("data:image/png;base64,") for src in page.images), "nothing to fetch"
+    figures = sorted(p.name for p in (Paths(comp_name, root).reports / "figures").glob("*.png"))
+    assert figures == sorted(["confusion.png", "reliability.png", "confidently_wrong.png", "uncertain.png",
+                              "confidently_right.png", "first_filters.png", "gradcam.png"])
+    assert len(page.images) == len(figures) + 1  # and the learning curves
+    for png in (Paths(comp_name, root).reports / "figures").glob("*.png"):
+        with Image.open(png) as img:
+            assert img.width > 100 and img.height > 100
+    text = page_path.read_text()
+    assert {"Scores", "Learning curves", "Errors", "The model (fold 0, finetuned)"} <= set(page.headings)
+    assert "Per driver, hardest first" in page.headings if comp_name == "statefarm" else "Per driver" not in text
+    # one reading per stage and fold, and the class descriptions on the confusion matrix's axis come from the registry
+    assert len(re.findall(r"under-fitting|over-fitting|fitting well", text)) == 2 * len(params.folds)
+
+
+def test_diagnosis_reads_curves_as_the_lesson_teaches():
+    under = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 1.2, "logloss": 0.9}]
+    assert report.diagnose(under).startswith("under-fitting")
+    rising = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 0.5, "logloss": 0.6},
+              {"epoch": 2, "train_loss": 0.3, "logloss": 0.8}]
+    assert report.diagnose(rising).startswith("over-fitting: validation rose")
+    gap = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 0.1, "logloss": 0.5}]
+    assert report.diagnose(gap).startswith("over-fitting: validation 0.500 is over twice")
+    good = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 0.4, "logloss": 0.45}]
+    assert report.diagnose(good).startswith("fitting well")
+
+
+def test_grids_pick_the_right_extremes(pipeline_run):
+    """The confidently wrong images are wrong and the most confident of the wrong; the most uncertain have the
+    lowest top probability; the confidently right are right, most confident first."""
+    import pandas as pd
+
+    from pipeline.competitions import get_competition
+
+    root, _, _ = pipeline_run
+    comp = get_competition("statefarm")
+    oof = pd.read_csv(Paths("statefarm", root).ensemble / "oof.csv", dtype={"id": str})
+    cv = read_json(Paths("statefarm", root).cv)
+    assert oof.groupby("fold").size().to_dict() == {int(k): v["rows"] for k, v in cv["folds"].items()}
+    probs = oof[list(comp.classes)].to_numpy()
+    truth = pd.Index(comp.classes).get_indexer(oof["label"])
+    pred, top = probs.argmax(axis=1), probs.max(axis=1)
+    assert (pred != truth).mean() == pytest.approx(1 - read_json(Paths("statefarm", root).metrics)["accuracy"])
+    picked = report.extremes(comp, oof)
+    wrong, right = picked["confidently_wrong"], picked["confidently_right"]
+    assert (pred[wrong] != truth[wrong]).all() and (pred[right] == truth[right]).all()
+    assert np.all(np.diff(top[wrong]) <= 0) and top[wrong][0] == top[pred != truth].max()
+    assert top[picked["uncertain"]].max() <= np.sort(top)[len(picked["uncertain"]) - 1]
+    assert np.all(np.diff(probs[right, truth[right]]) <= 0)

@@ -1,0 +1,96 @@
+"""The lesson's techniques as params: each does what it says, on a tiny run's real outputs."""
+
+import numpy as np
+import pytest
+
+from conftest import tiny_params
+from pipeline import finetune, head
+from pipeline.config import AugmentParams
+from pipeline.data import build_transform, reseed
+from pipeline.io import read_json
+from test_honest_scores import COMP, copy_upstream
+
+
+def test_rgb_shift_moves_each_colour_channel_by_one_offset_within_its_limit():
+    """Keras's channel_shift_range: every pixel of a channel moves by the same amount, at most the limit."""
+    image = np.full((16, 16, 3), 128, np.uint8)
+    transform = build_transform((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), AugmentParams(shift=0, scale=0, rotate=0,
+                                                                                 brightness_contrast=0, rgb_shift=0.1))
+    offsets = []
+    for seed in range(20):
+        reseed(transform, seed)
+        out = transform(image=image)["image"].numpy() * 255 - 128  # CHW, back in pixel values
+        assert np.allclose(out, out[:, :1, :1], atol=1e-3), "one offset per channel"
+        offsets.append(out[:, 0, 0])
+    offsets = np.array(offsets)
+    assert np.abs(offsets).max() <= 0.1 * 255 + 1e-3
+    assert np.abs(offsets).max() > 5 and len({tuple(np.round(o)) for o in offsets}) > 10, "random per image"
+
+
+def test_rising_dropout_schedule_goes_from_none_to_the_rate(pipeline_run, tmp_path, monkeypatch):
+    root, _, _ = pipeline_run
+    copy_upstream(root, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(**{f"{COMP}.head.dropout": 0.6, f"{COMP}.head.epochs": 4,
+                            f"{COMP}.head.dropout_schedule": "rising"})
+    head.run(params, COMP, 0, tmp_path)
+    rates = [h["dropout"] for h in read_json(tmp_path / "models" / COMP / "head" / "fold0" / "params.json")["history"][1:]]
+    assert rates == pytest.approx([0.0, 0.2, 0.4, 0.6])
+    constant = tiny_params(**{f"{COMP}.head.dropout": 0.6, f"{COMP}.head.epochs": 4})
+    head.run(constant, COMP, 0, tmp_path)
+    history = read_json(tmp_path / "models" / COMP / "head" / "fold0" / "params.json")["history"][1:]
+    assert [h["dropout"] for h in history] == pytest.approx([0.6] * 4)
+
+
+def test_finetune_from_a_random_head_starts_elsewhere_than_from_the_trained_one(pipeline_run, tmp_path, monkeypatch):
+    root, params, _ = pipeline_run
+    copy_upstream(root, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    head.run(params, COMP, 0, tmp_path)
+    trained = read_json(tmp_path / "models" / COMP / "head" / "fold0" / "params.json")["history"][-1]["logloss"]
+    random = tiny_params(**{f"{COMP}.finetune.init": "random"})
+    finetune.run(random, COMP, 0, tmp_path)
+    start = read_json(tmp_path / "models" / COMP / "finetune" / "fold0" / "params.json")["history"][0]["logloss"]
+    assert start != pytest.approx(trained, rel=2e-3)
+    model = finetune.load_start(random, COMP, 0, finetune.Paths(COMP, tmp_path))
+    again = finetune.load_start(params, COMP, 0, finetune.Paths(COMP, tmp_path))
+    assert not all((a == b).all() for a, b in zip(model.head.state_dict().values(), again.head.state_dict().values()))
+
+
+def test_neighbour_smoothing_pulls_a_prediction_towards_its_neighbours_only():
+    from pipeline.ensemble import neighbour_smooth
+
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 0.05, (5, 8)) + 1, rng.normal(0, 0.05, (5, 8)) - 1])
+    features[:, 0] += np.arange(10)  # two directions in cosine space: rows 0-4 and 5-9
+    probs = np.tile([[0.9, 0.1]], (10, 1))
+    probs[5:] = [0.2, 0.8]
+    probs[0] = [0.4, 0.6]  # an odd frame among its cluster
+    smoothed = neighbour_smooth(probs, features, k=3, weight=0.5)
+    assert smoothed[0, 0] == pytest.approx(0.5 * 0.4 + 0.5 * 0.9)  # pulled back by its own cluster, not the other
+    assert np.allclose(smoothed.sum(axis=1), 1)
+    assert np.allclose(neighbour_smooth(probs, features, k=3, weight=0.0), probs)
+    assert np.allclose(neighbour_smooth(probs[:1], features[:1], k=3, weight=0.5), probs[:1]), "no neighbour"
+
+
+def test_out_of_fold_rows_find_neighbours_within_their_own_fold(tmp_path):
+    """A validation row's smoothed prediction depends only on its own fold's rows (unseen drivers, as at test
+    time): changing another fold's predictions does not move it."""
+    from pipeline.ensemble import smooth_members
+    from pipeline.paths import Paths
+
+    paths = Paths(COMP, tmp_path)
+    paths.features.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    np.save(paths.features / "train.npy", rng.normal(size=(40, 6)).astype(np.float16))
+    np.save(paths.features / "test.npy", rng.normal(size=(10, 6)).astype(np.float16))
+    fold_of = np.repeat([0, 1], 20)
+    probs = rng.dirichlet(np.ones(3), size=40)
+    first = {"head": probs.copy()}, {"head": rng.dirichlet(np.ones(3), size=10)}
+    smooth_members(*first, paths, fold_of, 3, 0.5)
+    other = probs.copy()
+    other[20:] = rng.dirichlet(np.ones(3), size=20)
+    second = {"head": other}, {"head": rng.dirichlet(np.ones(3), size=10)}
+    smooth_members(*second, paths, fold_of, 3, 0.5)
+    assert np.allclose(first[0]["head"][:20], second[0]["head"][:20])
+    assert not np.allclose(first[0]["head"][:20], probs[:20])
