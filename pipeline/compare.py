@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from scipy import stats
 
 from pipeline.competitions import get_competition
 from pipeline.errors import ConfigError, OutputError
+from pipeline.figures import pyplot, save_png
 from pipeline.paths import Paths
 
 WORKSPACE = "workspace"
@@ -171,10 +171,7 @@ def plot_cv_vs_leaderboard(scores: pd.DataFrame, comp_name: str, out: Path) -> P
     scored = scores.dropna(subset=["cv_logloss", "public_score"])
     if scored.empty:
         return None
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = pyplot().subplots(figsize=(5.5, 5))
     ax.scatter(scored["cv_logloss"], scored["public_score"])
     for _, r in scored.iterrows():
         label = r.get("experiment") if isinstance(r.get("experiment"), str) and r.get("experiment") else str(r["commit"])[:7]
@@ -187,13 +184,7 @@ def plot_cv_vs_leaderboard(scores: pd.DataFrame, comp_name: str, out: Path) -> P
     ax.set_ylabel("public leaderboard log loss")
     ax.set_title(f"{comp_name}: does CV predict the leaderboard? ({len(scored)} submissions)", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_png(fig, out)
 
 
 def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Path = Path(".")) -> str:

@@ -9,13 +9,13 @@ embeds the picture, so the page needs no network.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import Params
 from pipeline.errors import OutputError
+from pipeline.figures import pyplot, save_png
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
 
@@ -42,9 +42,7 @@ def curves(paths: Paths, folds) -> dict[str, dict[int, dict[str, pd.DataFrame]]]
 
 
 def draw(data: dict, title: str, out: Path) -> Path:
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(data), figsize=(6 * len(data), 4.2), squeeze=False)
     colours = plt.get_cmap("tab10")
     for ax, (stage, folds) in zip(axes[0], data.items()):
@@ -66,12 +64,7 @@ def draw(data: dict, title: str, out: Path) -> Path:
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_png(fig, out)
 
 
 def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:

@@ -11,7 +11,6 @@ Nothing is saved but the plots and the curves: `reports/<comp>/lr_find_<stage>_f
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from pipeline import finetune, head
 from pipeline.config import Params
 from pipeline.engine import lr_range, pick_device
 from pipeline.errors import OutputError
+from pipeline.figures import pyplot, save_png
 from pipeline.io import write_csv
 from pipeline.paths import Paths
 
@@ -41,12 +41,7 @@ def suggest(rates: list[float], losses: list[float]) -> dict[str, float]:
 
 
 def _plot(path: Path, curves: pd.DataFrame, found: dict, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed, and no network
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     ax.plot(curves["lr"], curves["loss"])
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (peak group)")
@@ -55,10 +50,7 @@ def _plot(path: Path, curves: pd.DataFrame, found: dict, title: str) -> None:
     ax.axvline(found["minimum"], color="tab:red", linestyle=":", label=f"minimum {found['minimum']:.2g}")
     ax.set_title(title)
     ax.legend()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 def run(params: Params, comp_name: str, fold: int, stages=STAGES, start: float = 1e-7, end: float = 10.0,

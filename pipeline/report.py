@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ import pandas as pd
 from pipeline.competitions import Competition, get_competition
 from pipeline.config import Params
 from pipeline.data import build_transform, load_cache
+from pipeline.figures import pyplot, save_png
 from pipeline.io import atomic_dir, read_json, write_text
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
@@ -34,17 +33,8 @@ from pipeline.stage import stage_main
 GRID = 8  # images per grid
 
 
-def _plt():
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, out: Path) -> Path:
-    fig.savefig(out, dpi=90, bbox_inches="tight")
-    _plt().close(fig)
-    return out
+    return save_png(fig, out, dpi=90)
 
 
 def diagnose(history: list[dict]) -> str:
@@ -70,7 +60,7 @@ def diagnose(history: list[dict]) -> str:
 def confusion_figure(comp: Competition, oof: pd.DataFrame, out: Path) -> Path:
     from sklearn.metrics import confusion_matrix
 
-    plt = _plt()
+    plt = pyplot()
     truth = oof["label"].to_numpy()
     pred = np.asarray(comp.classes)[oof[list(comp.classes)].to_numpy().argmax(axis=1)]
     cm = confusion_matrix(truth, pred, labels=list(comp.classes))
@@ -96,7 +86,7 @@ def reliability_figure(comp: Competition, oof: pd.DataFrame, out: Path) -> Path:
     """Confidence of the predicted class against how often it is right: on the diagonal is calibrated."""
     from sklearn.calibration import calibration_curve
 
-    plt = _plt()
+    plt = pyplot()
     probs = oof[list(comp.classes)].to_numpy()
     correct = (np.asarray(comp.classes)[probs.argmax(axis=1)] == oof["label"].to_numpy()).astype(int)
     confidence = probs.max(axis=1)
@@ -113,7 +103,7 @@ def reliability_figure(comp: Competition, oof: pd.DataFrame, out: Path) -> Path:
 
 
 def image_grid(images: np.ndarray, rows: np.ndarray, titles: list[str], title: str, out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     cols = min(len(rows), 4) or 1
     lines = max(1, -(-len(rows) // cols))
     fig, axes = plt.subplots(lines, cols, figsize=(3 * cols, 2.6 * lines), squeeze=False)
@@ -189,7 +179,7 @@ def layer_table(model) -> pd.DataFrame:
 def filters_figure(model, out: Path) -> Path:
     import torch
 
-    plt = _plt()
+    plt = pyplot()
     conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     w = conv.weight.detach().float().cpu().numpy()  # (out, in, k, k)
     w = w[:, :3] if w.shape[1] >= 3 else np.repeat(w[:, :1], 3, axis=1)
@@ -210,7 +200,7 @@ def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competitio
     looked."""
     import torch
 
-    plt = _plt()
+    plt = pyplot()
     transform = build_transform(meta["mean"], meta["std"])
     x = torch.stack([transform(image=np.asarray(images[r]))["image"] for r in rows])
     fmap = model.backbone.forward_features(x)

@@ -1,0 +1,27 @@
+"""Pictures: matplotlib without a display, saved atomically as PNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display, no network), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, out: Path, dpi: int = 100) -> Path:
+    """Write `fig` to `out` whole or not at all, and free it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
+    os.replace(tmp, out)
+    return out
