@@ -3,7 +3,8 @@
 For each competition the shipped params run once in-process (the baseline: download -> folds -> prepare ->
 features -> head and finetune per fold -> ensemble); then each variant re-runs only the stages it affects, on the
 same folds, and is scored on the member it acts on (head techniques on the head's out-of-fold log loss, finetune
-techniques on finetuning's, ensemble techniques on the ensemble's cross-fitted score). The change per fold is
+techniques on finetuning's, ensemble techniques on the ensemble's cross-fitted score; only the stages from the
+one a variant changes to the one scored re-run). The change per fold is
 paired; its row-weighted mean, spread and corrected standard error use `pipeline compare`'s test. Writes
 `reports/ablation.md` (and prints it).
 
@@ -69,18 +70,14 @@ def params_for(comp: str, changes: dict, source: str | None):
     return parse_params(raw, "ablation params")
 
 
-def run_from(params, comp: str, root: Path, first: str) -> None:
-    """Re-run the pipeline from stage `first` on (stages before it already ran in `root`)."""
-    start = ORDER.index(first)
-    if start <= 0:
-        features.run(params, comp, root)
-    if start <= 1:
-        for k in params.folds:
-            head.run(params, comp, k, root)
-    if start <= 2:
-        for k in params.folds:
-            finetune.run(params, comp, k, root)
-    ensemble.run(params, comp, root)
+def run_from(params, comp: str, root: Path, first: str, last: str = "ensemble") -> None:
+    """Run the stages from `first` to `last` (those before `first` already ran in `root`)."""
+    for stage in ORDER[ORDER.index(first): ORDER.index(last) + 1]:
+        if stage in ("features", "ensemble"):
+            {"features": features, "ensemble": ensemble}[stage].run(params, comp, root)
+        else:
+            for k in params.folds:
+                {"head": head, "finetune": finetune}[stage].run(params, comp, k, root)
 
 
 def fold_scores(root: Path, comp: str, member: str, folds) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +152,7 @@ def main() -> None:
             os.chdir(root)
             started = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):
-                run_from(params, comp, root, first)
+                run_from(params, comp, root, first, member)
             seconds = time.perf_counter() - started
             b, rows = fold_scores(base, comp, member, params.folds)
             v, _ = fold_scores(root, comp, member, params.folds)

@@ -43,7 +43,8 @@ def repro(root, env) -> str:
 
 def test_repro_writes_both_valid_submissions_and_small_committable_metrics(project):
     root, env, first, status = project
-    assert {"download@dogscats", "ensemble@statefarm", "finetune@statefarm-1", "curves@dogscats", "summary"} <= ran(first)
+    assert {"download@dogscats", "ensemble@statefarm", "finetune@statefarm-1", "curves@dogscats", "report@statefarm",
+            "summary"} <= ran(first)
     for name in ("dogscats", "statefarm"):
         comp = get_competition(name)
         sub = pd.read_csv(root / "submissions" / f"{name}.csv", dtype={comp.id_column: str})
@@ -74,12 +75,15 @@ def test_each_stage_says_what_it_did_and_repro_ends_with_a_summary_table(project
     assert re.search(r"statefarm +finetune +2 +\d+\.\d", table), "per-fold stages summed per kind"
 
 
-def test_plots_render_offline_with_all_folds_in_one_picture(project):
+def test_plots_render_offline_with_all_folds_in_one_picture_and_the_report(project):
     root, env, _, _ = project
     sh(DVC + ["plots", "show"], root, env)
     html = (root / "dvc_plots" / "index.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', html)
-    assert len(images) == 2 and all((root / "dvc_plots" / src).is_file() for src in images)
+    assert all((root / "dvc_plots" / src).is_file() for src in images)
+    for comp in ("dogscats", "statefarm"):  # the learning curves, and the report's pictures
+        assert any(f"plots_{comp}_learning_curves.png" in src for src in images), images
+        assert any(f"reports_{comp}_figures_confusion.png" in src for src in images), images
     assert "<script" not in html and "http" not in html, "nothing to fetch: the page renders offline"
 
 
@@ -95,7 +99,8 @@ def test_an_experiment_compares_fold_by_fold_and_per_driver_against_the_baseline
     again = ran(out)
     assert {"head@statefarm-0", "head@statefarm-1", "ensemble@statefarm"} <= again
     assert again <= {"head@statefarm-0", "head@statefarm-1", "finetune@statefarm-0", "finetune@statefarm-1",
-                     "ensemble@statefarm", "curves@statefarm", "summary", "inputs@dogscats", "inputs@statefarm"}
+                     "ensemble@statefarm", "curves@statefarm", "report@statefarm", "summary", "inputs@dogscats",
+                     "inputs@statefarm"}
     diff = json.loads(sh(DVC + ["metrics", "diff", "HEAD", "--json"], root, env).stdout)
     assert "logloss" in diff["metrics/statefarm.json"] and "metrics/dogscats.json" not in diff
 
@@ -108,7 +113,7 @@ def test_an_experiment_compares_fold_by_fold_and_per_driver_against_the_baseline
                          rf"{re.escape(f'{change:+.4f}')}\n", shown), shown
     for driver, g in base["groups"].items():
         assert re.search(rf"\n +{driver} +{g['fold']} +{g['rows']} +{g['logloss']:.4f} ", shown), shown
-    assert "Per driver" in shown and shown.count("spread (sd)") == 2 and "folds" in shown
+    assert "Per driver" in shown and "corrected standard error" in shown and "drivers, higher on" in shown
 
 
 def test_a_fresh_clone_has_the_baseline_to_compare_against(project, tmp_path):
