@@ -35,6 +35,8 @@ from pipeline import download, ensemble, features, finetune, folds, head, prepar
 from pipeline.compare import fold_verdict
 from pipeline.competitions import get_competition
 from pipeline.config import parse_params
+from pipeline.engine import scores
+from pipeline.outputs import load_oof, train_rows
 from pipeline.io import read_json, write_csv, write_text
 from pipeline.paths import Paths
 
@@ -45,6 +47,7 @@ VARIANTS = {
     "head_dropout_0.25": ({"head.dropout": 0.25}, "head", "head"),
     "head_dropout_0": ({"head.dropout": 0.0}, "head", "head"),
     "head_dropout_rising": ({"head.dropout_schedule": "rising"}, "head", "head"),
+    "head_pseudo_label_0.9": ({"head.pseudo_label": 0.9}, "head", "head"),
     "features_aug_copies_0": ({"features.aug_copies": 0}, "features", "head"),
     "features_aug_copies_3": ({"features.aug_copies": 3}, "features", "head"),
     "finetune_from_random_head": ({"finetune.init": "random"}, "finetune", "finetune"),
@@ -98,14 +101,18 @@ def copy_run(src: Path, dst: Path) -> None:
 def random_split_head(params, comp: str, root: Path) -> tuple[float, float]:
     """Grouped CV against a random split of the same rows: the baseline heads refitted on StratifiedKFold folds."""
     paths = Paths(comp, root)
-    grouped = read_json(paths.cv)["members_logloss"]["head"]
+    def head_oof() -> float:
+        for k in params.folds:
+            head.run(params, comp, k, root)
+        ids, labels, _ = train_rows(paths, get_competition(comp))
+        oof = load_oof(get_competition(comp), [paths.model("head", k) for k in params.folds], ids)
+        return scores(oof, labels)["logloss"]
+
+    grouped = head_oof()
     table = pd.read_csv(paths.folds, dtype={"id": str, "group": str})
     table["fold"] = folds.assign_folds(table, params.n_splits, params.seed, grouped=False)
     write_csv(paths.folds, table)
-    for k in params.folds:
-        head.run(params, comp, k, root)
-    ensemble.run(params, comp, root)
-    return grouped, read_json(paths.cv)["members_logloss"]["head"]
+    return grouped, head_oof()
 
 
 def main() -> None:
@@ -135,12 +142,15 @@ def main() -> None:
         with contextlib.redirect_stdout(io.StringIO()):
             for stage in (download, folds, prepare):
                 stage.run(base_params, comp, base)
-            run_from(base_params, comp, base, "features")
+            deepest = max(ORDER.index(member) for _, _, member in variants.values())
+            run_from(base_params, comp, base, "features", ORDER[max(deepest, ORDER.index("head"))])
         baseline_seconds = time.perf_counter() - started
-        top = read_json(Paths(comp, base).metrics)
-        lines += [f"## {comp}{' (real photos)' if source else ' (demo)'}", "",
-                  f"Baseline: CV log loss {top['logloss']:.4f}, accuracy {top['accuracy']:.4f} "
-                  f"({top['member']}+{top['calibration']}); full run {baseline_seconds:.0f} s.", "",
+        lines += [f"## {comp}{' (real photos)' if source else ' (demo)'}", ""]
+        if Paths(comp, base).metrics.is_file():
+            top = read_json(Paths(comp, base).metrics)
+            lines.append(f"Baseline: CV log loss {top['logloss']:.4f}, accuracy {top['accuracy']:.4f} "
+                         f"({top['member']}+{top['calibration']}); run {baseline_seconds:.0f} s.")
+        lines += ["",
                   "| variant | scored | baseline | variant | change | per fold | verdict |",
                   "|---|---|---|---|---|---|---|"]
         for name, (changes, first, member) in variants.items():

@@ -106,6 +106,9 @@ class HeadParams:
                          "`dropout` in the last (the lesson's 'increase dropout over time')"),
     )
     epochs: int = field(default=30, metadata=_range(1, 10_000, "training epochs"))
+    pseudo_label: float = field(default=0.0, metadata=_range(0.0, 0.999, "confidence from which test rows, labelled "
+                                                                         "by a first head, join a second head's "
+                                                                         "training (0: off)"))
     lr: float = field(default=1e-3, metadata=_range(1e-7, 10.0, "peak learning rate"))
     weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0, "AdamW weight decay"))
     batch_size: int = field(default=64, metadata=_range(2, 65536, "rows per step (batch norm needs 2)"))

@@ -34,9 +34,10 @@ def _loader(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool,
                       drop_last=shuffle and len(x) > batch_size)
 
 
-def setup(params: Params, comp_name: str, fold: int, paths: Paths):
+def setup(params: Params, comp_name: str, fold: int, paths: Paths, pseudo: tuple | None = None):
     """The fold's loaders (train: plain + augmented feature copies, shuffled; val; test), a fresh head and its
-    optimizer: everything the head stage trains, which `pipeline lr-find` uses too."""
+    optimizer: everything the head stage trains, which `pipeline lr-find` uses too. `pseudo` adds (features,
+    labels) rows to the training set: pseudo-labelled test rows, never a validation row."""
     comp = get_competition(comp_name)
     hp = params.comp(comp_name).head
     torch.manual_seed(params.seed + fold)
@@ -48,6 +49,8 @@ def setup(params: Params, comp_name: str, fold: int, paths: Paths):
         aug = np.load(aug_file, mmap_mode="r")[:, split.train_rows]
         x_train = np.concatenate([x_train, aug.reshape(-1, aug.shape[-1])])
         y_train = np.concatenate([y_train] + [split.labels[split.train_rows]] * len(aug))
+    if pseudo is not None:
+        x_train, y_train = np.concatenate([x_train, pseudo[0]]), np.concatenate([y_train, pseudo[1]])
     loaders = (_loader(x_train, y_train, hp.batch_size, True, params.seed + fold),
                _loader(feats[split.val_rows], split.labels[split.val_rows], 1024, False, 0),
                _loader(np.load(paths.features / "test.npy", mmap_mode="r"), None, 1024, False, 0))
@@ -75,22 +78,37 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
     hp = params.comp(comp_name).head
     paths = Paths(comp_name, root)
     device = pick_device(params.device)
-    split, (train_loader, val_loader, test_loader), head, optimizer = setup(params, comp_name, fold, paths)
-    head = head.to(device)
-    val_labels = split.labels[split.val_rows]
-    scheduler = one_cycle(optimizer, hp.epochs, len(train_loader), hp.warmup)
     from dvclive import Live  # here, not at the top: setup() (and lr-find) need none of dvclive's imports
 
+    def train(pseudo=None, live=None):
+        split, loaders, head, optimizer = setup(params, comp_name, fold, paths, pseudo)
+        head = head.to(device)
+        scheduler = one_cycle(optimizer, hp.epochs, len(loaders[0]), hp.warmup)
+        history = fit(head, loaders[0], loaders[1], split.labels[split.val_rows], optimizer, scheduler, hp.epochs,
+                      device, live, before_epoch=dropout_schedule(head, hp))
+        return split, loaders, head, history
+
+    pseudo_info = None
     with atomic_dir(paths.model("head", fold)) as out:
         with Live(dir=str(paths.live("head", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-            history = fit(head, train_loader, val_loader, val_labels, optimizer, scheduler, hp.epochs, device, live,
-                          before_epoch=dropout_schedule(head, hp))
+            pseudo = None
+            if hp.pseudo_label:
+                # A first head labels the test rows it is confident about; a fresh second head trains on the fold's
+                # train rows plus those. The validation rows stay out of both, so their predictions stay honest.
+                _, loaders, first, first_history = train()
+                probs = predict(first, loaders[2], device)
+                keep = probs.max(axis=1) >= hp.pseudo_label
+                test_feats = np.load(paths.features / "test.npy", mmap_mode="r")
+                pseudo = (test_feats[keep], probs[keep].argmax(axis=1))
+                pseudo_info = {"threshold": hp.pseudo_label, "test_rows": int(keep.sum()),
+                               "of_test_rows": len(keep), "first_history": first_history}
+            split, (train_loader, val_loader, test_loader), head, history = train(pseudo, live)
         save_weights(head, out / "head.safetensors")
         oof = predict(head, val_loader, device)
         test = predict(head, test_loader, device)
         info = {"stage": "head", "competition": comp_name, "fold": fold, "seed": params.seed,
                 "head": as_dict(hp), "features": read_json(paths.features / "meta.json"),
-                "history": history}
+                "history": history, "pseudo_label": pseudo_info}
         return save_fold(out, paths.fold_metrics("head", fold), comp, split, oof, test, info)
 
 

@@ -94,3 +94,32 @@ def test_out_of_fold_rows_find_neighbours_within_their_own_fold(tmp_path):
     smooth_members(*second, paths, fold_of, 3, 0.5)
     assert np.allclose(first[0]["head"][:20], second[0]["head"][:20])
     assert not np.allclose(first[0]["head"][:20], probs[:20])
+
+
+def test_pseudo_labels_join_training_but_the_folds_predictions_ignore_its_labels(pipeline_run, tmp_path, monkeypatch):
+    """Confident test rows (labelled by a first head) train a second head; the validation rows are in neither,
+    so permuting the fold's labels still leaves its out-of-fold predictions unchanged."""
+    from test_honest_scores import permute_fold_labels, probabilities
+
+    root, _, _ = pipeline_run
+    params = tiny_params(**{f"{COMP}.head.pseudo_label": 0.15})  # 10 classes: a random head is rarely confident
+    runs = []
+    for name, permute in (("plain", False), ("permuted", True)):
+        paths = copy_upstream(root, tmp_path / name)
+        if permute:
+            permute_fold_labels(paths, 0)
+        monkeypatch.chdir(tmp_path / name)
+        head.run(params, COMP, 0, tmp_path / name)
+        runs.append(paths)
+    info = read_json(runs[0].model("head", 0) / "params.json")["pseudo_label"]
+    assert 0 < info["test_rows"] <= info["of_test_rows"] and info["threshold"] == 0.15
+    assert len(info["first_history"]) == params.comp(COMP).head.epochs + 1
+    np.testing.assert_allclose(probabilities(runs[0].model("head", 0)), probabilities(runs[1].model("head", 0)),
+                               rtol=0, atol=1e-6)
+    plain = tmp_path / "off"
+    copy_upstream(root, plain)
+    monkeypatch.chdir(plain)
+    head.run(tiny_params(), COMP, 0, plain)
+    assert read_json(plain / "models" / COMP / "head" / "fold0" / "params.json")["pseudo_label"] is None
+    assert not np.allclose(probabilities(plain / "models" / COMP / "head" / "fold0"),
+                           probabilities(runs[0].model("head", 0))), "the pseudo-labelled rows changed the head"
