@@ -1,11 +1,11 @@
 """Ablation: each of the lesson's techniques switched against the shipped params, measured fold by fold.
 
 For each competition the shipped params run once in-process (the baseline: download -> folds -> prepare ->
-features -> head and finetune per fold -> ensemble); then each variant re-runs only the stages it affects, on the
-same folds, and is scored on the member it acts on (head techniques on the head's out-of-fold log loss, finetune
-techniques on finetuning's, ensemble techniques on the ensemble's cross-fitted score; only the stages from the
-one a variant changes to the one scored re-run). The change per fold is
-paired; its row-weighted mean, spread and corrected standard error use `pipeline compare`'s test. Writes
+features -> head and finetune per fold -> ensemble); then each variant re-runs, on the same folds, from the first
+stage that reads a section it changes (as `dvc repro` would) through the member it is scored on: head techniques
+on the head's out-of-fold log loss, finetune and augmentation techniques on finetuning's, ensemble techniques on
+the ensemble's cross-fitted score. Stages after the scored one are not re-run. The change per fold is paired;
+its row-weighted mean, spread and corrected standard error use `pipeline compare`'s test. Writes
 `reports/ablation.md` (and prints it).
 
     TQDM_DISABLE=1 OMP_NUM_THREADS=2 python benchmarks/ablation.py                 # demo, both competitions
@@ -42,21 +42,29 @@ from pipeline.paths import Paths
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> (changes under the competition's section, the first stage to re-run, the member that is scored)
+# name -> (changes under the competition's section, the member that is scored). Each variant re-runs from the first
+# stage whose dvc.yaml params list a changed section (as `dvc repro` would) through the scored member.
 VARIANTS = {
-    "head_dropout_0.25": ({"head.dropout": 0.25}, "head", "head"),
-    "head_dropout_0": ({"head.dropout": 0.0}, "head", "head"),
-    "head_dropout_rising": ({"head.dropout_schedule": "rising"}, "head", "head"),
-    "head_pseudo_label_0.9": ({"head.pseudo_label": 0.9}, "head", "head"),
-    "features_aug_copies_0": ({"features.aug_copies": 0}, "features", "head"),
-    "features_aug_copies_3": ({"features.aug_copies": 3}, "features", "head"),
-    "finetune_from_random_head": ({"finetune.init": "random"}, "finetune", "finetune"),
-    "finetune_rgb_shift_0.1": ({"augment.rgb_shift": 0.1}, "finetune", "finetune"),
-    "finetune_no_augmentation": ({"augment.shift": 0.0, "augment.scale": 0.0, "augment.rotate": 0.0,
-                                  "augment.brightness_contrast": 0.0, "augment.hflip": 0.0}, "finetune", "finetune"),
-    "ensemble_neighbours_5": ({"ensemble.neighbours": 5}, "ensemble", "ensemble"),
+    "head_dropout_0.25": ({"head.dropout": 0.25}, "head"),
+    "head_dropout_0": ({"head.dropout": 0.0}, "head"),
+    "head_dropout_rising": ({"head.dropout_schedule": "rising"}, "head"),
+    "head_pseudo_label_0.9": ({"head.pseudo_label": 0.9}, "head"),
+    "features_aug_copies_0": ({"features.aug_copies": 0}, "head"),
+    "features_aug_copies_3": ({"features.aug_copies": 3}, "head"),
+    "finetune_from_random_head": ({"finetune.init": "random"}, "finetune"),
+    "augment_rgb_shift_0.1": ({"augment.rgb_shift": 0.1}, "finetune"),
+    "augment_none": ({"augment.shift": 0.0, "augment.scale": 0.0, "augment.rotate": 0.0,
+                      "augment.brightness_contrast": 0.0, "augment.hflip": 0.0}, "finetune"),
+    "ensemble_neighbours_5": ({"ensemble.neighbours": 5}, "ensemble"),
 }
 ORDER = ["features", "head", "finetune", "ensemble"]
+
+
+def first_stage(changes: dict) -> str:
+    """The earliest stage whose params in dvc.yaml list a section the variant changes."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    sections = {f"${{item.comp}}.{dotted.split('.')[0]}" for dotted in changes}
+    return next(stage for stage in ORDER if sections & set(stages[stage].get("params", [])))
 
 
 def params_for(comp: str, changes: dict, source: str | None):
@@ -142,7 +150,7 @@ def main() -> None:
         with contextlib.redirect_stdout(io.StringIO()):
             for stage in (download, folds, prepare):
                 stage.run(base_params, comp, base)
-            deepest = max(ORDER.index(member) for _, _, member in variants.values())
+            deepest = max(ORDER.index(member) for _, member in variants.values())
             run_from(base_params, comp, base, "features", ORDER[max(deepest, ORDER.index("head"))])
         baseline_seconds = time.perf_counter() - started
         lines += [f"## {comp}{' (real photos)' if source else ' (demo)'}", ""]
@@ -151,9 +159,10 @@ def main() -> None:
             lines.append(f"Baseline: CV log loss {top['logloss']:.4f}, accuracy {top['accuracy']:.4f} "
                          f"({top['member']}+{top['calibration']}); run {baseline_seconds:.0f} s.")
         lines += ["",
-                  "| variant | scored | baseline | variant | change | per fold | verdict |",
+                  "| variant | re-run..scored | baseline | variant | change | per fold | verdict |",
                   "|---|---|---|---|---|---|---|"]
-        for name, (changes, first, member) in variants.items():
+        for name, (changes, member) in variants.items():
+            first = first_stage(changes)
             if any(k == "augment.hflip" for k in changes) and not base_params.comp(comp).augment.hflip:
                 changes = {k: v for k, v in changes.items() if k != "augment.hflip"}
             params = params_for(comp, changes, source)
@@ -169,7 +178,7 @@ def main() -> None:
             diffs = v - b
             verdict = fold_verdict(diffs, rows).split("-> ")[-1].split(";")[0]
             per_fold = " ".join(f"{d:+.3f}" for d in diffs)
-            lines.append(f"| {name} | {member} | {np.average(b, weights=rows):.4f} | {np.average(v, weights=rows):.4f} "
+            lines.append(f"| {name} | {first}..{member} | {np.average(b, weights=rows):.4f} | {np.average(v, weights=rows):.4f} "
                          f"| {np.average(diffs, weights=rows):+.4f} | {per_fold} | {verdict} |")
             print(lines[-1], f"({seconds:.0f} s)", flush=True)
             shutil.rmtree(root, ignore_errors=True)
