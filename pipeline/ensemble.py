@@ -108,18 +108,25 @@ def log_average(predictions) -> np.ndarray:
     return with_temperature(np.exp(z), 1.0)
 
 
-def neighbour_smooth(probs: np.ndarray, features: np.ndarray, k: int, weight: float) -> np.ndarray:
-    """Each row's prediction averaged with those of its k nearest rows (cosine, in the backbone's feature space):
-    test images are video frames, so a frame's neighbours show the same driver doing the same thing (State Farm's
-    winners' biggest gain). Only predictions are shared between rows, never labels."""
+def nearest(features: np.ndarray, k: int) -> np.ndarray | None:
+    """Each row's k nearest other rows (cosine, in the backbone's feature space); None with no other row."""
     from sklearn.neighbors import NearestNeighbors
 
-    k = min(k, len(probs) - 1)
+    k = min(k, len(features) - 1)
     if k < 1:
+        return None
+    index = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute")
+    return index.fit(np.asarray(features, dtype=np.float32)).kneighbors(return_distance=False)  # excludes the row
+
+
+def neighbour_smooth(probs: np.ndarray, features: np.ndarray, k: int, weight: float,
+                     neighbours: np.ndarray | None = None) -> np.ndarray:
+    """Each row's prediction averaged with those of its k nearest rows: test images are video frames, so a frame's
+    neighbours show the same driver doing the same thing (State Farm's winners' biggest gain). Only predictions
+    are shared between rows, never labels. `neighbours` reuses a search already made."""
+    neighbours = nearest(features, k) if neighbours is None else neighbours
+    if neighbours is None:
         return probs
-    x = np.asarray(features, dtype=np.float32)
-    index = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(x)
-    neighbours = index.kneighbors(x, return_distance=False)[:, 1:]  # the first is the row itself
     return (1 - weight) * probs + weight * probs[neighbours].mean(axis=1)
 
 
@@ -127,14 +134,15 @@ def smooth_members(oof: dict, test: dict, paths: Paths, fold_of: np.ndarray, k: 
     """`ensemble.neighbours` applied to every member: out-of-fold rows find their neighbours among the same fold's
     validation rows (unseen drivers, as the test set's are), test rows among the test rows."""
     train_features = np.load(paths.features / "train.npy", mmap_mode="r")
-    test_features = np.load(paths.features / "test.npy", mmap_mode="r")
+    folds = {fold: np.flatnonzero(fold_of == fold) for fold in np.unique(fold_of)}
+    within = {fold: nearest(train_features[rows], k) for fold, rows in folds.items()}  # searched once per pool
+    test_neighbours = nearest(np.load(paths.features / "test.npy", mmap_mode="r"), k)
     for member in list(oof):
         smoothed = oof[member].copy()
-        for fold in np.unique(fold_of):
-            rows = np.flatnonzero(fold_of == fold)
-            smoothed[rows] = neighbour_smooth(oof[member][rows], train_features[rows], k, weight)
+        for fold, rows in folds.items():
+            smoothed[rows] = neighbour_smooth(oof[member][rows], None, k, weight, within[fold])
         oof[member] = smoothed
-        test[member] = neighbour_smooth(test[member], test_features, k, weight)
+        test[member] = neighbour_smooth(test[member], None, k, weight, test_neighbours)
 
 
 def _rounded(d: dict) -> dict:

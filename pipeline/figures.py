@@ -21,7 +21,10 @@ def save_png(fig, out: Path, dpi: int = 100) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    pyplot().close(fig)
-    os.replace(tmp, out)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, out)
+    finally:
+        pyplot().close(fig)
+        tmp.unlink(missing_ok=True)
     return out

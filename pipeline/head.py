@@ -68,7 +68,7 @@ def dropout_schedule(head: torch.nn.Module, hp):
         share = 1.0 if hp.dropout_schedule == "constant" or hp.epochs == 1 else (epoch - 1) / (hp.epochs - 1)
         for module, rate in layers:
             module.p = rate * share
-        return {"dropout": hp.dropout * share}
+        return {"dropout": max((module.p for module, _ in layers), default=0.0)}  # the rate in effect
 
     return set_rates
 

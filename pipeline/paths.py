@@ -83,7 +83,7 @@ class Paths:
 
     @property
     def reports(self) -> Path:
-        """Pictures made by hand-run commands (lr-find, compare)."""
+        """The report stage's page and pictures, and those of hand-run commands (lr-find, compare)."""
         return self.root / "reports" / self.comp
 
     @property

@@ -45,12 +45,12 @@ def diagnose(history: list[dict]) -> str:
     if train is None:
         return "no training epochs"
     vals = [h["logloss"] for h in history[1:]]
-    if train > val:
-        return (f"under-fitting: training loss {train:.3f} is above validation {val:.3f}; train longer, or use less "
-                "dropout or augmentation")
     if len(vals) >= 2 and vals[-1] > min(vals) * 1.05:
         return (f"over-fitting: validation rose from its low {min(vals):.3f} to {vals[-1]:.3f} by the last epoch; "
                 "fewer epochs, more dropout or augmentation")
+    if train > val:
+        return (f"under-fitting: training loss {train:.3f} is above validation {val:.3f}; train longer, or use less "
+                "dropout or augmentation")
     if val > 2 * train and val - train > 0.1:
         return (f"over-fitting: validation {val:.3f} is over twice the training loss {train:.3f}; more dropout, "
                 "augmentation or data")
@@ -131,6 +131,10 @@ def extremes(comp: Competition, oof: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
+def _described(name: str, described: dict) -> str:
+    return f" ({described[name]})" if described[name] != name else ""
+
+
 def grids(comp: Competition, oof: pd.DataFrame, images: np.ndarray, row_of: dict, figs: Path) -> list[tuple]:
     """Grids of the images `extremes` picks, with label and prediction."""
     probs = oof[list(comp.classes)].to_numpy()
@@ -141,7 +145,7 @@ def grids(comp: Competition, oof: pd.DataFrame, images: np.ndarray, row_of: dict
     described = dict(zip(comp.classes, comp.class_descriptions))
     shown = []
     for name, idx in chosen.items():
-        titles = [f"{oof['id'].iloc[i]}\ntrue {truth_name} ({described[truth_name]})\npredicted "
+        titles = [f"{oof['id'].iloc[i]}\ntrue {truth_name}{_described(truth_name, described)}\npredicted "
                   f"{comp.classes[pred[i]]} {p_pred[i]:.2f}, true {p_true[i]:.2f}"
                   for i in idx for truth_name in [comp.classes[truth[i]]]]
         label = name.replace("_", " ")
@@ -172,15 +176,18 @@ def layer_table(model) -> pd.DataFrame:
             n = sum(p.numel() for p in child.parameters())
             rows.append({"part": part_name, "layer": name, "type": type(child).__name__, "parameters": n})
     table = pd.DataFrame(rows)
-    return pd.concat([table, pd.DataFrame([{"part": "total", "layer": "", "type": "",
-                                            "parameters": int(table["parameters"].sum())}])], ignore_index=True)
+    total = sum(p.numel() for p in model.parameters())  # also parameters held outside any child (ViT tokens)
+    return pd.concat([table, pd.DataFrame([{"part": "total", "layer": "", "type": "", "parameters": total}])],
+                     ignore_index=True)
 
 
-def filters_figure(model, out: Path) -> Path:
+def filters_figure(model, out: Path) -> Path | None:
     import torch
 
     plt = pyplot()
-    conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    conv = next((m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if conv is None:
+        return None  # no convolution to show (e.g. a transformer without a conv stem)
     w = conv.weight.detach().float().cpu().numpy()  # (out, in, k, k)
     w = w[:, :3] if w.shape[1] >= 3 else np.repeat(w[:, :1], 3, axis=1)
     n = min(len(w), 32)
@@ -195,7 +202,8 @@ def filters_figure(model, out: Path) -> Path:
     return _save(fig, out)
 
 
-def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competition, meta: dict, out: Path) -> Path:
+def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competition, meta: dict,
+                   out: Path) -> Path | None:
     """Grad-CAM (Selvaraju et al.) on the backbone's last feature map, for the predicted class: where the network
     looked."""
     import torch
@@ -204,6 +212,8 @@ def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competitio
     transform = build_transform(meta["mean"], meta["std"])
     x = torch.stack([transform(image=np.asarray(images[r]))["image"] for r in rows])
     fmap = model.backbone.forward_features(x)
+    if fmap.ndim != 4 or fmap.shape[1] != model.backbone.num_features:
+        return None  # Grad-CAM needs a channels-first spatial map (a ViT gives tokens)
     fmap.retain_grad()
     logits = model.head(model.backbone.forward_head(fmap))
     pred = logits.argmax(dim=1)
@@ -245,7 +255,9 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
                      "the other folds. Lower log loss is better.</p>" + _table(pd.DataFrame([summary])))
         folds = pd.DataFrame([{"fold": k, **{c: v for c, v in f.items() if c != "rows_md5"}}
                               for k, f in cv["folds"].items()])
-        parts.append("<h3>Per fold: the ensemble and each member</h3>" + _table(folds))
+        smoothing = (" The members' columns are each fold's own model before any test-neighbour smoothing; the "
+                     "ensemble's include it." if params.comp(comp_name).ensemble.neighbours else "")
+        parts.append(f"<h3>Per fold: the ensemble and each member</h3><p>{smoothing}</p>" + _table(folds))
         if cv.get("groups"):
             groups = pd.DataFrame([{comp.group_noun: g, **v} for g, v in cv["groups"].items()])
             parts.append(f"<h3>Per {comp.group_noun}, hardest first</h3>"
@@ -271,11 +283,13 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         parts.append("<h2>The model (fold 0, finetuned)</h2>")
         model, fold = model_parts(params, comp_name, paths)
         parts.append(_table(layer_table(model)))
-        parts.append(_img(filters_figure(model, figs / "first_filters.png")))
+        filters = filters_figure(model, figs / "first_filters.png")
+        parts.append(_img(filters) if filters else "<p>No convolution in this backbone: no filters to show.</p>")
         meta = read_json(paths.features / "meta.json")
         val = oof[oof["fold"] == fold]
         picks = np.array([row_of[i] for i in val["id"].iloc[: min(4, len(val))]], dtype=int)
-        parts.append(_img(gradcam_figure(model, images, picks, comp, meta, figs / "gradcam.png")))
+        cam = gradcam_figure(model, images, picks, comp, meta, figs / "gradcam.png")
+        parts.append(_img(cam) if cam else "<p>Grad-CAM needs a spatial feature map; this backbone gives none.</p>")
     style = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}img{max-width:100%;display:block;"
              "margin:1em 0}table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:2px 8px;"
              "border-bottom:1px solid #ddd;text-align:right}")

@@ -84,3 +84,21 @@ def test_grids_pick_the_right_extremes(pipeline_run):
     assert np.all(np.diff(top[wrong]) <= 0) and top[wrong][0] == top[pred != truth].max()
     assert top[picked["uncertain"]].max() <= np.sort(top)[len(picked["uncertain"]) - 1]
     assert np.all(np.diff(probs[right, truth[right]]) <= 0)
+
+
+def test_model_section_copes_with_a_transformer_backbone(tmp_path):
+    """A ViT gives tokens, not a spatial map: Grad-CAM is skipped rather than wrong, and parameters held outside
+    any child module (position embeddings) still count in the total."""
+    from pipeline.competitions import get_competition
+    from pipeline.config import FeaturesParams
+    from pipeline.models import Classifier, create_backbone, create_head
+
+    backbone = create_backbone(FeaturesParams(backbone="test_vit", pretrained=False))
+    model = Classifier(backbone, create_head(backbone.num_features, 2, 8, 0.5)).eval()
+    table = report.layer_table(model)
+    assert table["parameters"].iloc[-1] == sum(p.numel() for p in model.parameters())
+    images = np.random.default_rng(0).integers(0, 255, (2, 160, 160, 3), dtype=np.uint8)
+    meta = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    comp = get_competition("dogscats")
+    assert report.gradcam_figure(model, images, np.array([0, 1]), comp, meta, tmp_path / "cam.png") is None
+    assert report.filters_figure(model, tmp_path / "filters.png").is_file()  # its patch embedding is a conv
