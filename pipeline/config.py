@@ -99,7 +99,9 @@ class HeadParams:
     """The dense head trained on precomputed features."""
 
     hidden: int = field(default=256, metadata=_range(1, 16384, "width of the hidden layer"))
-    dropout: float = field(default=0.5, metadata=_range(0.0, 0.95, "dropout before each linear layer"))
+    dropout: float = field(default=0.5, metadata=_range(0.0, 0.95, "dropout before the output layer"))
+    input_dropout: float = field(default=0.25, metadata=_range(0.0, 0.95, "dropout on the input features (after "
+                                                                           "their batch norm)"))
     dropout_schedule: str = field(
         default="constant",
         metadata=_choice("constant", "rising", doc="rising: no dropout in the first epoch, rising linearly to "

@@ -38,7 +38,8 @@ def load_start(params: Params, comp_name: str, fold: int, paths: Paths) -> Class
     # weights come from the features stage's file, not the hub
     backbone = create_backbone(cp.features, pretrained=False, key=f"{comp_name}.features")
     backbone.load_state_dict(load_file(paths.features / "backbone.safetensors"))
-    head = create_head(backbone.num_features, comp.num_classes, cp.head.hidden, cp.head.dropout)
+    head = create_head(backbone.num_features, comp.num_classes, cp.head.hidden, cp.head.dropout,
+                       cp.head.input_dropout)
     if cp.finetune.init == "head":
         head.load_state_dict(load_file(paths.model("head", fold) / "head.safetensors"))
     return Classifier(backbone, head)

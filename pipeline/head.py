@@ -54,14 +54,14 @@ def setup(params: Params, comp_name: str, fold: int, paths: Paths, pseudo: tuple
     loaders = (_loader(x_train, y_train, hp.batch_size, True, params.seed + fold),
                _loader(feats[split.val_rows], split.labels[split.val_rows], 1024, False, 0),
                _loader(np.load(paths.features / "test.npy", mmap_mode="r"), None, 1024, False, 0))
-    head = create_head(feats.shape[1], comp.num_classes, hp.hidden, hp.dropout)
+    head = create_head(feats.shape[1], comp.num_classes, hp.hidden, hp.dropout, hp.input_dropout)
     optimizer = torch.optim.AdamW(head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     return split, loaders, head, optimizer
 
 
 def dropout_schedule(head: torch.nn.Module, hp):
     """`head.dropout_schedule`: each dropout layer's rate for an epoch (1-based); constant, or rising linearly from
-    none in the first epoch to the configured rate in the last."""
+    none in the first epoch to the configured rates in the last."""
     layers = [(m, m.p) for m in head.modules() if isinstance(m, torch.nn.Dropout)]
 
     def set_rates(epoch: int) -> dict:

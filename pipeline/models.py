@@ -73,11 +73,13 @@ def _check_input_size(model: nn.Module, name: str, key: str, image_size: tuple[i
         )
 
 
-def create_head(in_features: int, num_classes: int, hidden: int, dropout: float) -> nn.Sequential:
-    """Batch norm and dropout around a hidden dense layer, as in fast.ai's lesson 3 head."""
+def create_head(in_features: int, num_classes: int, hidden: int, dropout: float,
+                input_dropout: float | None = None) -> nn.Sequential:
+    """Batch norm and dropout around a hidden dense layer, as in fast.ai's lesson 3 head: `input_dropout` on the
+    features (default: half of `dropout`), `dropout` before the output layer."""
     return nn.Sequential(
         nn.BatchNorm1d(in_features),
-        nn.Dropout(dropout / 2),
+        nn.Dropout(dropout / 2 if input_dropout is None else input_dropout),
         nn.Linear(in_features, hidden),
         nn.ReLU(inplace=True),
         nn.BatchNorm1d(hidden),

@@ -123,3 +123,17 @@ def test_pseudo_labels_join_training_but_the_folds_predictions_ignore_its_labels
     assert read_json(plain / "models" / COMP / "head" / "fold0" / "params.json")["pseudo_label"] is None
     assert not np.allclose(probabilities(plain / "models" / COMP / "head" / "fold0"),
                            probabilities(runs[0].model("head", 0))), "the pseudo-labelled rows changed the head"
+
+
+def test_dropout_is_set_per_layer_and_can_spare_the_input():
+    """The lesson's head has no dropout on its input; `head.input_dropout` sets that layer alone."""
+    import torch
+
+    from pipeline.models import create_head
+
+    params = tiny_params(**{f"{COMP}.head.input_dropout": 0.0, f"{COMP}.head.dropout": 0.4})
+    hp = params.comp(COMP).head
+    model = create_head(16, 10, 8, hp.dropout, hp.input_dropout)
+    rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert rates == [0.0, 0.4]
+    assert isinstance(list(model)[0], torch.nn.BatchNorm1d) and isinstance(list(model)[1], torch.nn.Dropout)
