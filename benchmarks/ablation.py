@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "head_dropout_0.25": ({"head.dropout": 0.25}, "head"),
     "head_dropout_0": ({"head.dropout": 0.0}, "head"),
+    "head_input_dropout_0": ({"head.input_dropout": 0.0}, "head"),
     "head_dropout_rising": ({"head.dropout_schedule": "rising"}, "head"),
     "head_pseudo_label_0.9": ({"head.pseudo_label": 0.9}, "head"),
     "features_aug_copies_0": ({"features.aug_copies": 0}, "head"),
