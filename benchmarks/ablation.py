@@ -11,6 +11,7 @@ its row-weighted mean, spread and corrected standard error use `pipeline compare
     TQDM_DISABLE=1 OMP_NUM_THREADS=2 python benchmarks/ablation.py                 # demo, both competitions
     python benchmarks/ablation.py --comps statefarm --photos                        # State Farm on real photos
     python benchmarks/ablation.py --only head_dropout_rising,ensemble_neighbours_5  # a few variants
+    python benchmarks/ablation.py --seeds 42,1,2 --only head_dropout_0               # over three seeds' folds
 
 State Farm also shows driver-grouped CV against a random split of the same rows (the baseline head refitted on
 random folds): how much a random split flatters.
@@ -57,43 +58,63 @@ VARIANTS = {
     "augment_none": ({"augment.shift": 0.0, "augment.scale": 0.0, "augment.rotate": 0.0,
                       "augment.brightness_contrast": 0.0, "augment.hflip": 0.0}, "finetune"),
     "ensemble_neighbours_5": ({"ensemble.neighbours": 5}, "ensemble"),
+    "features_cut_3_head": ({"features.cut": 3}, "head"),
+    "features_cut_3_finetuned": ({"features.cut": 3}, "finetune"),
+    "ensemble_weighted": ({"ensemble.members": "weighted"}, "ensemble"),
+    # a second model beside the baseline's: another seed, or the backbone cut at level 3 (its stages only re-run)
+    "ensemble_plus_seed_model": ({"models": ["main", "seed2"], "models.seed2": {"seed": 7}}, "ensemble"),
+    "ensemble_plus_cut_model": ({"models": ["main", "cut3"], "models.cut3": {"features": {"cut": 3}}}, "ensemble"),
 }
 ORDER = ["features", "head", "finetune", "ensemble"]
 
 
 def first_stage(changes: dict) -> str:
-    """The earliest stage whose params in dvc.yaml list a section the variant changes."""
+    """The earliest stage whose params in dvc.yaml list a section the variant changes (a new model: features)."""
+    if "models" in changes:
+        return "features"
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     sections = {f"${{item.comp}}.{dotted.split('.')[0]}" for dotted in changes}
     return next(stage for stage in ORDER if sections & set(stages[stage].get("params", [])))
 
 
-def params_for(comp: str, changes: dict, source: str | None):
+def params_for(comp: str, changes: dict, source: str | None, seed: int | None = None):
+    """The shipped params for `comp` alone, with `changes` (dotted keys under the competition's section; `models`
+    is the top-level list) and the top-level `seed`."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["competitions"] = [comp]
     for other in list(raw):
-        if other not in (comp, "competitions", "folds", "seed", "device"):
+        if other not in (comp, "competitions", "folds", "seed", "device", "models"):
             raw.pop(other)
     if source:
         raw[comp]["data"]["source"] = source
+    if seed is not None:
+        raw["seed"] = seed
     for dotted, value in changes.items():
+        if dotted == "models":
+            raw["models"] = value
+            continue
         section, key = dotted.split(".")
         raw[comp][section][key] = value
     return parse_params(raw, "ablation params")
 
 
-def run_from(params, comp: str, root: Path, first: str, last: str = "ensemble") -> None:
-    """Run the stages from `first` to `last` (those before `first` already ran in `root`)."""
+def run_from(params, comp: str, root: Path, first: str, last: str = "ensemble", skip_models=()) -> None:
+    """Run the stages from `first` to `last` (those before `first` already ran in `root`), for every model but
+    `skip_models` (already run)."""
+    models = [m for m in params.models if m not in skip_models]
     for stage in ORDER[ORDER.index(first): ORDER.index(last) + 1]:
-        if stage in ("features", "ensemble"):
-            {"features": features, "ensemble": ensemble}[stage].run(params, comp, root)
-        else:
-            for k in params.folds:
-                {"head": head, "finetune": finetune}[stage].run(params, comp, k, root)
+        if stage == "ensemble":
+            ensemble.run(params, comp, root)
+        for model in models:
+            if stage == "features":
+                features.run(params, comp, model, root)
+            elif stage in ("head", "finetune"):
+                for k in params.folds:
+                    {"head": head, "finetune": finetune}[stage].run(params, comp, model, k, root)
 
 
 def fold_scores(root: Path, comp: str, member: str, folds) -> tuple[np.ndarray, np.ndarray]:
-    """Log loss and rows of each fold, for the member scored."""
+    """Log loss and rows of each fold, for the member scored (of the first model, `main`)."""
     paths = Paths(comp, root)
     if member == "ensemble":
         cv = read_json(paths.cv)["folds"]
@@ -112,9 +133,9 @@ def random_split_head(params, comp: str, root: Path) -> tuple[float, float]:
     paths = Paths(comp, root)
     def head_oof() -> float:
         for k in params.folds:
-            head.run(params, comp, k, root)
+            head.run(params, comp, "main", k, root)
         ids, labels, _ = train_rows(paths, get_competition(comp))
-        oof = load_oof(get_competition(comp), [paths.model("head", k) for k in params.folds], ids)
+        oof = load_oof(get_competition(comp), [paths.fold_model("head", k) for k in params.folds], ids)
         return scores(oof, labels)["logloss"]
 
     grouped = head_oof()
@@ -130,6 +151,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated variant names")
     parser.add_argument("--photos", action="store_true", help="State Farm on pipeline.photos' real photos")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "ablation.md")
+    parser.add_argument("--seeds", default="", help="comma-separated top-level seeds (other folds, other inits) to "
+                        "repeat each comparison with (default: the shipped seed)")
     args = parser.parse_args()
     variants = {n: v for n, v in VARIANTS.items() if not args.only or n in args.only.split(",")}
     work = Path(tempfile.mkdtemp(prefix="ablation-"))
@@ -143,48 +166,63 @@ def main() -> None:
             from pipeline.photos import write_photo_archive
 
             source = str(write_photo_archive(work / "photos.zip", work / "answers.csv", seed=1))
-        base_params = params_for(comp, {}, source)
-        base = work / comp / "baseline"
-        base.mkdir(parents=True)
-        os.chdir(base)  # dvclive looks for a repository in the working directory
-        started = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            for stage in (download, folds, prepare):
-                stage.run(base_params, comp, base)
-            deepest = max(ORDER.index(member) for _, member in variants.values())
-            run_from(base_params, comp, base, "features", ORDER[max(deepest, ORDER.index("head"))])
-        baseline_seconds = time.perf_counter() - started
-        lines += [f"## {comp}{' (real photos)' if source else ' (demo)'}", ""]
-        if Paths(comp, base).metrics.is_file():
-            top = read_json(Paths(comp, base).metrics)
-            lines.append(f"Baseline: CV log loss {top['logloss']:.4f}, accuracy {top['accuracy']:.4f} "
-                         f"({top['member']}+{top['calibration']}); run {baseline_seconds:.0f} s.")
+        seeds = [int(x) for x in args.seeds.split(",") if x] or [None]
+        results = {name: [] for name in variants}  # per seed: (baseline fold scores, variant's, rows)
+        deepest = max(ORDER.index(member) for _, member in variants.values())
+        for seed in seeds:
+            base_params = params_for(comp, {}, source, seed)
+            base = work / comp / f"seed{base_params.seed}" / "baseline"
+            base.mkdir(parents=True)
+            os.chdir(base)  # dvclive looks for a repository in the working directory
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                for stage in (download, folds, prepare):
+                    stage.run(base_params, comp, base)
+                run_from(base_params, comp, base, "features", ORDER[max(deepest, ORDER.index("head"))])
+            baseline_seconds = time.perf_counter() - started
+            if seed == seeds[0]:
+                lines += [f"## {comp}{' (real photos)' if source else ' (demo)'}", ""]
+                if len(seeds) > 1:
+                    lines.append(f"Repeated with seeds {', '.join(str(x) for x in seeds)} (each its own folds): "
+                                 "per fold, the seeds' changes are separated by ' / '; the verdict is the corrected "
+                                 "repeated k-fold t-test over all of them.")
+            if Paths(comp, base).metrics.is_file():
+                top = read_json(Paths(comp, base).metrics)
+                lines.append(f"Baseline (seed {base_params.seed}): CV log loss {top['logloss']:.4f}, accuracy "
+                             f"{top['accuracy']:.4f} ({top['member']}+{top['calibration']}); run "
+                             f"{baseline_seconds:.0f} s.")
+            for name, (changes, member) in variants.items():
+                first = first_stage(changes)
+                if any(k == "augment.hflip" for k in changes) and not base_params.comp(comp).augment.hflip:
+                    changes = {k: v for k, v in changes.items() if k != "augment.hflip"}
+                params = params_for(comp, changes, source, seed)
+                root = base.parent / name
+                copy_run(base, root)
+                os.chdir(root)
+                started = time.perf_counter()
+                skip = base_params.models if "models" in changes else ()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    run_from(params, comp, root, first, member, skip_models=skip)
+                seconds = time.perf_counter() - started
+                b, rows = fold_scores(base, comp, member, params.folds)
+                v, _ = fold_scores(root, comp, member, params.folds)
+                results[name].append((b, v, rows))
+                print(f"{comp} seed {base_params.seed} {name}: {np.average(v - b, weights=rows):+.4f} "
+                      f"({seconds:.0f} s)", flush=True)
+                shutil.rmtree(root, ignore_errors=True)
         lines += ["",
                   "| variant | re-run..scored | baseline | variant | change | per fold | verdict |",
                   "|---|---|---|---|---|---|---|"]
         for name, (changes, member) in variants.items():
-            first = first_stage(changes)
-            if any(k == "augment.hflip" for k in changes) and not base_params.comp(comp).augment.hflip:
-                changes = {k: v for k, v in changes.items() if k != "augment.hflip"}
-            params = params_for(comp, changes, source)
-            root = work / comp / name
-            copy_run(base, root)
-            os.chdir(root)
-            started = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()):
-                run_from(params, comp, root, first, member)
-            seconds = time.perf_counter() - started
-            b, rows = fold_scores(base, comp, member, params.folds)
-            v, _ = fold_scores(root, comp, member, params.folds)
+            b, v, rows = (np.concatenate([r[i] for r in results[name]]) for i in range(3))
             diffs = v - b
-            verdict = fold_verdict(diffs, rows).split("-> ")[-1].split(";")[0]
-            per_fold = " ".join(f"{d:+.3f}" for d in diffs)
-            lines.append(f"| {name} | {first}..{member} | {np.average(b, weights=rows):.4f} | {np.average(v, weights=rows):.4f} "
-                         f"| {np.average(diffs, weights=rows):+.4f} | {per_fold} | {verdict} |")
-            print(lines[-1], f"({seconds:.0f} s)", flush=True)
-            shutil.rmtree(root, ignore_errors=True)
+            verdict = fold_verdict(diffs, rows, repeats=len(seeds)).split("-> ")[-1].split(";")[0]
+            per_fold = " / ".join(" ".join(f"{d:+.3f}" for d in r[1] - r[0]) for r in results[name])
+            lines.append(f"| {name} | {first_stage(changes)}..{member} | {np.average(b, weights=rows):.4f} | "
+                         f"{np.average(v, weights=rows):.4f} | {np.average(diffs, weights=rows):+.4f} | {per_fold} "
+                         f"| {verdict} |")
         if get_competition(comp).group_column:
-            root = work / comp / "random_split"
+            root = base.parent / "random_split"
             copy_run(base, root)
             os.chdir(root)
             with contextlib.redirect_stdout(io.StringIO()):

@@ -24,7 +24,7 @@ import yaml
 from pipeline import download, features, finetune, folds, head, prepare
 from pipeline.config import parse_params
 from pipeline.engine import autocast, fit, one_cycle
-from pipeline.models import Classifier, create_backbone, create_head, save_weights
+from pipeline.models import Classifier, create_trunk, create_head, save_weights
 from pipeline.paths import Paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,19 +37,19 @@ def demo_on_gpu(root: Path) -> None:
     comp, device = "statefarm", torch.device("cuda")
     for stage in (download, folds, prepare, features):
         start = time.perf_counter()
-        stage.run(params, comp, root)
+        stage.run(params, comp, *(["main"] if stage is features else []), root)
         print(f"{stage.__name__.split('.')[-1]}: {time.perf_counter() - start:.1f} s")
     paths = Paths(comp, root)
-    split, loaders, model, optimizer = head.setup(params, comp, 0, paths)
+    split, loaders, model, optimizer = head.setup(params, comp, "main", 0, paths)
     hp = params.comp(comp).head
     scheduler = one_cycle(optimizer, hp.epochs, len(loaders[0]), hp.warmup)
     history = fit(model.to(device), loaders[0], loaders[1], split.labels[split.val_rows], optimizer, scheduler,
                   hp.epochs, device)
     print(f"head fold 0 on GPU: val log loss {history[-1]['logloss']:.3f}, accuracy {history[-1]['accuracy']:.3f}")
-    paths.model("head", 0).mkdir(parents=True)
-    save_weights(model, paths.model("head", 0) / "head.safetensors")
+    paths.fold_model("head", 0).mkdir(parents=True)
+    save_weights(model, paths.fold_model("head", 0) / "head.safetensors")
     ft = params.comp(comp).finetune
-    split, _, loaders, model, optimizer = finetune.setup(params, comp, 0, paths, device)
+    split, _, loaders, model, optimizer = finetune.setup(params, comp, "main", 0, paths, device)
     scheduler = one_cycle(optimizer, ft.epochs, len(loaders[0]), ft.warmup)
     start = time.perf_counter()
     history = fit(model, loaders[0], loaders[1], split.labels[split.val_rows], optimizer, scheduler, ft.epochs,
@@ -62,7 +62,7 @@ def demo_on_gpu(root: Path) -> None:
 def throughput(amp: bool, channels_last: bool, train: bool, steps: int = 20, batch: int = 128) -> float:
     params = parse_params(yaml.safe_load((REPO / "params.yaml").read_text()))
     device = torch.device("cuda")
-    model = Classifier(create_backbone(params.comp("statefarm").features), create_head(1280, 10, 256, 0.5))
+    model = Classifier(create_trunk(params.comp("statefarm").features), create_head(1280, 10, 256, 0.5))
     model = model.to(device)
     x = torch.randn(batch, 3, 224, 224, device=device)
     y = torch.randint(0, 10, (batch,), device=device)

@@ -61,14 +61,19 @@ def params_with(changes: dict, archive: Path):
 def run_pipeline(params, root: Path) -> dict[str, float]:
     """Every stage's run() in order; returns wall seconds per stage."""
     times = {}
-    for name, stage in (("download", download), ("folds", folds), ("prepare", prepare), ("features", features)):
+    for name, stage in (("download", download), ("folds", folds), ("prepare", prepare)):
         start = time.perf_counter()
         stage.run(params, COMP, root)
         times[name] = time.perf_counter() - start
+    start = time.perf_counter()
+    for model in params.models:
+        features.run(params, COMP, model, root)
+    times["features"] = time.perf_counter() - start
     for name, stage in (("head", head), ("finetune", finetune)):
         start = time.perf_counter()
-        for k in params.folds:
-            stage.run(params, COMP, k, root)
+        for model in params.models:
+            for k in params.folds:
+                stage.run(params, COMP, model, k, root)
         times[name] = time.perf_counter() - start
     start = time.perf_counter()
     ensemble.run(params, COMP, root)

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("comp", choices=sorted(COMPETITIONS))
     p.add_argument("fold", type=int, nargs="?", default=0, help="fold whose training rows are used (default 0)")
     p.add_argument("--stage", choices=["head", "finetune", "both"], default="both")
+    p.add_argument("--model", help="which of params.yaml's models (default: the first)")
     p.add_argument("--start", type=float, default=1e-7, help="first learning rate")
     p.add_argument("--end", type=float, default=10.0, help="last learning rate, unless the loss explodes first")
     p.add_argument("--steps", type=int, default=100, help="batches, one learning rate each")
@@ -53,11 +54,13 @@ def _lr_find(args) -> None:
     params = load_params()
     if args.fold not in params.folds:
         raise ConfigError(f"fold {args.fold} is not one of params.yaml's folds {list(params.folds)}")
+    if args.model is not None and args.model not in params.models:
+        raise ConfigError(f"--model {args.model!r} is not one of params.yaml's models {list(params.models)}")
     if not (0 < args.start < args.end) or args.steps < 3:
         raise ConfigError(f"lr-find needs 0 < --start < --end and --steps >= 3; got --start {args.start}, "
                           f"--end {args.end}, --steps {args.steps}")
     stages = lr_find.STAGES if args.stage == "both" else (args.stage,)
-    found = lr_find.run(params, args.comp, args.fold, stages, args.start, args.end, args.steps)
+    found = lr_find.run(params, args.comp, args.fold, stages, args.start, args.end, args.steps, model=args.model)
     for stage, f in found.items():
         print(f"{args.comp} {stage}: loss lowest at lr {f['minimum']:.3g}, steepest fall at {f['steepest']:.3g}; "
               f"suggested peak lr {f['suggested']:.3g} ({args.comp}.{stage}.lr in params.yaml). Plot: {f['plot']}")

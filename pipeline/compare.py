@@ -76,26 +76,29 @@ def load_run(root: Path, comp_name: str, rev: str) -> Run:
     return Run(rev, commit, _read(root, commit, paths.cv, rev), _read(root, commit, paths.metrics, rev))
 
 
-def fold_verdict(diffs: np.ndarray, weights: np.ndarray) -> str:
+def fold_verdict(diffs: np.ndarray, weights: np.ndarray, repeats: int = 1) -> str:
     """The fold-paired change of log loss, and whether it stands out from the noise.
 
     Cross-validation's fold differences are correlated (each pair of training sets shares most rows), so the
     naive standard error is too small: the corrected resampled t-test (Nadeau & Bengio, 2003) scales the variance
     by 1/k + 1/(k - 1) instead of 1/k, and compares with Student's t at 95% (two-sided) on k - 1 degrees of
-    freedom. The mean is weighted by the folds' rows, so it agrees with the change of the overall score.
+    freedom. With `repeats` k-fold runs (other seeds, so other folds) the diffs hold r*k folds, and the corrected
+    repeated k-fold test (Bouckaert & Frank, 2004) uses 1/(r k) + 1/(k - 1) on r k - 1 degrees of freedom. The
+    mean is weighted by the folds' rows, so it agrees with the change of the overall score.
     """
-    k = len(diffs)
+    n = len(diffs)
+    k = n // repeats
     mean = float(np.average(diffs, weights=weights))
     lower, higher = int((diffs < 0).sum()), int((diffs > 0).sum())
-    counts = f"lower on {lower}/{k} folds, higher on {higher}/{k}"
+    counts = f"lower on {lower}/{n} folds, higher on {higher}/{n}"
     if not np.any(diffs):
         return f"identical on every fold ({counts})"
     if k < 2:
         return f"change {mean:+.4f} on a single fold: no spread to judge it by"
     sd = float(diffs.std(ddof=1))
-    se = sd * math.sqrt(1 / k + 1 / (k - 1))
+    se = sd * math.sqrt(1 / n + 1 / (k - 1))
     t = abs(mean) / se if se > 0 else math.inf
-    needed = float(stats.t.ppf(0.975, k - 1))
+    needed = float(stats.t.ppf(0.975, n - 1))
     if t >= needed:
         judged = f"likely {'better' if mean < 0 else 'worse'}: {t:.1f} corrected standard errors from zero"
     else:

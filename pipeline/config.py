@@ -7,6 +7,7 @@ out of range are all reported at once, each naming its dotted key, the file, and
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -91,6 +92,10 @@ class FeaturesParams:
     weights_file: str | None = field(default=None, metadata={"doc": "local weights, with weights: file"})
     batch_size: int = field(default=64, metadata=_range(1, 4096, "images per forward pass"))
     aug_copies: int = field(default=0, metadata=_range(0, 50, "augmented copies of the train features"))
+    cut: int = field(default=-1, metadata=_range(-1, 63, "where to cut the backbone: -1, its whole pooled output; "
+                                                        "k >= 0, the spatial map of timm feature level k (earlier "
+                                                        "levels are more generic), on which the head trains a conv "
+                                                        "block"))
     amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
 
 
@@ -99,6 +104,9 @@ class HeadParams:
     """The dense head trained on precomputed features."""
 
     hidden: int = field(default=256, metadata=_range(1, 16384, "width of the hidden layer"))
+    conv_channels: int = field(default=256, metadata=_range(1, 16384, "with features.cut >= 0: channels of the conv "
+                                                                      "block (3x3 conv, batch norm, ReLU, pooling) "
+                                                                      "before the dense layers"))
     dropout: float = field(default=0.5, metadata=_range(0.0, 0.95, "dropout before the output layer"))
     input_dropout: float = field(default=0.25, metadata=_range(0.0, 0.95, "dropout on the input features (after "
                                                                            "their batch norm)"))
@@ -142,7 +150,13 @@ class FinetuneParams:
 class EnsembleParams:
     """How fold predictions are combined and calibrated into the submission."""
 
-    members: str = field(default="auto", metadata=_choice("auto", "head", "finetune", "both"))
+    members: str = field(
+        default="auto",
+        metadata=_choice("auto", "head", "finetune", "both", "weighted",
+                         doc="which predictions of every model: the heads', the finetuned networks', both averaged, "
+                         "or all with non-negative weights summing to 1 fitted on out-of-fold predictions; auto: the "
+                         "best of these on the other folds"),
+    )
     calibration: str = field(default="auto", metadata=_choice("auto", "temperature", "clip", "none"))
     neighbours: int = field(default=0, metadata=_range(0, 100, "average each prediction with its k nearest "
                                                                  "neighbours in feature space (0: off)"))
@@ -160,6 +174,26 @@ class CompetitionParams:
     head: HeadParams = HeadParams()
     finetune: FinetuneParams = FinetuneParams()
     ensemble: EnsembleParams = EnsembleParams()
+    models: dict = field(default_factory=dict, metadata={"doc": "per model named in the top-level `models`: "
+                                                                 "overrides of augment/features/head/finetune, "
+                                                                 "and seed"})
+
+
+MODEL_SECTIONS = ("augment", "features", "head", "finetune")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """One model of a competition, as its stages (features, head, finetune) see it: the competition's sections
+    with the model's overrides from `<comp>.models.<name>`, and its seed (folds always use the top-level seed, so
+    every model of an ensemble splits the same rows)."""
+
+    name: str
+    seed: int
+    augment: AugmentParams
+    features: FeaturesParams
+    head: HeadParams
+    finetune: FinetuneParams
 
 
 @dataclass(frozen=True)
@@ -171,6 +205,8 @@ class Params:
     seed: int
     device: str
     sections: dict[str, CompetitionParams]
+    models: tuple[str, ...] = ("main",)
+    resolved: dict = field(default_factory=dict, repr=False)
 
     def comp(self, name: str) -> CompetitionParams:
         """The section of competition `name`."""
@@ -179,6 +215,14 @@ class Params:
             raise ConfigError(f"params.yaml has no section for competition {name!r}; add a '{name}:' section.")
         return self.sections[name]
 
+    def model(self, comp_name: str, name: str) -> ModelParams:
+        """Model `name` of competition `comp_name`: what its features, head and finetune stages read."""
+        self.comp(comp_name)
+        if name not in self.models:
+            raise ConfigError(f"model {name!r} is not in params.yaml's models {list(self.models)}; add it to the "
+                              f"top-level `models:` list and give it a `{comp_name}.models.{name}:` entry.")
+        return self.resolved[comp_name, name]
+
     @property
     def n_splits(self) -> int:
         return len(self.folds)
@@ -186,11 +230,11 @@ class Params:
     def to_dict(self) -> dict:
         """Every value, defaults included, as params.yaml would spell it."""
         top = {"competitions": list(self.competitions), "folds": list(self.folds), "seed": self.seed,
-               "device": self.device}
+               "device": self.device, "models": list(self.models)}
         return _plain({**top, **{name: as_dict(cp) for name, cp in self.sections.items()}})
 
 
-TOP_KEYS = ("competitions", "folds", "seed", "device")
+TOP_KEYS = ("competitions", "folds", "seed", "device", "models")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -264,7 +308,7 @@ def _build(cls, raw, key: str, errors: list[str]):
         errors.append(f"{key}.{unknown}: unknown key; allowed keys are {allowed}")
     values = {}
     for name, f in known.items():
-        if name not in raw:
+        if name not in raw or hints[name] is dict:  # a free-form mapping, checked by its owner
             continue
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
@@ -276,22 +320,64 @@ def _build(cls, raw, key: str, errors: list[str]):
     return cls(**values)
 
 
-def _check_competition(name: str, cp: CompetitionParams, errors: list[str]) -> None:
-    """Cross-field checks that need the competition's facts."""
-    comp = COMPETITIONS[name]
+def _check_model(name: str, cp, errors: list[str], key: str | None = None) -> None:
+    """Cross-field checks of a model's sections (`cp`: a CompetitionParams or ModelParams) that need the
+    competition's facts; `key` prefixes the keys named (default: the competition's name)."""
+    comp, key = COMPETITIONS[name], key or name
     if not comp.hflip_keeps_label:
         why = f"a horizontal flip changes {comp.title}'s labels (e.g. 'texting, right' becomes 'texting, left')"
         if cp.augment.hflip > 0:
-            errors.append(f"{name}.augment.hflip: must be 0 because {why}; got {cp.augment.hflip}")
+            errors.append(f"{key}.augment.hflip: must be 0 because {why}; got {cp.augment.hflip}")
         if "hflip" in cp.finetune.tta:
-            errors.append(f"{name}.finetune.tta: must not contain 'hflip' because {why}")
+            errors.append(f"{key}.finetune.tta: must not contain 'hflip' because {why}")
     for view in cp.finetune.tta:
         if view not in TTA_VIEWS:
             allowed = ", ".join(repr(v) for v in TTA_VIEWS)
-            errors.append(f"{name}.finetune.tta: unknown view {view!r}; allowed views are {allowed}")
+            errors.append(f"{key}.finetune.tta: unknown view {view!r}; allowed views are {allowed}")
     if not cp.finetune.tta:
-        errors.append(f"{name}.finetune.tta: needs at least one view, e.g. ['identity']")
-    _check_weights(name, cp.features, errors)
+        errors.append(f"{key}.finetune.tta: needs at least one view, e.g. ['identity']")
+    _check_weights(key, cp.features, errors)
+
+
+def _resolve_models(name: str, raw_section, cp: CompetitionParams, models: tuple[str, ...], seed: int,
+                    errors: list[str]) -> dict:
+    """Each model's ModelParams: the competition's sections updated, key by key, with `<name>.models.<model>`."""
+    raw_models = (raw_section or {}).get("models") if isinstance(raw_section, dict) else None
+    if raw_models is None:
+        raw_models = {}
+    if not isinstance(raw_models, dict):
+        errors.append(f"{name}.models: expected a mapping of model name to overrides, got {raw_models!r}")
+        return {}
+    for extra in sorted(set(raw_models) - set(models)):
+        errors.append(f"{name}.models.{extra}: is not in the top-level models {list(models)}; add it there to train "
+                      "it, or remove this entry")
+    resolved = {}
+    for model in models:
+        key = f"{name}.models.{model}"
+        over = raw_models.get(model) or {}
+        if not isinstance(over, dict):
+            errors.append(f"{key}: expected a mapping (e.g. {{}} for no overrides), got {over!r}")
+            continue
+        for unknown in sorted(set(over) - set(MODEL_SECTIONS) - {"seed"}):
+            errors.append(f"{key}.{unknown}: unknown key; a model overrides {', '.join(MODEL_SECTIONS)} or seed")
+        sections = {}
+        for section in MODEL_SECTIONS:
+            base = as_dict(getattr(cp, section))
+            patch = over.get(section) or {}
+            if not isinstance(patch, dict):
+                errors.append(f"{key}.{section}: expected a mapping of keys to values, got {patch!r}")
+                patch = {}
+            sections[section] = _build(type(getattr(cp, section)), {**base, **patch}, f"{key}.{section}", errors)
+        model_seed = _coerce(over.get("seed", seed), int, f"{key}.seed", {"range": (0, 2**32 - 1)}, errors)
+        mp = ModelParams(model, seed if model_seed is None else model_seed, **sections)
+        _check_model(name, mp, errors, key)
+        resolved[name, model] = mp
+    return resolved
+
+
+def _check_competition(name: str, cp: CompetitionParams, errors: list[str]) -> None:
+    """Cross-field checks that need the competition's facts."""
+    _check_model(name, cp, errors)
     source = cp.data.source
     if source not in ("demo", "kaggle") and not source.endswith(".zip"):
         errors.append(f"{name}.data.source: must be 'demo', 'kaggle' or a path to a .zip; got {source!r}")
@@ -325,6 +411,11 @@ def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
         errors.append(f"folds: must be 0, 1, ..., k-1 with k >= 2 (k-fold cross-validation); got {list(folds)}")
     seed = _coerce(raw.get("seed", 0), int, "seed", {"range": (0, 2**32 - 1)}, errors)
     device = _coerce(raw.get("device", "auto"), str, "device", {"choices": DEVICES}, errors)
+    models = _coerce(raw.get("models", ["main"]), tuple[str, ...], "models", {}, errors) or ()
+    bad = [m for m in models if not re.fullmatch(r"[a-z0-9_]+", str(m))]
+    if bad or not models or len(set(models)) != len(models):
+        errors.append(f"models: must be distinct names of lowercase letters, digits and _ (DVC joins stage names "
+                      f"with '-'), at least one; got {list(models)}")
     sections = {}
     for key in raw:
         if key in TOP_KEYS:
@@ -339,9 +430,21 @@ def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
         if name in COMPETITIONS and name not in sections:
             sections[name] = CompetitionParams()
             _check_competition(name, sections[name], errors)
+    resolved = {}
+    if not errors:  # overrides are checked against valid sections, so each problem is reported once
+        for name, cp in sections.items():
+            resolved.update(_resolve_models(name, raw.get(name), cp, models, seed, errors))
+        sections = {name: dataclasses.replace(cp, models={m: resolved_raw(raw.get(name), m) for m in models})
+                    for name, cp in sections.items()}
     if errors:
         raise ConfigError(f"{origin} has {len(errors)} problem(s):\n  " + "\n  ".join(errors))
-    return Params(competitions, folds, seed, device, sections)
+    return Params(competitions, folds, seed, device, sections, models, resolved)
+
+
+def resolved_raw(raw_section, model: str) -> dict:
+    """A model's overrides as written (an empty mapping when it has none)."""
+    models = (raw_section or {}).get("models") or {} if isinstance(raw_section, dict) else {}
+    return models.get(model) or {}
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -1,7 +1,7 @@
 """Stage `curves@<comp>`: every fold's learning curves -> one picture per competition, readable offline.
 
-Inputs: the dvclive curves of the head and finetune stages (`dvclive/<comp>/<stage>/fold<k>/`). Output:
-`plots/<comp>/learning_curves.png`: one panel per stage with all folds overlaid (validation log loss solid,
+Inputs: the dvclive curves of every model's head and finetune stages (`dvclive/<comp>/<model>/<stage>/fold<k>/`).
+Output: `plots/<comp>/learning_curves.png`: one panel per model and stage with all folds overlaid (validation log loss solid,
 training loss dashed, one colour per fold) and the epoch each fold kept marked. The x axis is the epoch as the
 stages print and record it; epoch 0 is the starting point (finetuning's is the trained head). `dvc plots show`
 embeds the picture, so the page needs no network.
@@ -29,23 +29,26 @@ def read_curve(live_dir: Path, name: str) -> pd.DataFrame:
         curve = pd.read_csv(path, sep="\t")
     except (OSError, pd.errors.ParserError) as e:
         raise OutputError(f"cannot read the learning curve {path} ({e}); re-run the stage that writes it, "
-                          f"e.g. `dvc repro {live_dir.parent.name}@{live_dir.parent.parent.name}-"
-                          f"{live_dir.name.removeprefix('fold')}`.") from None
+                          f"e.g. `dvc repro {live_dir.parent.name}@{live_dir.parents[2].name}-"
+                          f"{live_dir.parents[1].name}-{live_dir.name.removeprefix('fold')}`.") from None
     return curve.rename(columns={curve.columns[-1]: "value"})[["step", "value"]]
 
 
-def curves(paths: Paths, folds) -> dict[str, dict[int, dict[str, pd.DataFrame]]]:
-    """{stage: {fold: {"val": ..., "train": ...}}} for every stage and fold."""
-    return {stage: {k: {"val": read_curve(paths.live(stage, k), "val/logloss"),
-                        "train": read_curve(paths.live(stage, k), "train/loss")} for k in folds}
-            for stage in STAGES}
+def curves(paths: Paths, models, folds) -> dict[str, dict[int, dict[str, pd.DataFrame]]]:
+    """{"<model> <stage>": {fold: {"val": ..., "train": ...}}} for every model, stage and fold."""
+    return {f"{model} {stage}": {k: {"val": read_curve(paths.of(model).live(stage, k), "val/logloss"),
+                                     "train": read_curve(paths.of(model).live(stage, k), "train/loss")}
+                                 for k in folds}
+            for model in models for stage in STAGES}
 
 
 def draw(data: dict, title: str, out: Path) -> Path:
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(data), figsize=(6 * len(data), 4.2), squeeze=False)
+    cols = len(STAGES)
+    rows = -(-len(data) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows), squeeze=False)
     colours = plt.get_cmap("tab10")
-    for ax, (stage, folds) in zip(axes[0], data.items()):
+    for ax, (stage, folds) in zip(axes.flat, data.items()):
         kept = set()
         for i, (k, c) in enumerate(folds.items()):
             colour = colours(i % 10)
@@ -69,13 +72,13 @@ def draw(data: dict, title: str, out: Path) -> Path:
 
 def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     paths = Paths(comp_name, root)
-    return draw(curves(paths, params.folds), f"{comp_name}: learning curves, {len(params.folds)} folds",
+    return draw(curves(paths, params.models, params.folds), f"{comp_name}: learning curves, {len(params.folds)} folds",
                 paths.plots / "learning_curves.png")
 
 
 def main(argv: list[str] | None = None) -> None:
     stage_main(__doc__, run, argv=argv, summary=lambda out: "all folds' learning curves in one picture",
-               wrote=lambda comp, fold: [Paths(comp).plots / "learning_curves.png"])
+               wrote=lambda comp, model, fold: [Paths(comp).plots / "learning_curves.png"])
 
 
 if __name__ == "__main__":

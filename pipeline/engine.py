@@ -122,11 +122,15 @@ def lr_range(model, loader, optimizer, device, start: float, end: float, steps: 
 
 def one_cycle(optimizer, epochs: int, steps_per_epoch: int, warmup: float):
     """Warm up from small to the peak learning rate, then anneal to near zero (start small, go high, end small)."""
+    total = max(2, epochs * steps_per_epoch)
+    pct = max(warmup, 1e-3)
+    if abs(pct * total - 1) < 1e-6:  # OneCycleLR divides by zero when its warm-up would end on step 0
+        pct += 0.5 / total
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[g["lr"] for g in optimizer.param_groups],
-        total_steps=max(1, epochs * steps_per_epoch),
-        pct_start=max(warmup, 1e-3),
+        total_steps=total,
+        pct_start=pct,
         anneal_strategy="cos",
         div_factor=25.0,
         final_div_factor=1e3,

@@ -1,23 +1,27 @@
-"""Stage `ensemble@<comp>`: every fold's head and finetune predictions -> `submissions/<comp>.csv`.
+"""Stage `ensemble@<comp>`: every model's fold predictions (head and finetune) -> `submissions/<comp>.csv`.
 
-Out-of-fold predictions choose the members (head, finetune, or both averaged) and fit a log-loss calibration
-(a temperature, or a clip like the course's [0.05, 0.95] but fitted); test predictions are the folds' average in
-log space, calibrated the same way. The reported `logloss` is honest: each fold's rows get the member and
-calibration chosen and fitted on the other folds only. Outputs: the submission (checked against
+Members are `<model>/<stage>` for each of params.yaml's `models`; a member's test prediction is its folds'
+average in log space. Out-of-fold predictions choose how members combine (`ensemble.members`: every head,
+every finetuned network, both equally, or non-negative weights summing to 1 fitted to minimise log loss, all in
+log space) and fit a log-loss calibration (a temperature, or a clip like the course's [0.05, 0.95] but fitted).
+The kind and calibration are chosen by cross-validation over the rows they are fitted on, so fitted weights do
+not win by fitting. The reported `logloss` is honest: each fold's rows get the kind, weights and calibration
+chosen and fitted on the other folds only. Outputs: the submission (checked against
 sample_submission.csv); `metrics/<comp>.json`, a few flat keys committed to git (on demo data also `demo_test_*`,
 the score on the demo's secret test labels: what Kaggle would say); and `metrics/<comp>/cv.json`, each fold's and
 each group's cross-fitted score, which `pipeline compare` pairs between runs; and the cross-fitted out-of-fold
-predictions in `models/<comp>/ensemble/oof.csv` (with each row's group and fold), which the report reads.
+predictions in `submissions/<comp>_oof.csv` (with each row's group and fold), which the report reads.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 
 from pipeline.competitions import get_competition
 from pipeline.config import Params
@@ -69,20 +73,92 @@ def calibrate(method: str, value: float | None, probs: np.ndarray) -> np.ndarray
     return probs
 
 
-def choose(oof: dict[str, np.ndarray], labels: np.ndarray, members, methods) -> tuple[str, str, float | None]:
-    """The member and calibration (fitted on the same rows) with the lowest log loss on `labels`' rows."""
+KINDS = ("head", "finetune", "both", "weighted")
+
+
+def log_combine(preds: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """A weighted average in log space (weights summing to 1), renormalised: `log_average` with weights."""
+    z = sum(w * np.log(np.clip(preds[m], KAGGLE_EPS, 1.0)) for m, w in weights.items() if w > 0)
+    return with_temperature(np.exp(z), 1.0)
+
+
+def fit_weights(preds: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Non-negative weights summing to 1 over the members that minimise the log loss of their log-space combination
+    on these rows (SLSQP on the simplex, from equal weights)."""
+    names = list(preds)
+    logs = np.stack([np.log(np.clip(preds[m], KAGGLE_EPS, 1.0)) for m in names])  # (members, rows, classes)
+    rows = np.arange(len(labels))
+
+    def loss(w):
+        z = np.tensordot(w, logs, axes=1)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(-(z[rows, labels] - np.log(np.exp(z).sum(axis=1))).mean())
+
+    start = np.full(len(names), 1.0 / len(names))
+    res = minimize(loss, start, method="SLSQP", bounds=[(0.0, 1.0)] * len(names),
+                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}])
+    w = np.clip(res.x if res.success else start, 0.0, None)
+    w = w / w.sum()
+    return {m: float(v) for m, v in zip(names, w)}
+
+
+def kind_weights(kind: str, preds: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """The members' weights for an ensemble kind: every model's heads, finetuned networks or both, equally; or
+    weights fitted on (preds, labels)."""
+    if kind == "weighted":
+        return fit_weights(preds, labels)
+    chosen = [m for m in preds if kind == "both" or m.endswith(f"/{kind}")]
+    return {m: 1.0 / len(chosen) if m in chosen else 0.0 for m in preds}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An ensemble kind with its fitted weights, and a calibration with its fitted value."""
+
+    kind: str
+    weights: dict
+    method: str
+    value: float | None
+
+    def apply(self, preds: dict[str, np.ndarray]) -> np.ndarray:
+        return calibrate(self.method, self.value, log_combine(preds, self.weights))
+
+    def __str__(self) -> str:
+        return f"{self.kind}+{self.method}"
+
+
+def fit_choice(kind: str, method: str, preds: dict[str, np.ndarray], labels: np.ndarray) -> Choice:
+    """Weights, then the calibration of their combination, fitted on the same rows."""
+    weights = kind_weights(kind, preds, labels)
+    return Choice(kind, weights, method, fit_calibration(method, log_combine(preds, weights), labels))
+
+
+def choose(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, kinds, methods) -> Choice:
+    """The kind and calibration with the lowest cross-validated log loss on these rows (each of their folds
+    predicted by weights and calibration fitted on the others, so a fitted combination does not win by fitting),
+    refitted on all of them. With a single fold, the lowest log loss after fitting on it."""
+    candidates = [(kind, method) for kind in kinds for method in methods]
+    groups = np.unique(folds)
+    if len(candidates) == 1:
+        return fit_choice(*candidates[0], oof, labels)
     best = None
-    for member in members:
-        for method in methods:
-            value = fit_calibration(method, oof[member], labels)
-            loss = scores(calibrate(method, value, oof[member]), labels)["logloss"]
-            if best is None or loss < best[0]:
-                best = (loss, member, method, value)
-    return best[1:]
+    for kind, method in candidates:
+        if len(groups) < 2:
+            loss = scores(fit_choice(kind, method, oof, labels).apply(oof), labels)["logloss"]
+        else:
+            pred = np.empty_like(next(iter(oof.values())))
+            for j in groups:
+                rest, held = folds != j, folds == j
+                c = fit_choice(kind, method, {m: p[rest] for m, p in oof.items()}, labels[rest])
+                pred[held] = c.apply({m: p[held] for m, p in oof.items()})
+            loss = scores(pred, labels)["logloss"]
+        if best is None or loss < best[0]:
+            best = (loss, kind, method)
+    return fit_choice(best[1], best[2], oof, labels)
 
 
-def cross_fitted(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, members, methods):
-    """Each fold's rows predicted by the member and calibration chosen and fitted on the other folds only.
+def cross_fitted(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, kinds, methods):
+    """Each fold's rows predicted by the kind, weights and calibration chosen and fitted on the other folds only.
 
     So the reported score is what the whole procedure (choose, fit, apply) gives on rows it never saw.
     Returns the predictions and each fold's choice.
@@ -91,9 +167,9 @@ def cross_fitted(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarr
     choices = {}
     for k in np.unique(folds):
         rest, held = folds != k, folds == k
-        member, method, value = choose({m: p[rest] for m, p in oof.items()}, labels[rest], members, methods)
-        out[held] = calibrate(method, value, oof[member][held])
-        choices[str(k)] = f"{member}+{method}"
+        c = choose({m: p[rest] for m, p in oof.items()}, labels[rest], folds[rest], kinds, methods)
+        out[held] = c.apply({m: p[held] for m, p in oof.items()})
+        choices[str(k)] = c
     return out, choices
 
 
@@ -116,7 +192,7 @@ def nearest(features: np.ndarray, k: int) -> np.ndarray | None:
     if k < 1:
         return None
     index = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute")
-    return index.fit(np.asarray(features, dtype=np.float32)).kneighbors(return_distance=False)  # excludes the row
+    return index.fit(np.asarray(features, dtype=np.float32).reshape(len(features), -1)).kneighbors(return_distance=False)  # excludes the row
 
 
 def neighbour_smooth(probs: np.ndarray, features: np.ndarray, k: int, weight: float,
@@ -133,7 +209,7 @@ def neighbour_smooth(probs: np.ndarray, features: np.ndarray, k: int, weight: fl
 def smooth_members(oof: dict, test: dict, paths: Paths, fold_of: np.ndarray, k: int, weight: float) -> None:
     """`ensemble.neighbours` applied to every member: out-of-fold rows find their neighbours among the same fold's
     validation rows (unseen drivers, as the test set's are), test rows among the test rows."""
-    train_features = np.load(paths.features / "train.npy", mmap_mode="r")
+    train_features = np.load(paths.features / "train.npy", mmap_mode="r")  # the first model's
     folds = {fold: np.flatnonzero(fold_of == fold) for fold in np.unique(fold_of)}
     within = {fold: nearest(train_features[rows], k) for fold, rows in folds.items()}  # searched once per pool
     test_neighbours = nearest(np.load(paths.features / "test.npy", mmap_mode="r"), k)
@@ -150,18 +226,19 @@ def _rounded(d: dict) -> dict:
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def per_fold(paths: Paths, folds: list[int], ids: np.ndarray, honest: np.ndarray, labels: np.ndarray,
-             fold_of: np.ndarray, choices: dict) -> dict:
-    """Each fold's cross-fitted ensemble score and choice, beside its head and finetune scores, and a hash of
-    its rows' ids: two runs' fold scores are paired only when their folds hold the same rows."""
+def per_fold(folds: list[int], ids: np.ndarray, honest: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
+             choices: dict, members: dict[str, np.ndarray]) -> dict:
+    """Each fold's cross-fitted ensemble score and choice, beside each member's own score (`<model>/<stage>_...`),
+    and a hash of its rows' ids: two runs' fold scores are paired only when their folds hold the same rows."""
     out = {}
     for k in folds:
         rows = fold_of == k
         rows_md5 = hashlib.md5("\n".join(sorted(map(str, ids[rows]))).encode()).hexdigest()
-        stages = {f"{stage}_{m}": v for stage in STAGES for m, v in read_json(paths.fold_metrics(stage, k)).items()
-                  if m in ("logloss", "accuracy")}
+        own = {f"{member}_{m}": v for member, p in members.items() for m, v in scores(p[rows], labels[rows]).items()
+               if m in ("logloss", "accuracy")}
         out[str(k)] = _rounded({**scores(honest[rows], labels[rows]), "rows": int(rows.sum()),
-                                "rows_md5": rows_md5, "choice": choices[str(k)], **stages})
+                                "rows_md5": rows_md5, "choice": str(choices[str(k)]),
+                                "weights": _rounded(choices[str(k)].weights), **own})
     return out
 
 
@@ -178,22 +255,26 @@ def per_group(groups: np.ndarray, honest: np.ndarray, labels: np.ndarray, fold_o
 def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     comp = get_competition(comp_name)
     ep = params.comp(comp_name).ensemble
-    paths = Paths(comp_name, root)
+    paths = Paths(comp_name, root, params.models[0])
     ids, labels, fold_of = train_rows(paths, comp)
-    oof = {s: load_oof(comp, [paths.model(s, k) for k in params.folds], ids) for s in STAGES}
-    test = {s: log_average(load_test([paths.model(s, k) for k in params.folds])) for s in STAGES}
-    oof["both"], test["both"] = log_average([oof["head"], oof["finetune"]]), log_average([test["head"], test["finetune"]])
+    oof, test = {}, {}
+    for model in params.models:  # every model's fold predictions are members, named <model>/<stage>
+        for stage in STAGES:
+            dirs = [paths.of(model).fold_model(stage, k) for k in params.folds]
+            oof[f"{model}/{stage}"] = load_oof(comp, dirs, ids)
+            test[f"{model}/{stage}"] = log_average(load_test(dirs))
+    own = dict(oof)
     if ep.neighbours:  # fixed k and weight: nothing is chosen on the rows they are scored on
         smooth_members(oof, test, paths, fold_of, ep.neighbours, ep.neighbour_weight)
-    members = ("head", "finetune", "both") if ep.members == "auto" else (ep.members,)
+    kinds = KINDS if ep.members == "auto" else (ep.members,)
     methods = ("none", "temperature", "clip") if ep.calibration == "auto" else (ep.calibration,)
 
-    honest, fold_choices = cross_fitted(oof, labels, fold_of, members, methods)
-    member, method, value = choose(oof, labels, members, methods)  # for the submission: fitted on every row
+    honest, fold_choices = cross_fitted(oof, labels, fold_of, kinds, methods)
+    final_choice = choose(oof, labels, fold_of, kinds, methods)  # for the submission: fitted on every row
 
     _, test_index = load_cache(paths.cache, "test")
     sample = read_sample(comp, paths.raw)
-    final = calibrate(method, value, test[member])
+    final = final_choice.apply(test)
     sub = make_submission(comp, test_index["id"], final)
     validate_submission(comp, sub, sample, str(paths.submission))
     write_csv(paths.submission, sub, float_format=FLOAT_FORMAT)
@@ -204,14 +285,15 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         written = submission_probs(comp, sub)  # what Kaggle would score: the clipped values in the file
         demo = scores(written, encode_labels(answers.reset_index(drop=True), comp.classes))
         metrics.update(demo_test_logloss=demo["logloss"], demo_test_accuracy=demo["accuracy"])
-    metrics = _rounded({**metrics, "member": member, "calibration": method,
+    metrics = _rounded({**metrics, "member": final_choice.kind, "calibration": final_choice.method,
                         "source": read_json(paths.raw / "summary.json")["source"], "test_rows": len(sub)})
     _, train_index = load_cache(paths.cache, "train")
     detail = {
         "logloss": metrics["logloss"],
-        "calibration_value": value,
+        "calibration_value": final_choice.value,
+        "weights": _rounded(final_choice.weights),
         "members_logloss": _rounded({m: scores(p, labels)["logloss"] for m, p in oof.items()}),
-        "folds": per_fold(paths, list(params.folds), ids, honest, labels, fold_of, fold_choices),
+        "folds": per_fold(list(params.folds), ids, honest, labels, fold_of, fold_choices, own),
         "groups": per_group(train_index["group"].astype(str).to_numpy(), honest, labels, fold_of)
         if comp.group_column else {},
     }
@@ -221,7 +303,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     oof_df.insert(0, "group", train_index["group"].astype(str).to_numpy())
     oof_df.insert(0, "label", np.asarray(comp.classes)[labels])
     oof_df.insert(0, "id", ids)
-    write_csv(paths.ensemble / "oof.csv", oof_df)
+    write_csv(paths.oof, oof_df)
     write_json(paths.cv, detail)
     write_json(paths.metrics, metrics)
     return {**metrics, **detail}
@@ -235,7 +317,8 @@ def summary(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     stage_main(__doc__, run, argv=argv, summary=summary,
-               wrote=lambda comp, fold: (Paths(comp).submission, Paths(comp).metrics, Paths(comp).cv))
+               wrote=lambda comp, model, fold: (Paths(comp).submission, Paths(comp).oof, Paths(comp).metrics,
+                                                 Paths(comp).cv))
 
 
 if __name__ == "__main__":

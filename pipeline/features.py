@@ -1,10 +1,13 @@
-"""Stage `features@<comp>`: `data/<comp>/cache/` -> `data/<comp>/features/`, conv features precomputed once.
+"""Stage `features@<comp>-<model>`: `data/<comp>/cache/` -> `data/<comp>/features/<model>/`, conv features
+precomputed once.
 
-A frozen timm backbone (eval mode, pooled output) turns every cached image into a feature vector, stored as
-float16: `train.npy` (N, D), `test.npy` (M, D) and, when `features.aug_copies` > 0, `train_aug.npy` (copies, N, D)
-of augmented train images (the course's trick to use augmentation with precomputed features). The backbone's
-exact weights go to `backbone.safetensors`, so finetuning starts from the very network the head was trained on.
-Rows are in the cache's order: never shuffled, so labels stay aligned.
+A frozen timm backbone (eval mode) turns every cached image into features, stored as float16: with
+`features.cut: -1` the whole backbone's pooled vector (D,); with a feature level `cut` >= 0, that level's spatial
+map (C, H, W), the later layers dropped (the lesson's "throw out more layers": the head then retrains a conv
+block). Files: `train.npy` (N, ...), `test.npy` (M, ...) and, when `features.aug_copies` > 0, `train_aug.npy`
+(copies, N, ...) of augmented train images (the course's trick to use augmentation with precomputed features).
+The cut backbone's exact weights go to `backbone.safetensors`, so finetuning starts from the very network the
+head was trained on. Rows are in the cache's order: never shuffled, so labels stay aligned.
 """
 
 from __future__ import annotations
@@ -20,14 +23,14 @@ from pipeline.config import Params, as_dict
 from pipeline.data import ImageDataset, SeededRows, build_transform, load_cache
 from pipeline.engine import autocast, pick_device
 from pipeline.io import atomic_dir, read_json, write_json
-from pipeline.models import create_backbone, normalisation, save_weights
+from pipeline.models import create_trunk, normalisation, save_weights
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
 
 
 @torch.no_grad()
 def extract(backbone, dataset, out: np.ndarray, batch_size: int, device, amp: bool, desc: str, seed=None) -> None:
-    """Write the backbone's pooled features of every `dataset` row into `out`, in order (augmented with `seed`)."""
+    """Write the backbone's features of every `dataset` row into `out`, in order (augmented with `seed`)."""
     sampler = None if seed is None else SeededRows(len(dataset), seed, shuffle=False)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler)
     start = 0
@@ -38,38 +41,44 @@ def extract(backbone, dataset, out: np.ndarray, batch_size: int, device, amp: bo
         start += len(f)
 
 
-def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
-    cp = params.comp(comp_name)
-    fp = cp.features
-    paths = Paths(comp_name, root)
+def feature_shape(backbone, image_size: tuple[int, int], device) -> tuple[int, ...]:
+    """The shape of one image's features: (D,) pooled, or a cut backbone's (C, H, W) at this image size."""
+    with torch.no_grad():
+        return tuple(backbone(torch.zeros(1, 3, *image_size, device=device)).shape[1:])
+
+
+def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> Path:
+    mp = params.model(comp_name, model)
+    fp = mp.features
+    paths = Paths(comp_name, root, model)
     device = pick_device(params.device)
-    torch.manual_seed(params.seed)
+    torch.manual_seed(mp.seed)
     caches = {split: load_cache(paths.cache, split)[0] for split in ("test", "train")}
     size = caches["train"].shape[1:3]
-    backbone = create_backbone(fp, key=f"{comp_name}.features", image_size=size).to(device).eval()
+    backbone = create_trunk(fp, key=f"{comp_name}.features", image_size=size).to(device).eval()
     mean, std = normalisation(backbone)
     plain = build_transform(mean, std)
     with atomic_dir(paths.features) as out:
-        dim = backbone.num_features
+        shape = feature_shape(backbone, size, device)
         for split, images in caches.items():
-            arr = np.lib.format.open_memmap(out / f"{split}.npy", "w+", np.float16, (len(images), dim))
+            arr = np.lib.format.open_memmap(out / f"{split}.npy", "w+", np.float16, (len(images), *shape))
             dataset = ImageDataset(images, np.arange(len(images)), plain)
             extract(backbone, dataset, arr, fp.batch_size, device, fp.amp, f"{comp_name} {split}")
             arr.flush()
         images = caches["train"]
         if fp.aug_copies:
-            shape = (fp.aug_copies, len(images), dim)
-            aug = np.lib.format.open_memmap(out / "train_aug.npy", "w+", np.float16, shape)
-            augmented = ImageDataset(images, np.arange(len(images)), build_transform(mean, std, cp.augment))
+            aug = np.lib.format.open_memmap(out / "train_aug.npy", "w+", np.float16,
+                                            (fp.aug_copies, len(images), *shape))
+            augmented = ImageDataset(images, np.arange(len(images)), build_transform(mean, std, mp.augment))
             for k in range(fp.aug_copies):  # each copy its own seeds: copies differ from each other
                 extract(backbone, augmented, aug[k], fp.batch_size, device, fp.amp, f"{comp_name} augmented {k + 1}",
-                        seed=(params.seed, k))
+                        seed=(mp.seed, k))
             aug.flush()
         save_weights(backbone, out / "backbone.safetensors")
         write_json(
             out / "meta.json",
-            {"num_features": dim, "mean": mean, "std": std, "seed": params.seed,
-             "features": as_dict(fp), "augment": as_dict(cp.augment) if fp.aug_copies else None},
+            {"num_features": shape[0], "shape": list(shape), "mean": mean, "std": std, "seed": mp.seed,
+             "model": model, "features": as_dict(fp), "augment": as_dict(mp.augment) if fp.aug_copies else None},
         )
     return paths.features
 
@@ -78,12 +87,16 @@ def summary(out: Path) -> str:
     meta = read_json(out / "meta.json")
     rows = {split: len(np.load(out / f"{split}.npy", mmap_mode="r")) for split in ("train", "test")}
     copies = meta["features"]["aug_copies"]
-    return (f"{meta['num_features']} features from {meta['features']['backbone']} for {rows['train']} train "
+    cut = meta["features"]["cut"]
+    where = "" if cut < 0 else f" cut at level {cut}"
+    shape = "x".join(map(str, meta["shape"]))
+    return (f"{shape} features from {meta['features']['backbone']}{where} for {rows['train']} train "
             f"(+{copies} augmented copies) and {rows['test']} test images")
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, argv=argv, summary=summary, wrote=lambda comp, fold: [Paths(comp).features])
+    stage_main(__doc__, run, per_model=True, argv=argv, summary=summary,
+               wrote=lambda comp, model, fold: [Paths(comp, model=model).features])
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
-"""Stage `finetune@<comp>-<fold>`: backbone + trained head, finetuned end to end on augmented images.
+"""Stage `finetune@<comp>-<model>-<fold>`: (cut) backbone + trained head, finetuned end to end on augmented images.
 
-Starts from exactly the network the head was trained on (`data/<comp>/features/backbone.safetensors` and
-`models/<comp>/head/fold<k>/head.safetensors`), never from a random head; epoch 0 of the learning curve is that
-starting point, so its validation log loss matches the head's. Augmentation comes from `<comp>.augment`
+Starts from exactly the network the head was trained on (`data/<comp>/features/<model>/backbone.safetensors` and
+`models/<comp>/<model>/head/fold<k>/head.safetensors`), never from a random head; epoch 0 of the learning curve is
+that starting point, so its validation log loss matches the head's. Augmentation comes from `<comp>.augment`
 (params.yaml refuses horizontal flips for State Farm); the learning rate warms up, peaks and anneals, and the
 last epoch is kept (none is picked on the validation rows, so their predictions stay out-of-fold).
-Outputs in `models/<comp>/finetune/fold<k>/`: `model.safetensors`, `oof.csv` and `test.npy` (averaged over
-`finetune.tta` views), `params.json`; `metrics/<comp>/finetune/fold<k>.json`; curves in
-`dvclive/<comp>/finetune/fold<k>/`.
+Outputs in `models/<comp>/<model>/finetune/fold<k>/`: `model.safetensors`, `oof.csv` and `test.npy` (averaged
+over `finetune.tta` views), `params.json`; `metrics/<comp>/<model>/finetune/fold<k>.json`; curves in
+`dvclive/<comp>/<model>/finetune/fold<k>/`.
 """
 
 from __future__ import annotations
@@ -24,86 +24,86 @@ from pipeline.config import Params, as_dict
 from pipeline.data import ImageDataset, SeededRows, build_transform, load_cache
 from pipeline.engine import fit, one_cycle, pick_device, predict
 from pipeline.io import atomic_dir, read_json
-from pipeline.models import Classifier, create_backbone, create_head, save_weights
+from pipeline.models import Classifier, create_trunk, head_for, save_weights
 from pipeline.outputs import fold_outputs, fold_summary, fold_split, save_fold
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
 
 
-def load_start(params: Params, comp_name: str, fold: int, paths: Paths) -> Classifier:
-    """The features stage's backbone joined to the fold's trained head (or, with `finetune.init: random`, to a
-    freshly initialised one, seeded by fold)."""
-    cp = params.comp(comp_name)
+def load_start(params: Params, comp_name: str, model: str, fold: int, paths: Paths) -> Classifier:
+    """The features stage's (cut) backbone joined to the fold's trained head (or, with `finetune.init: random`, to
+    a freshly initialised one, seeded by fold)."""
+    mp = params.model(comp_name, model)
     comp = get_competition(comp_name)
     # weights come from the features stage's file, not the hub
-    backbone = create_backbone(cp.features, pretrained=False, key=f"{comp_name}.features")
+    backbone = create_trunk(mp.features, pretrained=False, key=f"{comp_name}.features")
     backbone.load_state_dict(load_file(paths.features / "backbone.safetensors"))
-    head = create_head(backbone.num_features, comp.num_classes, cp.head.hidden, cp.head.dropout,
-                       cp.head.input_dropout)
-    if cp.finetune.init == "head":
-        head.load_state_dict(load_file(paths.model("head", fold) / "head.safetensors"))
+    head = head_for(tuple(read_json(paths.features / "meta.json")["shape"]), comp.num_classes, mp.head)
+    if mp.finetune.init == "head":
+        head.load_state_dict(load_file(paths.fold_model("head", fold) / "head.safetensors"))
     return Classifier(backbone, head)
 
 
-def setup(params: Params, comp_name: str, fold: int, paths: Paths, device: torch.device):
+def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, device: torch.device):
     """The fold's loaders (augmented train, val, test), the starting network on `device` and its optimizer
     (lower learning rate for the backbone): everything finetuning trains, which `pipeline lr-find` uses too."""
     comp = get_competition(comp_name)
-    cp = params.comp(comp_name)
-    ft = cp.finetune
-    torch.manual_seed(params.seed + fold)
+    mp = params.model(comp_name, model)
+    ft = mp.finetune
+    seed = mp.seed
+    torch.manual_seed(seed + fold)
     split = fold_split(paths, comp, fold)
     meta = read_json(paths.features / "meta.json")
     images, _ = load_cache(paths.cache, "train")
     test_images, _ = load_cache(paths.cache, "test")
     plain = build_transform(meta["mean"], meta["std"])
-    augmented = build_transform(meta["mean"], meta["std"], cp.augment)
+    augmented = build_transform(meta["mean"], meta["std"], mp.augment)
     # Own generators: a loader otherwise draws its workers' base seed from torch's global RNG (once with
     # persistent workers, per epoch without), which would move dropout's masks with num_workers.
     loader = {"num_workers": ft.num_workers, "persistent_workers": ft.num_workers > 0,
-              "generator": torch.Generator().manual_seed(params.seed)}
+              "generator": torch.Generator().manual_seed(seed)}
     train_loader = DataLoader(
         ImageDataset(images, split.train_rows, augmented, split.labels[split.train_rows]),
-        batch_size=ft.batch_size, sampler=SeededRows(len(split.train_rows), (params.seed, fold), shuffle=True),
+        batch_size=ft.batch_size, sampler=SeededRows(len(split.train_rows), (seed, fold), shuffle=True),
         drop_last=len(split.train_rows) > ft.batch_size, **loader,
     )
     val_loader = DataLoader(ImageDataset(images, split.val_rows, plain, split.labels[split.val_rows]),
                             batch_size=ft.batch_size * 2, **loader)
     test_loader = DataLoader(ImageDataset(test_images, np.arange(len(test_images)), plain),
                              batch_size=ft.batch_size * 2, **loader)
-    model = load_start(params, comp_name, fold, paths).to(device)
+    network = load_start(params, comp_name, model, fold, paths).to(device)
     if ft.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        network = network.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
-        [{"params": model.backbone.parameters(), "lr": ft.lr * ft.backbone_lr_ratio},
-         {"params": model.head.parameters(), "lr": ft.lr}],
+        [{"params": network.backbone.parameters(), "lr": ft.lr * ft.backbone_lr_ratio},
+         {"params": network.head.parameters(), "lr": ft.lr}],
         weight_decay=ft.weight_decay,
     )
-    return split, meta, (train_loader, val_loader, test_loader), model, optimizer
+    return split, meta, (train_loader, val_loader, test_loader), network, optimizer
 
 
-def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> dict:
+def run(params: Params, comp_name: str, model: str, fold: int, root: Path = Path(".")) -> dict:
     comp = get_competition(comp_name)
-    cp = params.comp(comp_name)
-    ft = cp.finetune
-    paths = Paths(comp_name, root)
+    mp = params.model(comp_name, model)
+    ft = mp.finetune
+    paths = Paths(comp_name, root, model)
     device = pick_device(params.device)
-    split, meta, (train_loader, val_loader, test_loader), model, optimizer = setup(params, comp_name, fold, paths,
-                                                                                  device)
+    split, meta, (train_loader, val_loader, test_loader), network, optimizer = setup(params, comp_name, model, fold,
+                                                                                    paths, device)
     val_labels = split.labels[split.val_rows]
     scheduler = one_cycle(optimizer, ft.epochs, len(train_loader), ft.warmup)
     amp = {"amp": ft.amp, "channels_last": ft.channels_last}
     from dvclive import Live  # here, not at the top: setup() (and lr-find) need none of dvclive's imports
 
-    with atomic_dir(paths.model("finetune", fold)) as out:
+    with atomic_dir(paths.fold_model("finetune", fold)) as out:
         with Live(dir=str(paths.live("finetune", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-            history = fit(model, train_loader, val_loader, val_labels, optimizer, scheduler, ft.epochs, device,
+            history = fit(network, train_loader, val_loader, val_labels, optimizer, scheduler, ft.epochs, device,
                           live, **amp)
-        save_weights(model, out / "model.safetensors")
-        oof = predict(model, val_loader, device, ft.tta, **amp)
-        test = predict(model, test_loader, device, ft.tta, **amp)
-        info = {"stage": "finetune", "competition": comp_name, "fold": fold, "seed": params.seed,
-                "finetune": as_dict(ft), "augment": as_dict(cp.augment), "head": as_dict(cp.head),
+        save_weights(network, out / "model.safetensors")
+        oof = predict(network, val_loader, device, ft.tta, **amp)
+        test = predict(network, test_loader, device, ft.tta, **amp)
+        info = {"stage": "finetune", "competition": comp_name, "model": model, "fold": fold, "seed": mp.seed,
+                "finetune": as_dict(ft), "augment": as_dict(mp.augment), "head": as_dict(mp.head),
                 "features": meta, "history": history}
         return save_fold(out, paths.fold_metrics("finetune", fold), comp, split, oof, test, info)
 

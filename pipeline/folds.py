@@ -64,7 +64,7 @@ def summary(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, argv=argv, summary=summary, wrote=lambda comp, fold: [Paths(comp).folds])
+    stage_main(__doc__, run, argv=argv, summary=summary, wrote=lambda comp, model, fold: [Paths(comp).folds])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Stage `head@<comp>-<fold>`: precomputed features -> a dense head trained on the fold's train rows.
+"""Stage `head@<comp>-<model>-<fold>`: precomputed features -> a head trained on the fold's train rows.
 
-Inputs: `data/<comp>/features/`, `folds/<comp>.csv`. Outputs in `models/<comp>/head/fold<k>/`: `head.safetensors`
-(after the fixed number of epochs: no epoch is picked on the validation rows), `oof.csv`, `test.npy`, `params.json`; `metrics/<comp>/head/fold<k>.json`;
-learning curves in `dvclive/<comp>/head/fold<k>/`. Training on features takes seconds, so the head's
+Inputs: `data/<comp>/features/<model>/`, `folds/<comp>.csv`. The head is the lesson's dense layers with batch norm
+and dropout, after a conv block when the features are a cut backbone's spatial maps. Outputs in
+`models/<comp>/<model>/head/fold<k>/`: `head.safetensors` (after the fixed number of epochs: no epoch is picked on
+the validation rows), `oof.csv`, `test.npy`, `params.json`; `metrics/<comp>/<model>/head/fold<k>.json`; learning
+curves in `dvclive/<comp>/<model>/head/fold<k>/`. Training on features takes seconds, so the head's
 hyperparameters can be tuned without touching the images.
 """
 
@@ -18,7 +20,7 @@ from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
 from pipeline.engine import fit, one_cycle, pick_device, predict
 from pipeline.io import atomic_dir, read_json
-from pipeline.models import create_head, save_weights
+from pipeline.models import head_for, save_weights
 from pipeline.outputs import fold_outputs, fold_summary, fold_split, save_fold
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
@@ -34,27 +36,28 @@ def _loader(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool,
                       drop_last=shuffle and len(x) > batch_size)
 
 
-def setup(params: Params, comp_name: str, fold: int, paths: Paths, pseudo: tuple | None = None):
+def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, pseudo: tuple | None = None):
     """The fold's loaders (train: plain + augmented feature copies, shuffled; val; test), a fresh head and its
     optimizer: everything the head stage trains, which `pipeline lr-find` uses too. `pseudo` adds (features,
     labels) rows to the training set: pseudo-labelled test rows, never a validation row."""
     comp = get_competition(comp_name)
-    hp = params.comp(comp_name).head
-    torch.manual_seed(params.seed + fold)
+    mp = params.model(comp_name, model)
+    hp = mp.head
+    torch.manual_seed(mp.seed + fold)
     split = fold_split(paths, comp, fold)
     feats = np.load(paths.features / "train.npy", mmap_mode="r")
     x_train, y_train = feats[split.train_rows], split.labels[split.train_rows]
     aug_file = paths.features / "train_aug.npy"
     if aug_file.exists():
         aug = np.load(aug_file, mmap_mode="r")[:, split.train_rows]
-        x_train = np.concatenate([x_train, aug.reshape(-1, aug.shape[-1])])
+        x_train = np.concatenate([x_train, aug.reshape(-1, *aug.shape[2:])])
         y_train = np.concatenate([y_train] + [split.labels[split.train_rows]] * len(aug))
     if pseudo is not None:
         x_train, y_train = np.concatenate([x_train, pseudo[0]]), np.concatenate([y_train, pseudo[1]])
-    loaders = (_loader(x_train, y_train, hp.batch_size, True, params.seed + fold),
+    loaders = (_loader(x_train, y_train, hp.batch_size, True, mp.seed + fold),
                _loader(feats[split.val_rows], split.labels[split.val_rows], 1024, False, 0),
                _loader(np.load(paths.features / "test.npy", mmap_mode="r"), None, 1024, False, 0))
-    head = create_head(feats.shape[1], comp.num_classes, hp.hidden, hp.dropout, hp.input_dropout)
+    head = head_for(feats.shape[1:], comp.num_classes, hp)
     optimizer = torch.optim.AdamW(head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     return split, loaders, head, optimizer
 
@@ -73,15 +76,16 @@ def dropout_schedule(head: torch.nn.Module, hp):
     return set_rates
 
 
-def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> dict:
+def run(params: Params, comp_name: str, model: str, fold: int, root: Path = Path(".")) -> dict:
     comp = get_competition(comp_name)
-    hp = params.comp(comp_name).head
-    paths = Paths(comp_name, root)
+    mp = params.model(comp_name, model)
+    hp = mp.head
+    paths = Paths(comp_name, root, model)
     device = pick_device(params.device)
     from dvclive import Live  # here, not at the top: setup() (and lr-find) need none of dvclive's imports
 
     def train(pseudo=None, live=None):
-        split, loaders, head, optimizer = setup(params, comp_name, fold, paths, pseudo)
+        split, loaders, head, optimizer = setup(params, comp_name, model, fold, paths, pseudo)
         head = head.to(device)
         scheduler = one_cycle(optimizer, hp.epochs, len(loaders[0]), hp.warmup)
         history = fit(head, loaders[0], loaders[1], split.labels[split.val_rows], optimizer, scheduler, hp.epochs,
@@ -89,7 +93,7 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
         return split, loaders, head, history
 
     pseudo_info = None
-    with atomic_dir(paths.model("head", fold)) as out:
+    with atomic_dir(paths.fold_model("head", fold)) as out:
         with Live(dir=str(paths.live("head", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
             pseudo = None
             if hp.pseudo_label:
@@ -106,7 +110,7 @@ def run(params: Params, comp_name: str, fold: int, root: Path = Path(".")) -> di
         save_weights(head, out / "head.safetensors")
         oof = predict(head, val_loader, device)
         test = predict(head, test_loader, device)
-        info = {"stage": "head", "competition": comp_name, "fold": fold, "seed": params.seed,
+        info = {"stage": "head", "competition": comp_name, "model": model, "fold": fold, "seed": mp.seed,
                 "head": as_dict(hp), "features": read_json(paths.features / "meta.json"),
                 "history": history, "pseudo_label": pseudo_info}
         return save_fold(out, paths.fold_metrics("head", fold), comp, split, oof, test, info)

@@ -3,7 +3,8 @@
 Runs on every `dvc repro` (`always_changed`) and costs well under a second, so a typo anywhere in params.yaml
 fails the run even when no other stage would run. Outputs in `data/<comp>/inputs/`:
 - `source.json`: the content hash of a local archive (`data.source: <path>.zip`);
-- `weights.json`: the content hash of the backbone's weights file, or of the installed weights package's file.
+- `weights-<model>.json`, per model in `models`: the content hash of its backbone's weights file, or of the
+  installed weights package's file.
 `download` and `features` depend on these small files, so replacing an archive or a weights file at the same
 path re-runs what reads it, and rewriting an identical fingerprint re-runs nothing. Hashes are remembered by
 (size, mtime, inode) in `data/<comp>/inputs-state.json`, so a multi-GB archive is read once, not per run.
@@ -68,9 +69,9 @@ def source_fingerprint(params: Params, comp_name: str, md5: Hasher) -> dict:
     return {"source": "file", **md5(path)}
 
 
-def weights_fingerprint(params: Params, comp_name: str, md5: Hasher) -> dict:
-    """What the features stage will load: random init, the hub's named weights, or a file's content."""
-    fp = params.comp(comp_name).features
+def weights_fingerprint(params: Params, comp_name: str, model: str, md5: Hasher) -> dict:
+    """What a model's features stage will load: random init, the hub's named weights, or a file's content."""
+    fp = params.model(comp_name, model).features
     if not fp.pretrained:
         return {"pretrained": False}
     if fp.weights == "hub":
@@ -91,17 +92,18 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     paths = Paths(comp_name, root)
     md5 = Hasher(paths.inputs_state)
     source = source_fingerprint(params, comp_name, md5)
-    weights = weights_fingerprint(params, comp_name, md5)
+    weights = {model: weights_fingerprint(params, comp_name, model, md5) for model in params.models}
     with atomic_dir(paths.inputs) as out:
         write_json(out / "source.json", source)
-        write_json(out / "weights.json", weights)
+        for model, fingerprint in weights.items():
+            write_json(out / paths.of(model).weights_fingerprint.name, fingerprint)
     md5.save()
     return paths.inputs
 
 
 def main(argv: list[str] | None = None) -> None:
     stage_main(__doc__, run, argv=argv, summary=lambda out: "params.yaml checked; input fingerprints written",
-               wrote=lambda comp, fold: [Paths(comp).inputs])
+               wrote=lambda comp, model, fold: [Paths(comp).inputs])
 
 
 if __name__ == "__main__":

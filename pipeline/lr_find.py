@@ -54,27 +54,30 @@ def _plot(path: Path, curves: pd.DataFrame, found: dict, title: str) -> None:
 
 
 def run(params: Params, comp_name: str, fold: int, stages=STAGES, start: float = 1e-7, end: float = 10.0,
-        steps: int = 100, root: Path = Path(".")) -> dict[str, dict]:
-    """Run the range test for each of `stages`; return each one's suggestion (and write plot and curve)."""
-    paths = Paths(comp_name, root)
+        steps: int = 100, root: Path = Path("."), model: str | None = None) -> dict[str, dict]:
+    """Run the range test for each of `stages` of `model` (default: the first of params.yaml's models); return
+    each one's suggestion (and write plot and curve)."""
+    model = model or params.models[0]
+    paths = Paths(comp_name, root, model)
     device = pick_device(params.device)
-    needed = paths.model("head", fold) if "finetune" in stages else paths.features
+    needed = paths.fold_model("head", fold) if "finetune" in stages else paths.features
     if not needed.exists():
-        raise OutputError(f"{needed} does not exist yet; run `dvc repro head@{comp_name}-{fold}` first.")
+        raise OutputError(f"{needed} does not exist yet; run `dvc repro head@{comp_name}-{model}-{fold}` first.")
     found = {}
     for stage in stages:
         if stage == "head":
-            _, (train_loader, _, _), model, optimizer = head.setup(params, comp_name, fold, paths)
+            _, (train_loader, _, _), network, optimizer = head.setup(params, comp_name, model, fold, paths)
             amp = {}
         else:
-            _, _, (train_loader, _, _), model, optimizer = finetune.setup(params, comp_name, fold, paths, device)
-            ft = params.comp(comp_name).finetune
+            _, _, (train_loader, _, _), network, optimizer = finetune.setup(params, comp_name, model, fold, paths,
+                                                                            device)
+            ft = params.model(comp_name, model).finetune
             amp = {"amp": ft.amp, "channels_last": ft.channels_last}
-        rates, losses = lr_range(model.to(device), train_loader, optimizer, device, start, end, steps, **amp)
+        rates, losses = lr_range(network.to(device), train_loader, optimizer, device, start, end, steps, **amp)
         curves = pd.DataFrame({"lr": rates, "loss": losses})
         found[stage] = suggest(rates, losses)
-        out = paths.reports / f"lr_find_{stage}_fold{fold}"
+        out = paths.reports / f"lr_find_{model}_{stage}_fold{fold}"
         write_csv(out.with_suffix(".csv"), curves)
-        _plot(out.with_suffix(".png"), curves, found[stage], f"{comp_name} {stage}, fold {fold}")
+        _plot(out.with_suffix(".png"), curves, found[stage], f"{comp_name} {model} {stage}, fold {fold}")
         found[stage]["plot"] = str(out.with_suffix(".png"))
     return found

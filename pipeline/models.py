@@ -73,11 +73,54 @@ def _check_input_size(model: nn.Module, name: str, key: str, image_size: tuple[i
         )
 
 
+class Trunk(nn.Module):
+    """A timm backbone cut after feature level `cut` (`features.cut`): the layers after it are dropped (timm's
+    `prune_intermediate_layers`) and it returns that level's spatial map, (N, C, H, W). With cut -1 it is the whole
+    backbone with its pooling, returning (N, D)."""
+
+    def __init__(self, model: nn.Module, cut: int, key: str = "features"):
+        super().__init__()
+        levels = len(getattr(model, "feature_info", []) or [])
+        if cut >= levels:
+            raise ModelError(f"{key}.cut: {model.pretrained_cfg.get('architecture', type(model).__name__)} has "
+                             f"{levels} feature levels (0 to {levels - 1}); got {cut}. Use -1 for the whole backbone.")
+        if cut >= 0:
+            model.prune_intermediate_layers([cut], prune_head=True)
+        self.model, self.cut = model, cut
+        self.num_features = model.num_features if cut < 0 else model.feature_info[cut]["num_chs"]
+        self.pretrained_cfg = model.pretrained_cfg  # timm's data config reads it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cut < 0:
+            return self.model(x)
+        return self.model.forward_intermediates(x, indices=[self.cut], intermediates_only=True, stop_early=True)[0]
+
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every feature level's map up to the cut (the report's activation maps)."""
+        last = self.cut if self.cut >= 0 else len(self.model.feature_info) - 1
+        return self.model.forward_intermediates(x, indices=list(range(last + 1)), intermediates_only=True,
+                                                stop_early=True)
+
+
+def create_trunk(fp: FeaturesParams, pretrained: bool | None = None, key: str = "features",
+                 image_size: tuple[int, int] | None = None) -> Trunk:
+    """`create_backbone` cut where `features.cut` says."""
+    return Trunk(create_backbone(fp, pretrained, key, image_size), fp.cut, key)
+
+
 def create_head(in_features: int, num_classes: int, hidden: int, dropout: float,
-                input_dropout: float | None = None) -> nn.Sequential:
+                input_dropout: float | None = None, conv_channels: int | None = None) -> nn.Sequential:
     """Batch norm and dropout around a hidden dense layer, as in fast.ai's lesson 3 head: `input_dropout` on the
-    features (default: half of `dropout`), `dropout` before the output layer."""
+    features (default: half of `dropout`), `dropout` before the output layer. With `conv_channels` the features
+    are spatial maps (a backbone cut early) and a conv block with batch norm, then pooling, comes first: the
+    layers the lesson retrains when it "throws out more layers"."""
+    conv = []
+    if conv_channels:
+        conv = [nn.Conv2d(in_features, conv_channels, 3, padding=1, bias=False), nn.BatchNorm2d(conv_channels),
+                nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        in_features = conv_channels
     return nn.Sequential(
+        *conv,
         nn.BatchNorm1d(in_features),
         nn.Dropout(dropout / 2 if input_dropout is None else input_dropout),
         nn.Linear(in_features, hidden),
@@ -103,6 +146,13 @@ class Classifier(nn.Module):
 def save_weights(module: nn.Module, path: Path) -> None:
     """A module's exact weights as safetensors (contiguous CPU copies, as safetensors requires)."""
     save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, path)
+
+
+def head_for(feature_shape: tuple[int, ...], num_classes: int, hp) -> nn.Sequential:
+    """The head (`head` params `hp`) for features of `feature_shape` per image: (D,) pooled or (C, H, W) spatial."""
+    spatial = len(feature_shape) == 3
+    return create_head(feature_shape[0], num_classes, hp.hidden, hp.dropout, hp.input_dropout,
+                       hp.conv_channels if spatial else None)
 
 
 def normalisation(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

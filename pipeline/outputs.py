@@ -68,8 +68,9 @@ def fold_summary(metrics: dict) -> str:
 
 def fold_outputs(stage: str):
     """What a per-fold stage writes, for its closing message."""
-    return lambda comp, fold: (Paths(comp).model(stage, fold), Paths(comp).fold_metrics(stage, fold),
-                               Paths(comp).live(stage, fold))
+    return lambda comp, model, fold: (Paths(comp, model=model).fold_model(stage, fold),
+                                      Paths(comp, model=model).fold_metrics(stage, fold),
+                                      Paths(comp, model=model).live(stage, fold))
 
 
 def load_oof(comp: Competition, dirs: list[Path], ids: np.ndarray) -> np.ndarray:

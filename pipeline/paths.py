@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class Paths:
-    """All paths of one competition, relative to the repository root `root`."""
+    """All paths of one competition, relative to the repository root `root`; per-model paths are those of model
+    `model` (one of params.yaml's `models`)."""
 
     comp: str
     root: Path = Path(".")
+    model: str = "main"
+
+    def of(self, model: str) -> "Paths":
+        """The same competition's paths for another model."""
+        return replace(self, model=model)
 
     @property
     def raw(self) -> Path:
@@ -45,23 +51,28 @@ class Paths:
 
     @property
     def features(self) -> Path:
-        """features: pooled backbone features and the backbone's weights."""
-        return self.root / "data" / self.comp / "features"
+        """features: the model's backbone features and the backbone's weights."""
+        return self.root / "data" / self.comp / "features" / self.model
+
+    @property
+    def weights_fingerprint(self) -> Path:
+        """inputs: what the model's features stage will load as weights (a content hash, or the hub's name)."""
+        return self.inputs / f"weights-{self.model}.json"
 
     @property
     def folds(self) -> Path:
         return self.root / "folds" / f"{self.comp}.csv"
 
-    def model(self, stage: str, fold: int) -> Path:
-        """head/finetune: weights and predictions of one fold."""
-        return self.root / "models" / self.comp / stage / f"fold{fold}"
+    def fold_model(self, stage: str, fold: int) -> Path:
+        """head/finetune: the model's weights and predictions of one fold."""
+        return self.root / "models" / self.comp / self.model / stage / f"fold{fold}"
 
     def fold_metrics(self, stage: str, fold: int) -> Path:
-        return self.root / "metrics" / self.comp / stage / f"fold{fold}.json"
+        return self.root / "metrics" / self.comp / self.model / stage / f"fold{fold}.json"
 
     def live(self, stage: str, fold: int) -> Path:
         """dvclive's learning curves of one fold."""
-        return self.root / "dvclive" / self.comp / stage / f"fold{fold}"
+        return self.root / "dvclive" / self.comp / self.model / stage / f"fold{fold}"
 
     @property
     def submission(self) -> Path:
@@ -87,6 +98,7 @@ class Paths:
         return self.root / "reports" / self.comp
 
     @property
-    def ensemble(self) -> Path:
-        """ensemble: the cross-fitted out-of-fold predictions (what the CV score scores)."""
-        return self.root / "models" / self.comp / "ensemble"
+    def oof(self) -> Path:
+        """ensemble: the cross-fitted out-of-fold predictions (what the CV score scores), beside the submission as
+        Kagglers keep them (outside models/, which the ensemble reads whole)."""
+        return self.root / "submissions" / f"{self.comp}_oof.csv"

@@ -95,7 +95,7 @@ def summary(out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, argv=argv, summary=summary, wrote=lambda comp, fold: [Paths(comp).cache])
+    stage_main(__doc__, run, argv=argv, summary=summary, wrote=lambda comp, model, fold: [Paths(comp).cache])
 
 
 if __name__ == "__main__":

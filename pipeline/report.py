@@ -2,15 +2,16 @@
 
 Outputs: `reports/<comp>/index.html`, one self-contained file (pictures embedded) to open in any browser, offline,
 and the same pictures as PNGs in `reports/<comp>/figures/` (`dvc plots show` renders them too):
-- scores: per fold, of the ensemble (cross-fitted) and of each member; per group where the competition has groups
-  (State Farm: per driver, hardest first);
+- scores: per fold, of the ensemble (cross-fitted) and of each member (every model's head and finetuned network),
+  and the members' weights; per group where the competition has groups (State Farm: per driver, hardest first);
 - learning curves, with a one-line reading per fold: under-fitting (training loss above validation) or over-fitting
   (validation far above training, or rising at the end), as the lesson teaches to read them;
 - the confusion matrix with the classes' descriptions, and a reliability (calibration) curve;
 - the most confidently wrong, the most uncertain and the most confidently right validation images (the course's
   "look at your data"), from the cross-fitted out-of-fold predictions;
-- the model: its layers with parameter counts (the course's `model.summary()`), the first conv layer's filters,
-  and Grad-CAM maps of fold 0's finetuned network on a few of its validation images.
+- the model (the first of `models`, fold 0, finetuned): its layers with parameter counts (the course's
+  `model.summary()`), the first conv layer's filters, Grad-CAM maps on a few of its validation images, and the
+  activation maps of every feature level up to the cut, shallow to deep.
 """
 
 from __future__ import annotations
@@ -156,22 +157,22 @@ def grids(comp: Competition, oof: pd.DataFrame, images: np.ndarray, row_of: dict
 
 
 def model_parts(params: Params, comp_name: str, paths: Paths):
-    """Fold 0's finetuned network (backbone + head), as finetuning left it."""
+    """Fold 0's finetuned network (backbone + head) of `paths.model`, as finetuning left it."""
     import torch
     from safetensors.torch import load_file
 
     from pipeline.finetune import load_start
 
     fold = params.folds[0]
-    model = load_start(params, comp_name, fold, paths)
-    model.load_state_dict(load_file(paths.model("finetune", fold) / "model.safetensors"))
+    model = load_start(params, comp_name, paths.model, fold, paths)
+    model.load_state_dict(load_file(paths.fold_model("finetune", fold) / "model.safetensors"))
     torch.set_grad_enabled(True)
     return model.eval(), fold
 
 
 def layer_table(model) -> pd.DataFrame:
     rows = []
-    for part_name, part in (("backbone", model.backbone), ("head", model.head)):
+    for part_name, part in (("backbone", model.backbone.model), ("head", model.head)):
         for name, child in part.named_children():
             n = sum(p.numel() for p in child.parameters())
             rows.append({"part": part_name, "layer": name, "type": type(child).__name__, "parameters": n})
@@ -209,13 +210,19 @@ def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competitio
     import torch
 
     plt = pyplot()
-    transform = build_transform(meta["mean"], meta["std"])
-    x = torch.stack([transform(image=np.asarray(images[r]))["image"] for r in rows])
-    fmap = model.backbone.forward_features(x)
-    if fmap.ndim != 4 or fmap.shape[1] != model.backbone.num_features:
+    x = _batch(images, rows, meta)
+    trunk = model.backbone
+    if trunk.cut >= 0:  # a cut backbone's output is its last map; the head's conv block follows
+        fmap = trunk(x)
+        head = model.head
+    else:
+        fmap = trunk.model.forward_features(x)
+        def head(f):
+            return model.head(trunk.model.forward_head(f))
+    if fmap.ndim != 4 or fmap.shape[1] != trunk.num_features:
         return None  # Grad-CAM needs a channels-first spatial map (a ViT gives tokens)
     fmap.retain_grad()
-    logits = model.head(model.backbone.forward_head(fmap))
+    logits = head(fmap)
     pred = logits.argmax(dim=1)
     logits.gather(1, pred[:, None]).sum().backward()
     cams = torch.relu((fmap.grad.mean(dim=(2, 3), keepdim=True) * fmap).sum(dim=1, keepdim=True))
@@ -231,6 +238,42 @@ def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competitio
     return _save(fig, out)
 
 
+def _batch(images: np.ndarray, rows: np.ndarray, meta: dict):
+    import torch
+
+    transform = build_transform(meta["mean"], meta["std"])
+    return torch.stack([transform(image=np.asarray(images[r]))["image"] for r in rows])
+
+
+def activations_figure(model, images: np.ndarray, rows: np.ndarray, meta: dict, out: Path) -> Path | None:
+    """Each feature level's activation (mean over channels) for a few images, shallow to deep: early levels
+    respond to edges and colours at full detail, deep ones to parts and objects at coarse resolution (Zeiler and
+    Fergus, "Visualizing and Understanding Convolutional Networks")."""
+    import torch
+
+    plt = pyplot()
+    try:
+        with torch.no_grad():
+            levels = model.backbone.levels(_batch(images, rows, meta))
+    except (NotImplementedError, AttributeError, TypeError):
+        return None  # a timm model without forward_intermediates
+    levels = [a for a in levels if a.ndim == 4]
+    if not levels:
+        return None
+    fig, axes = plt.subplots(len(rows), len(levels) + 1, figsize=(1.9 * (len(levels) + 1), 1.9 * len(rows)),
+                             squeeze=False)
+    for i, r in enumerate(rows):
+        axes[i, 0].imshow(images[r])
+        for j, a in enumerate(levels, start=1):
+            axes[i, j].imshow(a[i].float().abs().mean(dim=0).numpy(), cmap="viridis")
+            if i == 0:
+                axes[i, j].set_title(f"level {j - 1}: {a.shape[1]}x{a.shape[2]}x{a.shape[3]}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("activations by feature level, shallow to deep (mean |activation| over channels)", fontsize=9)
+    return _save(fig, out)
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
@@ -242,9 +285,9 @@ def _table(df: pd.DataFrame) -> str:
 
 def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     comp = get_competition(comp_name)
-    paths = Paths(comp_name, root)
+    paths = Paths(comp_name, root, params.models[0])
     metrics, cv = read_json(paths.metrics), read_json(paths.cv)
-    oof = pd.read_csv(paths.ensemble / "oof.csv", dtype={"id": str, "group": str})
+    oof = pd.read_csv(paths.oof, dtype={"id": str, "group": str})
     images, index = load_cache(paths.cache, "train")
     row_of = dict(zip(index["id"], range(len(index))))
     out_dir = paths.reports
@@ -253,11 +296,16 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         summary = {k: v for k, v in metrics.items()}
         parts.append("<h2>Scores</h2><p>Cross-validated: each fold's rows get the member and calibration chosen on "
                      "the other folds. Lower log loss is better.</p>" + _table(pd.DataFrame([summary])))
-        folds = pd.DataFrame([{"fold": k, **{c: v for c, v in f.items() if c != "rows_md5"}}
+        folds = pd.DataFrame([{"fold": k, **{c: v for c, v in f.items() if c not in ("rows_md5", "weights")}}
                               for k, f in cv["folds"].items()])
+        weights = pd.DataFrame([{"fitted on": "every fold (the submission)", **cv.get("weights", {})}]
+                               + [{"fitted on": f"all but fold {k}", **f.get("weights", {})}
+                                  for k, f in cv["folds"].items()])
         smoothing = (" The members' columns are each fold's own model before any test-neighbour smoothing; the "
                      "ensemble's include it." if params.comp(comp_name).ensemble.neighbours else "")
         parts.append(f"<h3>Per fold: the ensemble and each member</h3><p>{smoothing}</p>" + _table(folds))
+        parts.append("<h3>Members' weights</h3><p>Each member is a model's head or finetuned network (its folds "
+                     "averaged); weights combine them in log space.</p>" + _table(weights))
         if cv.get("groups"):
             groups = pd.DataFrame([{comp.group_noun: g, **v} for g, v in cv["groups"].items()])
             parts.append(f"<h3>Per {comp.group_noun}, hardest first</h3>"
@@ -268,10 +316,11 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         if curves_png.is_file():
             parts.append(_img(curves_png))
         readings = []
-        for stage in ("head", "finetune"):
-            for k in params.folds:
-                history = read_json(paths.model(stage, k) / "params.json")["history"]
-                readings.append({"stage": stage, "fold": k, "reading": diagnose(history)})
+        for model in params.models:
+            for stage in ("head", "finetune"):
+                for k in params.folds:
+                    history = read_json(paths.of(model).fold_model(stage, k) / "params.json")["history"]
+                    readings.append({"model": model, "stage": stage, "fold": k, "reading": diagnose(history)})
         parts.append(_table(pd.DataFrame(readings)))
 
         parts.append("<h2>Errors</h2>")
@@ -280,7 +329,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         for label, path in grids(comp, oof, images, row_of, figs):
             parts.append(f"<h3>{label}</h3>" + _img(path))
 
-        parts.append("<h2>The model (fold 0, finetuned)</h2>")
+        parts.append(f"<h2>The model ({paths.model}, fold {params.folds[0]}, finetuned)</h2>")
         model, fold = model_parts(params, comp_name, paths)
         parts.append(_table(layer_table(model)))
         filters = filters_figure(model, figs / "first_filters.png")
@@ -290,6 +339,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         picks = np.array([row_of[i] for i in val["id"].iloc[: min(4, len(val))]], dtype=int)
         cam = gradcam_figure(model, images, picks, comp, meta, figs / "gradcam.png")
         parts.append(_img(cam) if cam else "<p>Grad-CAM needs a spatial feature map; this backbone gives none.</p>")
+        maps = activations_figure(model, images, picks[:3], meta, figs / "activations.png")
+        parts.append(_img(maps) if maps else "<p>This backbone does not expose its feature levels.</p>")
     style = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}img{max-width:100%;display:block;"
              "margin:1em 0}table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:2px 8px;"
              "border-bottom:1px solid #ddd;text-align:right}")
@@ -301,7 +352,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     stage_main(__doc__, run, argv=argv, summary=lambda out: f"open {out} in a browser",
-               wrote=lambda comp, fold: [Paths(comp).reports / "index.html", Paths(comp).reports / "figures"])
+               wrote=lambda comp, model, fold: [Paths(comp).reports / "index.html", Paths(comp).reports / "figures"])
 
 
 if __name__ == "__main__":

@@ -134,8 +134,12 @@ def stale_stages(comp_name: str, root: Path) -> dict[str, list[str]]:
                     elif detail not in NOT_CHANGES:
                         what.append(path)
         if what:
-            stale[stage] = what
+            stale[stage.rsplit(":", 1)[-1]] = what  # the name, without the dvc.yaml path it was looked up by
     return stale
+
+
+# The pipeline's order, so the stages a change reached first are named first.
+ORDER = ("inputs", "download", "folds", "prepare", "features", "head", "finetune", "ensemble")
 
 
 def refusals(comp_name: str, root: Path) -> list[str]:
@@ -143,7 +147,9 @@ def refusals(comp_name: str, root: Path) -> list[str]:
     problems = source_problems(comp_name, root)
     stale = stale_stages(comp_name, root)
     if stale:
-        shown = "; ".join(f"{stage} ({', '.join(sorted(set(what)))})" for stage, what in sorted(stale.items())[:4])
+        first = sorted(stale.items(), key=lambda item: (ORDER.index(item[0].split("@")[0])
+                                                        if item[0].split("@")[0] in ORDER else len(ORDER), item[0]))
+        shown = "; ".join(f"{stage} ({', '.join(sorted(set(what)))})" for stage, what in first[:4])
         problems.append(f"it is older than the params, code or data that produce it ({len(stale)} stage(s) not up "
                         f"to date: {shown}); run `dvc repro ensemble@{comp_name}` first")
     return problems

@@ -29,15 +29,21 @@ _STAGE = {
     "finetune": {"epochs": 2, "batch_size": 8, "lr": 0.01},
 }
 
+# A second model: the backbone cut at feature level 2 (a conv block then trains on its maps), its own seed.
+_CUT = {"features": {"cut": 2, "aug_copies": 0}, "head": {"conv_channels": 8}, "finetune": {"epochs": 1}, "seed": 1}
+
 TINY = {
     "competitions": ["dogscats", "statefarm"],
     "folds": [0, 1, 2],
     "seed": 0,
     "device": "cpu",
+    "models": ["main", "cut"],
     "dogscats": {**copy.deepcopy(_STAGE), "prepare": {"image_size": [32, 32]},
-                 "augment": {"hflip": 0.5}, "finetune": {**_STAGE["finetune"], "tta": ["identity", "hflip"]}},
+                 "augment": {"hflip": 0.5}, "finetune": {**_STAGE["finetune"], "tta": ["identity", "hflip"]},
+                 "models": {"cut": copy.deepcopy(_CUT)}},
     "statefarm": {**copy.deepcopy(_STAGE), "prepare": {"image_size": [24, 32]},
-                  "finetune": {**_STAGE["finetune"], "tta": ["identity", "zoom"]}},
+                  "finetune": {**_STAGE["finetune"], "tta": ["identity", "zoom"]},
+                  "models": {"cut": copy.deepcopy(_CUT)}},
 }
 
 
@@ -77,10 +83,11 @@ def pipeline_run(tmp_path_factory):
             download.run(params, comp, root)
             folds.run(params, comp, root)
             prepare.run(params, comp, root)
-            features.run(params, comp, root)
-            for k in params.folds:
-                results[comp, "head", k] = head.run(params, comp, k, root)
-                results[comp, "finetune", k] = finetune.run(params, comp, k, root)
+            for model in params.models:
+                features.run(params, comp, model, root)
+                for k in params.folds:
+                    results[comp, model, "head", k] = head.run(params, comp, model, k, root)
+                    results[comp, model, "finetune", k] = finetune.run(params, comp, model, k, root)
             results[comp, "ensemble"] = ensemble.run(params, comp, root)
     finally:
         os.chdir(cwd)

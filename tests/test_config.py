@@ -114,9 +114,12 @@ def test_stage_command_line_reports_user_errors_without_a_traceback(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 1
     assert out.stderr.startswith("error: Unknown competition 'mnist'") and "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "pipeline.head", "dogscats", "7"], cwd=tmp_path, env=env,
+    out = subprocess.run([sys.executable, "-m", "pipeline.head", "dogscats", "main", "7"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 2 and "fold 7 is not one of params.yaml's folds [0, 1, 2]" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "pipeline.head", "dogscats", "big", "0"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "model 'big' is not one of params.yaml's models ['main', 'cut']" in out.stderr
 
 
 @pytest.mark.parametrize("stage", ["head", "finetune"])
@@ -136,3 +139,29 @@ def test_weights_need_their_source():
     assert "statefarm.features.weights_file: weights: file needs the path" in msg
     assert "dogscats.features.weights: 'package' has weights for tf_efficientnet_lite0" in msg
     assert "'test_resnet'" in msg
+
+
+def test_a_model_is_its_competitions_sections_with_its_overrides():
+    params = parse_params(tiny_raw(**{"statefarm.models.cut.head": {"lr": 0.5}}))
+    base, cut = params.model("statefarm", "main"), params.model("statefarm", "cut")
+    assert base.head == params.comp("statefarm").head and base.seed == params.seed
+    assert cut.head.lr == 0.5 and cut.head.epochs == base.head.epochs, "only the overridden key changes"
+    assert cut.features.cut == 2 and cut.seed == 1 and cut.augment == base.augment
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"statefarm.models.cut.features": {"cutt": 3}}, "statefarm.models.cut.features.cutt: unknown key; allowed"),
+    ({"statefarm.models.cut.optimizer": {}}, "statefarm.models.cut.optimizer: unknown key; a model overrides"),
+    ({"statefarm.models.cut.augment": {"hflip": 0.5}}, "statefarm.models.cut.augment.hflip: must be 0 because"),
+    ({"statefarm.models.cut.head": {"lr": -1}}, "statefarm.models.cut.head.lr: must be between"),
+    ({"statefarm.models.extra": {}}, "statefarm.models.extra: is not in the top-level models ['main', 'cut']"),
+    ({"models": ["main", "main"]}, "models: must be distinct names"),
+    ({"models": ["a-b"]}, "models: must be distinct names of lowercase letters"),
+])
+def test_model_overrides_are_checked_like_the_sections_they_override(changes, expected):
+    assert expected in _error(tiny_raw(**changes))
+
+
+def test_an_unknown_model_names_the_list_and_the_entry_to_add():
+    with pytest.raises(ConfigError, match=r"add it to the top-level `models:` list and give it a `dogscats.models.big:`"):
+        parse_params(tiny_raw()).model("dogscats", "big")

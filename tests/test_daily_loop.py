@@ -25,7 +25,7 @@ def test_curve_steps_are_the_epochs_the_stage_recorded(pipeline_run, stage):
     root, params, _ = pipeline_run
     paths = Paths("statefarm", root)
     for k in params.folds:
-        history = read_json(paths.model(stage, k) / "params.json")["history"]
+        history = read_json(paths.fold_model(stage, k) / "params.json")["history"]
         val = curves.read_curve(paths.live(stage, k), "val/logloss")
         assert val["step"].tolist() == [h["epoch"] for h in history]
         assert np.allclose(val["value"], [h["logloss"] for h in history])
@@ -33,18 +33,19 @@ def test_curve_steps_are_the_epochs_the_stage_recorded(pipeline_run, stage):
         assert train["step"].tolist() == [h["epoch"] for h in history if "train_loss" in h]
 
 
-def test_learning_curves_picture_has_every_fold_of_both_stages(pipeline_run, tmp_path):
+def test_learning_curves_picture_has_every_fold_of_both_stages_of_every_model(pipeline_run, tmp_path):
     root, params, _ = pipeline_run
     shutil.copytree(root / "dvclive", tmp_path / "dvclive")
     out = curves.run(params, "dogscats", tmp_path)
     assert out == Paths("dogscats", tmp_path).plots / "learning_curves.png"
     with Image.open(out) as img:
-        assert img.format == "PNG" and img.width > 2 * img.height > 600
+        # a row of two panels (head, finetune) per model
+        assert img.format == "PNG" and img.width > 1000 and img.height > 600 * len(params.models) / 2
 
 
 def test_a_missing_curve_names_the_stage_to_rerun(pipeline_run, tmp_path):
     _, params, _ = pipeline_run
-    with pytest.raises(Exception, match=r"dvc repro head@dogscats-0"):
+    with pytest.raises(Exception, match=r"dvc repro head@dogscats-main-0"):
         curves.run(params, "dogscats", tmp_path)
 
 
@@ -59,6 +60,18 @@ def test_verdict_calls_a_consistent_gain_real_and_a_small_scattered_one_noise():
     assert compare.fold_verdict(np.zeros(5), rows).startswith("identical on every fold")
     # the mean is row-weighted, as the overall score is
     assert "mean change -0.0900" in compare.fold_verdict(np.array([-0.1, 0.0]), np.array([90.0, 10.0]))
+
+
+def test_repeated_cross_validation_uses_the_corrected_repeated_test():
+    """r seeds x k folds: variance scaled by 1/(r k) + 1/(k - 1), Student's t on r k - 1 degrees of freedom
+    (Bouckaert & Frank): the fold-overlap term does not shrink with repeats, so repeats help, but less than r-fold."""
+    diffs = np.array([-0.03, -0.01, -0.02, 0.005, -0.025] * 3)
+    shown = compare.fold_verdict(diffs, np.full(15, 100.0), repeats=3)
+    se = diffs.std(ddof=1) * np.sqrt(1 / 15 + 1 / 4)
+    assert f"corrected standard error {se:.4f}" in shown and "lower on 12/15 folds" in shown
+    assert "2.1 needed" in shown or "likely better" in shown  # t(0.975, 14) = 2.14
+    single = compare.fold_verdict(diffs[:5], np.full(5, 100.0))
+    assert "not distinguishable" in single and "2.8 needed" in single
 
 
 def _git_project(pipeline_run, tmp_path):

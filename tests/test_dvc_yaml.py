@@ -3,7 +3,6 @@ params sections it reads, so DVC re-runs a stage when, and only when, something 
 
 import ast
 import dataclasses
-import re
 
 import pytest
 import yaml
@@ -38,26 +37,34 @@ def imported_closure(module: str) -> set[str]:
     return seen
 
 
-def _is_comp_call(node) -> bool:
-    """`params.comp(...)`: the one way a stage gets a competition's params."""
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "comp"
+def _is_comp_call(node, method: str = "comp") -> bool:
+    """`params.comp(...)` (or `params.model(...)`): the ways a stage gets a competition's (or a model's) params."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == method
             and isinstance(node.func.value, ast.Name) and node.func.value.id == "params")
 
 
-def params_read(module: str) -> set[str]:
+def params_read(module: str, per_model: bool = True) -> set[str]:
     """Params a stage module reads: top-level keys on `params`, and `<comp>.<section>` for each section taken
-    from `params.comp(...)` directly or from a name bound to it (an attribute that merely shares a section's
-    name, like `model.head`, does not count)."""
+    from `params.comp(...)` or `params.model(...)` directly or from a name bound to it (an attribute that merely
+    shares a section's name, like `model.head`, does not count). A model's params also read its overrides:
+    `<comp>.models.<model>` in a per-model stage, all of `<comp>.models` in a stage that reads every model."""
     tree = ast.parse((REPO / "pipeline" / f"{module}.py").read_text())
-    comp_names = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) and _is_comp_call(node.value)
-                  for t in node.targets if isinstance(t, ast.Name)}
+    bound = {method: {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                      and _is_comp_call(node.value, method) for t in node.targets if isinstance(t, ast.Name)}
+             for method in ("comp", "model")}
     read = set()
+    if any(_is_comp_call(node, "model") for node in ast.walk(tree)):
+        read.add("${item.comp}.models.${item.model}" if per_model else "${item.comp}.models")
     for node in ast.walk(tree):
         if not isinstance(node, ast.Attribute):
             continue
-        on_comp = _is_comp_call(node.value) or (isinstance(node.value, ast.Name) and node.value.id in comp_names)
-        if node.attr in SECTIONS and on_comp:
+        on = {method: _is_comp_call(node.value, method) or (isinstance(node.value, ast.Name)
+                                                           and node.value.id in bound[method])
+              for method in ("comp", "model")}
+        if node.attr in SECTIONS and node.attr != "models" and (on["comp"] or on["model"]):
             read.add(f"${{item.comp}}.{node.attr}")
+        elif node.attr == "seed" and on["model"]:  # a model's seed defaults to the top-level one
+            read.add("seed")
         elif node.attr in TOP_KEYS and isinstance(node.value, ast.Name) and node.value.id == "params":
             read.add(node.attr)
         elif node.attr == "n_splits":
@@ -72,8 +79,10 @@ def test_params_read_ignores_attributes_that_only_share_a_sections_name():
 
 @pytest.mark.parametrize("stage", sorted(DVC))
 def test_stage_runs_its_own_module(stage):
-    args = r"( \$\{item\.comp\}( \$\{item\.fold\})?)?" if stage == "summary" else r" \$\{item\.comp\}( \$\{item\.fold\})?"
-    assert re.fullmatch(rf"python -m pipeline\.{stage}{args}", DVC[stage]["cmd"])
+    matrix = DVC[stage].get("matrix", {})
+    args = "".join(f" ${{item.{key}}}" for key in ("comp", "model", "fold") if key in matrix)
+    assert list(matrix) == [key for key in ("comp", "model", "fold") if key in matrix]
+    assert DVC[stage]["cmd"] == f"python -m pipeline.{stage}{args}"
 
 
 @pytest.mark.parametrize("stage", sorted(DVC))
@@ -84,12 +93,14 @@ def test_code_deps_are_the_modules_the_stage_imports(stage):
 
 @pytest.mark.parametrize("stage", sorted(DVC))
 def test_params_are_the_sections_the_stage_reads(stage):
-    assert set(DVC[stage].get("params", [])) == params_read(stage)
+    per_model = "model" in DVC[stage].get("matrix", {})
+    assert set(DVC[stage].get("params", [])) == params_read(stage, per_model)
 
 
-def test_every_per_fold_stage_writes_per_fold_outputs():
+def test_every_per_fold_or_per_model_stage_writes_its_own_outputs():
     for stage, spec in DVC.items():
-        per_fold = "fold" in spec.get("matrix", {})
-        for out in spec.get("outs", []):
-            name = out if isinstance(out, str) else next(iter(out))
-            assert ("${item.fold}" in name) == per_fold, (stage, name)
+        for key in ("model", "fold"):
+            per = key in spec.get("matrix", {})
+            for out in spec.get("outs", []):
+                name = out if isinstance(out, str) else next(iter(out))
+                assert (f"${{item.{key}}}" in name) == per, (stage, name)

@@ -43,7 +43,7 @@ def repro(root, env) -> str:
 
 def test_repro_writes_both_valid_submissions_and_small_committable_metrics(project):
     root, env, first, status = project
-    assert {"download@dogscats", "ensemble@statefarm", "finetune@statefarm-1", "curves@dogscats", "report@statefarm",
+    assert {"download@dogscats", "ensemble@statefarm", "finetune@statefarm-main-1", "curves@dogscats", "report@statefarm",
             "summary"} <= ran(first)
     for name in ("dogscats", "statefarm"):
         comp = get_competition(name)
@@ -58,21 +58,23 @@ def test_repro_writes_both_valid_submissions_and_small_committable_metrics(proje
     # Everything else is git-ignored; the metrics are small files for git, beside dvc.lock.
     changed = {line[3:] for line in status.splitlines()}
     assert "dvc.lock" in changed and all(p == "dvc.lock" or p.startswith("metrics/") for p in changed), status
-    assert "metrics/statefarm/cv.json" in changed and "metrics/statefarm/head/fold1.json" in changed
+    assert "metrics/statefarm/cv.json" in changed and "metrics/statefarm/main/head/fold1.json" in changed
+    assert "metrics/statefarm/cut/finetune/fold1.json" in changed, "every model's stages ran"
     assert all((root / p).stat().st_size < 20_000 for p in changed if p.startswith("metrics/"))
 
 
 def test_each_stage_says_what_it_did_and_repro_ends_with_a_summary_table(project):
     _, _, out, _ = project
-    assert re.search(r"head@statefarm-0: val log loss \d\.\d{4}, accuracy [\d.]+ on \d+ rows, after epoch 3", out)
-    assert "wrote models/statefarm/head/fold0, metrics/statefarm/head/fold0.json" in out
+    assert re.search(r"head@statefarm-main-0: val log loss \d\.\d{4}, accuracy [\d.]+ on \d+ rows, after epoch 3", out)
+    assert "wrote models/statefarm/main/head/fold0, metrics/statefarm/main/head/fold0.json" in out
+    assert re.search(r"features@statefarm-cut: \d+x\d+x\d+ features from test_resnet cut at level 2", out)
     assert re.search(r"ensemble@dogscats: CV log loss \d\.\d{4}, accuracy", out)
-    assert "wrote submissions/dogscats.csv, metrics/dogscats.json" in out
+    assert "wrote submissions/dogscats.csv, submissions/dogscats_oof.csv, metrics/dogscats.json" in out
     assert len(re.findall(r"  took \d+\.\d s", out)) >= 20
     table = out[out.rindex("Running stage 'summary'"):]
     assert "Scores (cross-validated" in table and "Stage wall times" in table
     assert re.search(r"statefarm +\d\.\d{4} +[\d.]+ +\d\.\d{4} .* submissions/statefarm.csv", table)
-    assert re.search(r"statefarm +finetune +2 +\d+\.\d", table), "per-fold stages summed per kind"
+    assert re.search(r"statefarm +finetune +4 +\d+\.\d", table), "per-fold stages summed per kind (2 models)"
 
 
 def test_plots_render_offline_with_all_folds_in_one_picture_and_the_report(project):
@@ -97,10 +99,11 @@ def test_an_experiment_compares_fold_by_fold_and_per_driver_against_the_baseline
     root, env, _, _ = project
     out = sh(DVC + ["exp", "run", "-n", "drop25", "-S", "statefarm.head.dropout=0.25"], root, env).stdout
     again = ran(out)
-    assert {"head@statefarm-0", "head@statefarm-1", "ensemble@statefarm"} <= again
-    assert again <= {"head@statefarm-0", "head@statefarm-1", "finetune@statefarm-0", "finetune@statefarm-1",
-                     "ensemble@statefarm", "curves@statefarm", "report@statefarm", "summary", "inputs@dogscats",
-                     "inputs@statefarm"}
+    per_fold = {f"{stage}@statefarm-{model}-{k}" for stage in ("head", "finetune") for model in ("main", "cut")
+                for k in (0, 1)}
+    assert {"head@statefarm-main-0", "head@statefarm-cut-1", "ensemble@statefarm"} <= again
+    assert again <= per_fold | {"ensemble@statefarm", "curves@statefarm", "report@statefarm", "summary",
+                                "inputs@dogscats", "inputs@statefarm"}, "no features, no dogscats stage"
     diff = json.loads(sh(DVC + ["metrics", "diff", "HEAD", "--json"], root, env).stdout)
     assert "logloss" in diff["metrics/statefarm.json"] and "metrics/dogscats.json" not in diff
 
@@ -146,7 +149,7 @@ def test_pipeline_submit_refuses_demo_and_stale_submissions(project):
     try:
         (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         stale = submit.refusals("dogscats", root)[-1]
-        assert "older than the params" in stale and "head@dogscats-0 (params.yaml: dogscats.head)" in stale
+        assert "older than the params" in stale and "head@dogscats-main-0 (params.yaml: dogscats.head)" in stale
         (root / "params.yaml").write_text(original)
         (root / "pipeline" / "ensemble.py").write_text(code + "# changed\n")
         stale = submit.refusals("dogscats", root)[-1]

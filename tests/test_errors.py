@@ -32,15 +32,15 @@ def _stage_error(main, argv, capsys) -> str:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     _params_file(tmp_path, monkeypatch, device="cuda")
-    err = _stage_error(features.main, ["dogscats"], capsys)
+    err = _stage_error(features.main, ["dogscats", "main"], capsys)
     assert "device: 'cuda' was asked for in params.yaml but torch sees no GPU" in err
 
 
 def test_a_stage_run_before_its_inputs_says_what_to_run(tmp_path, monkeypatch, capsys):
     _params_file(tmp_path, monkeypatch)
-    err = _stage_error(features.main, ["statefarm"], capsys)
+    err = _stage_error(features.main, ["statefarm", "main"], capsys)
     assert "cannot be read" in err and "dvc repro prepare@" in err
-    err = _stage_error(head.main, ["statefarm", "0"], capsys)
+    err = _stage_error(head.main, ["statefarm", "main", "0"], capsys)
     assert "re-run `dvc repro prepare@<comp>`" in err
 
 

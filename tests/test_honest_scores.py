@@ -6,10 +6,12 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import tiny_params
 from pipeline import ensemble, finetune, head
 from pipeline.competitions import get_competition
+from pipeline.engine import scores
 from pipeline.paths import Paths
 
 COMP = "statefarm"
@@ -49,14 +51,14 @@ def test_a_folds_predictions_do_not_move_when_its_labels_do(pipeline_run, tmp_pa
     paths = copy_upstream(root, tmp_path)
     permute_fold_labels(paths, 0)
     monkeypatch.chdir(tmp_path)
-    head.run(params, COMP, 0, tmp_path)
-    finetune.run(params, COMP, 0, tmp_path)
+    head.run(params, COMP, "main", 0, tmp_path)
+    finetune.run(params, COMP, "main", 0, tmp_path)
     original = Paths(COMP, root)
     for stage in ("head", "finetune"):
-        np.testing.assert_allclose(probabilities(paths.model(stage, 0)), probabilities(original.model(stage, 0)),
+        np.testing.assert_allclose(probabilities(paths.fold_model(stage, 0)), probabilities(original.fold_model(stage, 0)),
                                    rtol=0, atol=1e-6, err_msg=stage)
-        assert (pd.read_csv(paths.model(stage, 0) / "oof.csv")["label"]
-                != pd.read_csv(original.model(stage, 0) / "oof.csv")["label"]).any()
+        assert (pd.read_csv(paths.fold_model(stage, 0) / "oof.csv")["label"]
+                != pd.read_csv(original.fold_model(stage, 0) / "oof.csv")["label"]).any()
 
 
 def test_finetune_does_not_depend_on_the_number_of_workers(pipeline_run, tmp_path, monkeypatch):
@@ -65,29 +67,64 @@ def test_finetune_does_not_depend_on_the_number_of_workers(pipeline_run, tmp_pat
     root, _, _ = pipeline_run
     params = tiny_params(**{f"{COMP}.finetune.num_workers": 2})
     paths = copy_upstream(root, tmp_path)
-    shutil.copytree(Paths(COMP, root).model("head", 1), paths.model("head", 1))
+    shutil.copytree(Paths(COMP, root).fold_model("head", 1), paths.fold_model("head", 1))
     monkeypatch.chdir(tmp_path)
-    finetune.run(params, COMP, 1, tmp_path)
-    np.testing.assert_allclose(probabilities(paths.model("finetune", 1)),
-                               probabilities(Paths(COMP, root).model("finetune", 1)), rtol=0, atol=1e-6)
+    finetune.run(params, COMP, "main", 1, tmp_path)
+    np.testing.assert_allclose(probabilities(paths.fold_model("finetune", 1)),
+                               probabilities(Paths(COMP, root).fold_model("finetune", 1)), rtol=0, atol=1e-6)
 
 
-def test_ensemble_chooses_member_and_calibration_without_the_rows_it_scores():
-    """A fold whose labels change keeps its cross-fitted predictions: they were chosen and fitted elsewhere."""
+def _members(rng, labels, c):
+    """Two models' heads and finetuned networks: informative, each in its own way and calibration."""
+    logits = rng.normal(size=(len(labels), c)) + 2.5 * np.eye(c)[labels]
+    return {"a/head": ensemble.with_temperature(np.exp(logits), 0.5),
+            "a/finetune": ensemble.with_temperature(np.exp(logits + rng.normal(size=logits.shape)), 2.0),
+            "b/head": ensemble.with_temperature(np.exp(logits + 2 * rng.normal(size=logits.shape)), 1.0),
+            "b/finetune": ensemble.with_temperature(np.exp(rng.normal(size=logits.shape)), 1.0)}  # noise
+
+
+@pytest.mark.parametrize("kinds", [ensemble.KINDS, ("weighted",)])
+def test_ensemble_chooses_and_fits_its_weights_without_the_rows_it_scores(kinds):
+    """A fold whose labels change keeps its cross-fitted predictions: the kind, the members' weights and the
+    calibration were chosen and fitted elsewhere."""
     rng = np.random.default_rng(0)
     n, c = 300, 3
     labels = rng.integers(c, size=n)
     folds = np.arange(n) % 5
-    logits = rng.normal(size=(n, c)) + 2.5 * np.eye(c)[labels]
-    oof = {"head": ensemble.with_temperature(np.exp(logits), 0.5),
-           "finetune": ensemble.with_temperature(np.exp(logits + rng.normal(size=(n, c))), 2.0)}
-    members, methods = ("head", "finetune"), ("none", "temperature", "clip")
-    base, _ = ensemble.cross_fitted(oof, labels, folds, members, methods)
+    oof = _members(rng, labels, c)
+    methods = ("none", "temperature", "clip")
+    base, _ = ensemble.cross_fitted(oof, labels, folds, kinds, methods)
     moved = labels.copy()
     moved[folds == 2] = rng.permutation(moved[folds == 2])
-    again, _ = ensemble.cross_fitted(oof, moved, folds, members, methods)
+    again, _ = ensemble.cross_fitted(oof, moved, folds, kinds, methods)
     np.testing.assert_array_equal(base[folds == 2], again[folds == 2])
     assert not np.array_equal(base[folds != 2], again[folds != 2]), "other folds' fits did see fold 2's labels"
+
+
+def test_fitted_weights_are_a_convex_combination_that_drops_a_useless_member():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(4, size=400)
+    oof = _members(rng, labels, 4)
+    weights = ensemble.fit_weights(oof, labels)
+    w = np.array(list(weights.values()))
+    assert (w >= 0).all() and w.sum() == pytest.approx(1)
+    assert weights["b/finetune"] < 0.05, weights  # pure noise earns (almost) nothing
+    fitted = ensemble.log_combine(oof, weights)
+    for member in oof:  # no single member beats the fitted combination on the rows it was fitted on
+        assert scores(fitted, labels)["logloss"] <= scores(oof[member], labels)["logloss"] + 1e-9
+
+
+def test_choosing_the_kind_by_inner_cross_validation_does_not_favour_fitting():
+    """With members that are copies of one another, fitted weights can add nothing: the choice among kinds is made
+    on held-out folds, where a fitted combination gains nothing over an equal one, so 'weighted' is not picked
+    merely for fitting the rows it is scored on."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(3, size=300)
+    p = _members(rng, labels, 3)["a/head"]
+    oof = {"a/head": p, "a/finetune": p.copy()}
+    choice = ensemble.choose(oof, labels, np.arange(300) % 5, ensemble.KINDS, ("none",))
+    assert sum(choice.weights.values()) == pytest.approx(1)
+    np.testing.assert_allclose(choice.apply(oof), p, atol=1e-6)
 
 
 def test_log_average_keeps_the_confidence_of_agreeing_models():
@@ -105,19 +142,22 @@ def test_same_params_same_cpu_same_outputs(pipeline_run, tmp_path, monkeypatch):
     root, params, _ = pipeline_run
     monkeypatch.chdir(tmp_path)
     comp = "dogscats"
-    for stage in (download, folds, prepare, features):
+    for stage in (download, folds, prepare):
         stage.run(params, comp, tmp_path)
-    for k in params.folds:
-        head.run(params, comp, k, tmp_path)
-        finetune.run(params, comp, k, tmp_path)
+    for model in params.models:
+        features.run(params, comp, model, tmp_path)
+        for k in params.folds:
+            head.run(params, comp, model, k, tmp_path)
+            finetune.run(params, comp, model, k, tmp_path)
     ensemble.run(params, comp, tmp_path)
     a, b = Paths(comp, root), Paths(comp, tmp_path)
     assert a.folds.read_bytes() == b.folds.read_bytes()
     for name in ("train.npy", "test.npy", "train_aug.npy"):
         assert (a.features / name).read_bytes() == (b.features / name).read_bytes(), name
-    for k in params.folds:
-        np.testing.assert_allclose(probabilities(b.model("finetune", k), comp),
-                                   probabilities(a.model("finetune", k), comp), rtol=0, atol=1e-6)
+    for model in params.models:
+        for k in params.folds:
+            np.testing.assert_allclose(probabilities(b.of(model).fold_model("finetune", k), comp),
+                                       probabilities(a.of(model).fold_model("finetune", k), comp), rtol=0, atol=1e-6)
     assert a.submission.read_text() == b.submission.read_text()
 
 

@@ -252,7 +252,9 @@ def test_scoring_error_is_recorded_and_raised(fake, tmp_path, monkeypatch):
 def test_dvc_repro_downloads_through_the_real_client(fake, tmp_path):
     root = tmp_path / "project"
     root.mkdir()
-    env = {**make_project(root, kaggle_params("dogscats")), **fake.client_env(tmp_path / "home")}
+    project_env = make_project(root, kaggle_params("dogscats"))
+    # the fake's environment, with the project's PATH (this interpreter first) and PYTHONPATH
+    env = {**fake.client_env(tmp_path / "home"), **{k: project_env[k] for k in ("PATH", "PYTHONPATH")}}
     sh([sys.executable, "-m", "dvc", "repro", "download@dogscats"], root, env)
     raw = Paths("dogscats", root).raw
     assert len(pd.read_csv(raw / "test.csv")) == tiny_params().comp("dogscats").data.demo.test

@@ -38,16 +38,19 @@ def test_report_is_one_self_contained_page_with_every_section(pipeline_run, comp
     assert all(src.startswith("data:image/png;base64,") for src in page.images), "nothing to fetch"
     figures = sorted(p.name for p in (Paths(comp_name, root).reports / "figures").glob("*.png"))
     assert figures == sorted(["confusion.png", "reliability.png", "confidently_wrong.png", "uncertain.png",
-                              "confidently_right.png", "first_filters.png", "gradcam.png"])
+                              "confidently_right.png", "first_filters.png", "gradcam.png", "activations.png"])
     assert len(page.images) == len(figures) + 1  # and the learning curves
     for png in (Paths(comp_name, root).reports / "figures").glob("*.png"):
         with Image.open(png) as img:
             assert img.width > 100 and img.height > 100
     text = page_path.read_text()
-    assert {"Scores", "Learning curves", "Errors", "The model (fold 0, finetuned)"} <= set(page.headings)
+    assert {"Scores", "Learning curves", "Errors", "The model (main, fold 0, finetuned)",
+            "Members' weights"} <= set(page.headings)
     assert "Per driver, hardest first" in page.headings if comp_name == "statefarm" else "Per driver" not in text
-    # one reading per stage and fold, and the class descriptions on the confusion matrix's axis come from the registry
-    assert len(re.findall(r"under-fitting|over-fitting|fitting well", text)) == 2 * len(params.folds)
+    # one reading per model, stage and fold
+    assert len(re.findall(r"under-fitting|over-fitting|fitting well", text)) == 2 * len(params.folds) * len(params.models)
+    for member in ("main/head", "main/finetune", "cut/head", "cut/finetune"):  # every member's fold scores
+        assert f"{member}_logloss" in text
 
 
 def test_diagnosis_reads_curves_as_the_lesson_teaches():
@@ -71,7 +74,7 @@ def test_grids_pick_the_right_extremes(pipeline_run):
 
     root, _, _ = pipeline_run
     comp = get_competition("statefarm")
-    oof = pd.read_csv(Paths("statefarm", root).ensemble / "oof.csv", dtype={"id": str})
+    oof = pd.read_csv(Paths("statefarm", root).oof, dtype={"id": str})
     cv = read_json(Paths("statefarm", root).cv)
     assert oof.groupby("fold").size().to_dict() == {int(k): v["rows"] for k, v in cv["folds"].items()}
     probs = oof[list(comp.classes)].to_numpy()
@@ -91,9 +94,9 @@ def test_model_section_copes_with_a_transformer_backbone(tmp_path):
     any child module (position embeddings) still count in the total."""
     from pipeline.competitions import get_competition
     from pipeline.config import FeaturesParams
-    from pipeline.models import Classifier, create_backbone, create_head
+    from pipeline.models import Classifier, Trunk, create_backbone, create_head
 
-    backbone = create_backbone(FeaturesParams(backbone="test_vit", pretrained=False))
+    backbone = Trunk(create_backbone(FeaturesParams(backbone="test_vit", pretrained=False)), -1)
     model = Classifier(backbone, create_head(backbone.num_features, 2, 8, 0.5)).eval()
     table = report.layer_table(model)
     assert table["parameters"].iloc[-1] == sum(p.numel() for p in model.parameters())
@@ -102,3 +105,23 @@ def test_model_section_copes_with_a_transformer_backbone(tmp_path):
     comp = get_competition("dogscats")
     assert report.gradcam_figure(model, images, np.array([0, 1]), comp, meta, tmp_path / "cam.png") is None
     assert report.filters_figure(model, tmp_path / "filters.png").is_file()  # its patch embedding is a conv
+
+
+@pytest.mark.parametrize("cut", [-1, 2])
+def test_activation_maps_show_every_feature_level_up_to_the_cut(pipeline_run, tmp_path, cut):
+    """One column per feature level (shallow to deep, shrinking maps), for a whole backbone and a cut one."""
+    from pipeline.config import FeaturesParams
+    from pipeline.models import Classifier, create_head, create_trunk
+
+    trunk = create_trunk(FeaturesParams(backbone="test_resnet", pretrained=False, cut=cut))
+    model = Classifier(trunk, create_head(trunk.num_features, 2, 8, 0.5, conv_channels=8 if cut >= 0 else None))
+    images = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    import torch
+
+    levels = trunk.levels(torch.zeros(1, 3, 64, 64))
+    assert len(levels) == (cut + 1 if cut >= 0 else len(trunk.model.feature_info))
+    assert [a.shape[-1] for a in levels] == sorted((a.shape[-1] for a in levels), reverse=True)
+    meta = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    out = report.activations_figure(model, images, np.array([0, 1, 2]), meta, tmp_path / "maps.png")
+    with Image.open(out) as img:
+        assert img.width > 100 * (len(levels) + 1) / 2

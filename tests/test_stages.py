@@ -13,24 +13,30 @@ from pipeline.competitions import get_competition
 from pipeline.data import build_transform, encode_labels, load_cache
 from pipeline.engine import scores
 from pipeline.io import read_json
-from pipeline.models import create_backbone
+from pipeline.models import create_trunk
 from pipeline.paths import Paths
 from pipeline.submission import FLOAT_FORMAT, make_submission, read_sample, validate_submission
 
 COMPS = ["dogscats", "statefarm"]
 
 
+MODELS = ["main", "cut"]  # conftest's: the whole backbone pooled, and one cut at feature level 2
+
+
 @pytest.mark.parametrize("comp_name", COMPS)
-def test_features_are_the_backbones_output_for_each_cached_image_in_order(pipeline_run, comp_name):
-    """Row i of the features is the saved backbone's output for cached image i: a shuffled or misaligned row
+@pytest.mark.parametrize("model", MODELS)
+def test_features_are_the_backbones_output_for_each_cached_image_in_order(pipeline_run, comp_name, model):
+    """Row i of the features is the saved (cut) backbone's output for cached image i: a shuffled or misaligned row
     (the course's pitfall) fails here, not only a wrong shape."""
     root, params, _ = pipeline_run
-    paths = Paths(comp_name, root)
+    paths = Paths(comp_name, root, model)
     images, index = load_cache(paths.cache, "train")
     train = np.load(paths.features / "train.npy")
     assert train.dtype == np.float16 and train.shape[0] == len(index)
     meta = read_json(paths.features / "meta.json")
-    backbone = create_backbone(params.comp(comp_name).features, pretrained=False)
+    fp = params.model(comp_name, model).features
+    assert train.ndim == (2 if fp.cut < 0 else 4) and list(train.shape[1:]) == meta["shape"]
+    backbone = create_trunk(fp, pretrained=False)
     backbone.load_state_dict(load_file(paths.features / "backbone.safetensors"))
     rows = [0, len(index) // 2, len(index) - 1]
     x = torch.stack([build_transform(meta["mean"], meta["std"])(image=np.asarray(images[r]))["image"] for r in rows])
@@ -55,14 +61,16 @@ def test_augmented_feature_copies_differ_from_each_other_and_from_the_plain_ones
 
 @pytest.mark.parametrize("comp_name", COMPS)
 @pytest.mark.parametrize("stage", ["head", "finetune"])
-def test_fold_outputs_cover_exactly_the_validation_rows(pipeline_run, comp_name, stage):
+@pytest.mark.parametrize("model", MODELS)
+def test_fold_outputs_cover_exactly_the_validation_rows(pipeline_run, comp_name, stage, model):
     root, params, results = pipeline_run
     comp = get_competition(comp_name)
-    paths = Paths(comp_name, root)
+    paths = Paths(comp_name, root, model)
+    mp = params.model(comp_name, model)
     folds = pd.read_csv(paths.folds, dtype={"id": str})
     n_test = len(pd.read_csv(paths.cache / "test.csv"))
     for k in params.folds:
-        out = paths.model(stage, k)
+        out = paths.fold_model(stage, k)
         oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
         assert set(oof["id"]) == set(folds.loc[folds["fold"] == k, "id"])
         probs = oof[list(comp.classes)].to_numpy()
@@ -74,27 +82,28 @@ def test_fold_outputs_cover_exactly_the_validation_rows(pipeline_run, comp_name,
         assert metrics["logloss"] == pytest.approx(scores(probs, labels)["logloss"], rel=1e-4)
         assert metrics["accuracy"] == pytest.approx(scores(probs, labels)["accuracy"])
         info = read_json(out / "params.json")
-        assert info["fold"] == k and info["seed"] == params.seed and stage in info
-        epochs = params.comp(comp_name).head.epochs if stage == "head" else params.comp(comp_name).finetune.epochs
+        assert info["fold"] == k and info["seed"] == mp.seed and info["model"] == model and stage in info
+        epochs = mp.head.epochs if stage == "head" else mp.finetune.epochs
         assert [h["epoch"] for h in info["history"]] == list(range(epochs + 1)) and metrics["epochs"] == epochs
-        if stage == "head" or params.comp(comp_name).finetune.tta == ("identity",):  # TTA views change scores
+        if stage == "head" or mp.finetune.tta == ("identity",):  # TTA views change scores
             assert info["history"][-1]["logloss"] == pytest.approx(metrics["logloss"], rel=1e-3), "the last epoch"
-        assert (root / "dvclive" / comp_name / stage / f"fold{k}" / "plots" / "metrics" / "val" / "logloss.tsv").exists()
+        assert (paths.live(stage, k) / "plots" / "metrics" / "val" / "logloss.tsv").exists()
 
 
 @pytest.mark.parametrize("comp_name", COMPS)
-def test_finetune_starts_from_the_trained_head_not_from_random(pipeline_run, comp_name):
-    """Finetuning starts from the features backbone + the fold's final head, tensor for tensor, so its epoch 0
-    has the head's last validation loss."""
+@pytest.mark.parametrize("model", MODELS)
+def test_finetune_starts_from_the_trained_head_not_from_random(pipeline_run, comp_name, model):
+    """Finetuning starts from the features (cut) backbone + the fold's final head, tensor for tensor, so its
+    epoch 0 has the head's last validation loss."""
     root, params, _ = pipeline_run
-    paths = Paths(comp_name, root)
+    paths = Paths(comp_name, root, model)
     for k in params.folds:
-        start = finetune.load_start(params, comp_name, k, paths).state_dict()
+        start = finetune.load_start(params, comp_name, model, k, paths).state_dict()
         saved = {**{f"backbone.{n}": t for n, t in load_file(paths.features / "backbone.safetensors").items()},
-                 **{f"head.{n}": t for n, t in load_file(paths.model("head", k) / "head.safetensors").items()}}
+                 **{f"head.{n}": t for n, t in load_file(paths.fold_model("head", k) / "head.safetensors").items()}}
         assert set(start) == set(saved) and all(torch.equal(start[n], saved[n]) for n in saved)
-        head_info = read_json(paths.model("head", k) / "params.json")
-        finetune_info = read_json(paths.model("finetune", k) / "params.json")
+        head_info = read_json(paths.fold_model("head", k) / "params.json")
+        finetune_info = read_json(paths.fold_model("finetune", k) / "params.json")
         assert finetune_info["history"][0]["logloss"] == pytest.approx(head_info["history"][-1]["logloss"], rel=2e-3)
 
 
@@ -119,14 +128,19 @@ def test_ensemble_reports_the_cross_fitted_score_and_every_fold(pipeline_run, co
     root, params, _ = pipeline_run
     paths = Paths(comp_name, root)
     metrics = read_json(paths.metrics)
-    assert metrics["member"] in ("head", "finetune", "both")
+    assert metrics["member"] in ("head", "finetune", "both", "weighted")
     assert metrics["calibration"] in ("none", "temperature", "clip")
     assert metrics["source"] == "demo" and metrics["demo_test_logloss"] > 0
     assert all(not isinstance(v, (dict, list)) for v in metrics.values()), "top level: a few flat keys"
     cv = read_json(paths.cv)
     assert set(cv["folds"]) == {str(k) for k in params.folds}
+    members = {f"{model}/{stage}" for model in params.models for stage in ("head", "finetune")}
+    for fold in [*cv["folds"].values(), cv]:
+        assert set(fold["weights"]) == members
+        weights = np.array(list(fold["weights"].values()))
+        assert (weights >= 0).all() and weights.sum() == pytest.approx(1, abs=1e-5)
     for fold in cv["folds"].values():
-        assert {"head_logloss", "head_accuracy", "finetune_logloss", "finetune_accuracy", "choice"} <= set(fold)
+        assert {f"{m}_{s}" for m in members for s in ("logloss", "accuracy")} | {"choice"} <= set(fold)
     # The folds (and the groups) partition the rows: their row-weighted scores are the overall score.
     parts = [cv["folds"]] + ([cv["groups"]] if get_competition(comp_name).group_column else [])
     for part in parts:

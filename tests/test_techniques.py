@@ -33,12 +33,12 @@ def test_rising_dropout_schedule_goes_from_none_to_the_rate(pipeline_run, tmp_pa
     monkeypatch.chdir(tmp_path)
     params = tiny_params(**{f"{COMP}.head.dropout": 0.6, f"{COMP}.head.epochs": 4,
                             f"{COMP}.head.dropout_schedule": "rising"})
-    head.run(params, COMP, 0, tmp_path)
-    rates = [h["dropout"] for h in read_json(tmp_path / "models" / COMP / "head" / "fold0" / "params.json")["history"][1:]]
+    head.run(params, COMP, "main", 0, tmp_path)
+    rates = [h["dropout"] for h in read_json(tmp_path / "models" / COMP / "main" / "head" / "fold0" / "params.json")["history"][1:]]
     assert rates == pytest.approx([0.0, 0.2, 0.4, 0.6])
     constant = tiny_params(**{f"{COMP}.head.dropout": 0.6, f"{COMP}.head.epochs": 4})
-    head.run(constant, COMP, 0, tmp_path)
-    history = read_json(tmp_path / "models" / COMP / "head" / "fold0" / "params.json")["history"][1:]
+    head.run(constant, COMP, "main", 0, tmp_path)
+    history = read_json(tmp_path / "models" / COMP / "main" / "head" / "fold0" / "params.json")["history"][1:]
     assert [h["dropout"] for h in history] == pytest.approx([0.6] * 4)
 
 
@@ -46,14 +46,14 @@ def test_finetune_from_a_random_head_starts_elsewhere_than_from_the_trained_one(
     root, params, _ = pipeline_run
     copy_upstream(root, tmp_path)
     monkeypatch.chdir(tmp_path)
-    head.run(params, COMP, 0, tmp_path)
-    trained = read_json(tmp_path / "models" / COMP / "head" / "fold0" / "params.json")["history"][-1]["logloss"]
+    head.run(params, COMP, "main", 0, tmp_path)
+    trained = read_json(tmp_path / "models" / COMP / "main" / "head" / "fold0" / "params.json")["history"][-1]["logloss"]
     random = tiny_params(**{f"{COMP}.finetune.init": "random"})
-    finetune.run(random, COMP, 0, tmp_path)
-    start = read_json(tmp_path / "models" / COMP / "finetune" / "fold0" / "params.json")["history"][0]["logloss"]
+    finetune.run(random, COMP, "main", 0, tmp_path)
+    start = read_json(tmp_path / "models" / COMP / "main" / "finetune" / "fold0" / "params.json")["history"][0]["logloss"]
     assert start != pytest.approx(trained, rel=2e-3)
-    model = finetune.load_start(random, COMP, 0, finetune.Paths(COMP, tmp_path))
-    again = finetune.load_start(params, COMP, 0, finetune.Paths(COMP, tmp_path))
+    model = finetune.load_start(random, COMP, "main", 0, finetune.Paths(COMP, tmp_path))
+    again = finetune.load_start(params, COMP, "main", 0, finetune.Paths(COMP, tmp_path))
     assert not all((a == b).all() for a, b in zip(model.head.state_dict().values(), again.head.state_dict().values()))
 
 
@@ -109,20 +109,20 @@ def test_pseudo_labels_join_training_but_the_folds_predictions_ignore_its_labels
         if permute:
             permute_fold_labels(paths, 0)
         monkeypatch.chdir(tmp_path / name)
-        head.run(params, COMP, 0, tmp_path / name)
+        head.run(params, COMP, "main", 0, tmp_path / name)
         runs.append(paths)
-    info = read_json(runs[0].model("head", 0) / "params.json")["pseudo_label"]
+    info = read_json(runs[0].fold_model("head", 0) / "params.json")["pseudo_label"]
     assert 0 < info["test_rows"] <= info["of_test_rows"] and info["threshold"] == 0.15
     assert len(info["first_history"]) == params.comp(COMP).head.epochs + 1
-    np.testing.assert_allclose(probabilities(runs[0].model("head", 0)), probabilities(runs[1].model("head", 0)),
+    np.testing.assert_allclose(probabilities(runs[0].fold_model("head", 0)), probabilities(runs[1].fold_model("head", 0)),
                                rtol=0, atol=1e-6)
     plain = tmp_path / "off"
     copy_upstream(root, plain)
     monkeypatch.chdir(plain)
-    head.run(tiny_params(), COMP, 0, plain)
-    assert read_json(plain / "models" / COMP / "head" / "fold0" / "params.json")["pseudo_label"] is None
-    assert not np.allclose(probabilities(plain / "models" / COMP / "head" / "fold0"),
-                           probabilities(runs[0].model("head", 0))), "the pseudo-labelled rows changed the head"
+    head.run(tiny_params(), COMP, "main", 0, plain)
+    assert read_json(plain / "models" / COMP / "main" / "head" / "fold0" / "params.json")["pseudo_label"] is None
+    assert not np.allclose(probabilities(plain / "models" / COMP / "main" / "head" / "fold0"),
+                           probabilities(runs[0].fold_model("head", 0))), "the pseudo-labelled rows changed the head"
 
 
 def test_dropout_is_set_per_layer_and_can_spare_the_input():
