@@ -58,6 +58,7 @@ VARIANTS = {
     "augment_none": ({"augment.shift": 0.0, "augment.scale": 0.0, "augment.rotate": 0.0,
                       "augment.brightness_contrast": 0.0, "augment.hflip": 0.0}, "finetune"),
     "ensemble_neighbours_5": ({"ensemble.neighbours": 5}, "ensemble"),
+    "features_cut_4_head": ({"features.cut": 4}, "head"),
     "features_cut_3_head": ({"features.cut": 3}, "head"),
     "features_cut_3_finetuned": ({"features.cut": 3}, "finetune"),
     "ensemble_weighted": ({"ensemble.members": "weighted"}, "ensemble"),
