@@ -54,6 +54,8 @@ VARIANTS = {
     "features_aug_copies_0": ({"features.aug_copies": 0}, "head"),
     "features_aug_copies_3": ({"features.aug_copies": 3}, "head"),
     "finetune_from_random_head": ({"finetune.init": "random"}, "finetune"),
+    "finetune_layer_decay_0.5": ({"finetune.layer_decay": 0.5}, "finetune"),
+    "finetune_unfreeze_2": ({"finetune.unfreeze": 2}, "finetune"),
     "augment_rgb_shift_0.1": ({"augment.rgb_shift": 0.1}, "finetune"),
     "augment_none": ({"augment.shift": 0.0, "augment.scale": 0.0, "augment.rotate": 0.0,
                       "augment.brightness_contrast": 0.0, "augment.hflip": 0.0}, "finetune"),

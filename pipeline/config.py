@@ -132,6 +132,12 @@ class FinetuneParams:
     epochs: int = field(default=8, metadata=_range(1, 10_000, "training epochs"))
     lr: float = field(default=3e-3, metadata=_range(1e-7, 10.0, "peak learning rate of the head"))
     backbone_lr_ratio: float = field(default=0.3, metadata=_range(0.0, 1.0, "backbone lr as a fraction of lr"))
+    layer_decay: float = field(default=1.0, metadata=_range(0.01, 1.0, "each earlier layer group of the backbone "
+                                                                       "(timm's stages: stem, blocks, ...) at this "
+                                                                       "fraction of the next one's rate (fast.ai's "
+                                                                       "differential learning rates); 1: one rate"))
+    unfreeze: int = field(default=-1, metadata=_range(-1, 1000, "how many of the backbone's last layer groups "
+                                                                "train (-1: all; 0: only the head)"))
     init: str = field(
         default="head",
         metadata=_choice("head", "random", doc="start from the fold's trained head (the lesson's way), or from a "

@@ -74,12 +74,34 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     network = load_start(params, comp_name, model, fold, paths).to(device)
     if ft.channels_last and device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(
-        [{"params": network.backbone.parameters(), "lr": ft.lr * ft.backbone_lr_ratio},
-         {"params": network.head.parameters(), "lr": ft.lr}],
-        weight_decay=ft.weight_decay,
-    )
+    optimizer = torch.optim.AdamW(backbone_groups(network.backbone, ft) + [{"params": network.head.parameters(),
+                                                                            "lr": ft.lr}],
+                                  weight_decay=ft.weight_decay)
     return split, meta, (train_loader, val_loader, test_loader), network, optimizer
+
+
+def backbone_groups(trunk, ft) -> list[dict]:
+    """The backbone's optimizer groups, by timm's coarse layer groups (stem, each stage, the last convs): the last
+    `finetune.unfreeze` groups train (-1: all; the others are frozen), the last at `lr * backbone_lr_ratio` and
+    each earlier one at `layer_decay` times the next one's rate (fast.ai's differential learning rates)."""
+    from timm.models import group_parameters
+
+    model = trunk.model
+    named = dict(model.named_parameters())
+    if hasattr(model, "group_matcher"):
+        layers = [names for _, names in sorted(group_parameters(model, model.group_matcher(coarse=True)).items())]
+    else:  # a model timm cannot group: one group
+        layers = [list(named)]
+    keep = len(layers) if ft.unfreeze < 0 else min(ft.unfreeze, len(layers))
+    groups = []
+    for depth, names in enumerate(reversed(layers)):  # depth 0: the last group
+        params = [named[n] for n in names]
+        if depth >= keep:
+            for p in params:
+                p.requires_grad_(False)
+            continue
+        groups.append({"params": params, "lr": ft.lr * ft.backbone_lr_ratio * ft.layer_decay ** depth})
+    return groups
 
 
 def run(params: Params, comp_name: str, model: str, fold: int, root: Path = Path(".")) -> dict:

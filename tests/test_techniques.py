@@ -137,3 +137,31 @@ def test_dropout_is_set_per_layer_and_can_spare_the_input():
     rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert rates == [0.0, 0.4]
     assert isinstance(list(model)[0], torch.nn.BatchNorm1d) and isinstance(list(model)[1], torch.nn.Dropout)
+
+
+def test_unfrozen_groups_train_at_decaying_rates_and_frozen_ones_stay_put(pipeline_run, tmp_path, monkeypatch):
+    """`finetune.unfreeze: 2`: only the backbone's last two timm layer groups train, the last at lr *
+    backbone_lr_ratio and the one before at `layer_decay` of that; everything earlier keeps the features
+    stage's weights, tensor for tensor."""
+    import torch
+    from safetensors.torch import load_file
+
+    root, _, _ = pipeline_run
+    paths = copy_upstream(root, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(**{f"{COMP}.finetune.unfreeze": 2, f"{COMP}.finetune.layer_decay": 0.5,
+                            f"{COMP}.finetune.backbone_lr_ratio": 0.2})
+    head.run(params, COMP, "main", 0, tmp_path)
+    ft = params.model(COMP, "main").finetune
+    *_, network, optimizer = finetune.setup(params, COMP, "main", 0, paths, torch.device("cpu"))
+    rates = [g["lr"] for g in optimizer.param_groups]  # OneCycleLR has not touched them yet
+    assert rates == pytest.approx([ft.lr * 0.2, ft.lr * 0.1, ft.lr])
+    trainable = {n for n, p in network.backbone.named_parameters() if p.requires_grad}
+    assert trainable and len(trainable) < len(list(network.backbone.parameters()))
+    finetune.run(params, COMP, "main", 0, tmp_path)
+    start = load_file(paths.features / "backbone.safetensors")
+    end = {n.removeprefix("backbone."): t for n, t in
+           load_file(paths.fold_model("finetune", 0) / "model.safetensors").items() if n.startswith("backbone.")}
+    weights = [n for n in start if not n.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    moved = {n for n in weights if not torch.equal(start[n], end[n])}
+    assert moved and moved <= trainable, "only the unfrozen groups' weights moved"
