@@ -90,6 +90,9 @@ class FeaturesParams:
                          "package (offline), the Hugging Face hub (online), or weights_file (offline)"),
     )
     weights_file: str | None = field(default=None, metadata={"doc": "local weights, with weights: file"})
+    image_size: tuple[int, int] | None = field(
+        default=None, metadata={"doc": "(height, width) this model sees, resized from the cache (null: the cache's "
+                                       "size): one cache, models at several sizes", "item_range": (16, 2048)})
     batch_size: int = field(default=64, metadata=_range(1, 4096, "images per forward pass"))
     aug_copies: int = field(default=0, metadata=_range(0, 50, "augmented copies of the train features"))
     cut: int = field(default=-1, metadata=_range(-1, 63, "where to cut the backbone: -1, its whole pooled output; "

@@ -38,9 +38,10 @@ def load_folds(path: Path, train_index: pd.DataFrame) -> np.ndarray:
     return folds["fold"].to_numpy()
 
 
-def build_transform(mean, std, aug: AugmentParams | None = None) -> A.Compose:
-    """uint8 HWC image -> normalised float CHW tensor, with `aug`'s random changes when given."""
-    ops = []
+def build_transform(mean, std, aug: AugmentParams | None = None, size=None) -> A.Compose:
+    """uint8 HWC image -> normalised float CHW tensor, resized to `size` (height, width) when given (a model's
+    `features.image_size`; augmentation then works at that size), with `aug`'s random changes when given."""
+    ops = [A.Resize(*size, interpolation=cv2.INTER_AREA)] if size else []
     if aug is not None:
         if aug.hflip > 0:
             ops.append(A.HorizontalFlip(p=aug.hflip))

@@ -54,10 +54,11 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
     device = pick_device(params.device)
     torch.manual_seed(mp.seed)
     caches = {split: load_cache(paths.cache, split)[0] for split in ("test", "train")}
-    size = caches["train"].shape[1:3]
+    size = tuple(fp.image_size or caches["train"].shape[1:3])
     backbone = create_trunk(fp, key=f"{comp_name}.features", image_size=size).to(device).eval()
     mean, std = normalisation(backbone)
-    plain = build_transform(mean, std)
+    resize = size if fp.image_size else None
+    plain = build_transform(mean, std, size=resize)
     with atomic_dir(paths.features) as out:
         shape = feature_shape(backbone, size, device)
         for split, images in caches.items():
@@ -69,7 +70,7 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
         if fp.aug_copies:
             aug = np.lib.format.open_memmap(out / "train_aug.npy", "w+", np.float16,
                                             (fp.aug_copies, len(images), *shape))
-            augmented = ImageDataset(images, np.arange(len(images)), build_transform(mean, std, mp.augment))
+            augmented = ImageDataset(images, np.arange(len(images)), build_transform(mean, std, mp.augment, resize))
             for k in range(fp.aug_copies):  # each copy its own seeds: copies differ from each other
                 extract(backbone, augmented, aug[k], fp.batch_size, device, fp.amp, f"{comp_name} augmented {k + 1}",
                         seed=(mp.seed, k))
@@ -78,6 +79,7 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
         write_json(
             out / "meta.json",
             {"num_features": shape[0], "shape": list(shape), "mean": mean, "std": std, "seed": mp.seed,
+             "image_size": list(resize) if resize else None,
              "model": model, "features": as_dict(fp), "augment": as_dict(mp.augment) if fp.aug_copies else None},
         )
     return paths.features

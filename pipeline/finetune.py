@@ -56,8 +56,8 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     meta = read_json(paths.features / "meta.json")
     images, _ = load_cache(paths.cache, "train")
     test_images, _ = load_cache(paths.cache, "test")
-    plain = build_transform(meta["mean"], meta["std"])
-    augmented = build_transform(meta["mean"], meta["std"], mp.augment)
+    plain = build_transform(meta["mean"], meta["std"], size=meta.get("image_size"))
+    augmented = build_transform(meta["mean"], meta["std"], mp.augment, meta.get("image_size"))
     # Own generators: a loader otherwise draws its workers' base seed from torch's global RNG (once with
     # persistent workers, per epoch without), which would move dropout's masks with num_workers.
     loader = {"num_workers": ft.num_workers, "persistent_workers": ft.num_workers > 0,

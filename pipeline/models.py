@@ -67,9 +67,9 @@ def _check_input_size(model: nn.Module, name: str, key: str, image_size: tuple[i
     if tuple(image_size) != want:
         section = key.rsplit(".", 1)[0] + ".prepare" if "." in key else "prepare"
         raise ModelError(
-            f"{key}.backbone {name!r} takes only {want[0]}x{want[1]} images (timm's fixed_input_size), but the "
-            f"image cache is {image_size[0]}x{image_size[1]}. Set {section}.image_size: [{want[0]}, {want[1]}], "
-            "or choose a convolutional backbone, which takes any size."
+            f"{key}.backbone {name!r} takes only {want[0]}x{want[1]} images (timm's fixed_input_size), but it would "
+            f"see {image_size[0]}x{image_size[1]}. Set {section}.image_size: [{want[0]}, {want[1]}] (or this "
+            f"model's {key}.image_size), or choose a convolutional backbone, which takes any size."
         )
 
 

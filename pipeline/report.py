@@ -226,7 +226,7 @@ def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competitio
     pred = logits.argmax(dim=1)
     logits.gather(1, pred[:, None]).sum().backward()
     cams = torch.relu((fmap.grad.mean(dim=(2, 3), keepdim=True) * fmap).sum(dim=1, keepdim=True))
-    cams = torch.nn.functional.interpolate(cams, size=x.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+    cams = torch.nn.functional.interpolate(cams, size=images.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
     cams = (cams / cams.flatten(1).max(dim=1).values.clamp_min(1e-8)[:, None, None]).detach().numpy()
     fig, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 2.8), squeeze=False)
     for ax, r, cam, p in zip(axes[0], rows, cams, pred.tolist()):
@@ -241,7 +241,7 @@ def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competitio
 def _batch(images: np.ndarray, rows: np.ndarray, meta: dict):
     import torch
 
-    transform = build_transform(meta["mean"], meta["std"])
+    transform = build_transform(meta["mean"], meta["std"], size=meta.get("image_size"))
     return torch.stack([transform(image=np.asarray(images[r]))["image"] for r in rows])
 
 

@@ -1,5 +1,7 @@
 """The lesson's techniques as params: each does what it says, on a tiny run's real outputs."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -165,3 +167,25 @@ def test_unfrozen_groups_train_at_decaying_rates_and_frozen_ones_stay_put(pipeli
     weights = [n for n in start if not n.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     moved = {n for n in weights if not torch.equal(start[n], end[n])}
     assert moved and moved <= trainable, "only the unfrozen groups' weights moved"
+
+
+def test_a_model_can_see_the_cache_at_its_own_image_size(pipeline_run, tmp_path, monkeypatch):
+    """`features.image_size` resizes the cached images for one model (features, finetuning and its predictions),
+    so an ensemble can mix image sizes from one cache."""
+    from pipeline import features
+
+    root, _, _ = pipeline_run
+    paths = copy_upstream(root, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(**{f"{COMP}.features.image_size": [48, 64], f"{COMP}.features.cut": 1,
+                            f"{COMP}.features.aug_copies": 0})
+    features.run(params, COMP, "main", tmp_path)
+    meta = read_json(paths.features / "meta.json")
+    cached = read_json(Path(root) / "data" / COMP / "features" / "main" / "meta.json")
+    assert meta["image_size"] == [48, 64] and cached["image_size"] is None
+    # test_resnet's level 1 is at 1/4 of the input: twice the cache's 24x32 gives twice the map
+    assert meta["shape"][1:] == [12, 16]
+    head.run(params, COMP, "main", 0, tmp_path)
+    finetune.run(params, COMP, "main", 0, tmp_path)
+    info = read_json(paths.fold_model("finetune", 0) / "params.json")
+    assert info["features"]["image_size"] == [48, 64] and info["history"][-1]["logloss"] > 0
