@@ -232,6 +232,12 @@ class Params:
                               f"top-level `models:` list and give it a `{comp_name}.models.{name}:` entry.")
         return self.resolved[comp_name, name]
 
+    def model_key(self, comp_name: str, name: str, section: str) -> str:
+        """Where model `name`'s `section` is set in params.yaml, for error messages: its override, if it has one."""
+        if section in self.comp(comp_name).models.get(name, {}):
+            return f"{comp_name}.models.{name}.{section}"
+        return f"{comp_name}.{section}"
+
     @property
     def n_splits(self) -> int:
         return len(self.folds)
@@ -363,7 +369,12 @@ def _resolve_models(name: str, raw_section, cp: CompetitionParams, models: tuple
     resolved = {}
     for model in models:
         key = f"{name}.models.{model}"
-        over = raw_models.get(model) or {}
+        if model not in raw_models:
+            errors.append(f"{key}: missing; every model in the top-level models needs an entry in every competition "
+                          f"(DVC tracks it as the model's params): add `{model}: {{}}` under {name}.models to keep "
+                          f"{name}'s sections as they are")
+            continue
+        over = raw_models[model] if raw_models[model] is not None else {}
         if not isinstance(over, dict):
             errors.append(f"{key}: expected a mapping (e.g. {{}} for no overrides), got {over!r}")
             continue
@@ -443,6 +454,7 @@ def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
     if not errors:  # overrides are checked against valid sections, so each problem is reported once
         for name, cp in sections.items():
             resolved.update(_resolve_models(name, raw.get(name), cp, models, seed, errors))
+    if not errors:
         sections = {name: dataclasses.replace(cp, models={m: resolved_raw(raw.get(name), m) for m in models})
                     for name, cp in sections.items()}
     if errors:
@@ -452,8 +464,9 @@ def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
 
 def resolved_raw(raw_section, model: str) -> dict:
     """A model's overrides as written (an empty mapping when it has none)."""
-    models = (raw_section or {}).get("models") or {} if isinstance(raw_section, dict) else {}
-    return models.get(model) or {}
+    models = raw_section.get("models") if isinstance(raw_section, dict) else None
+    over = models.get(model) if isinstance(models, dict) else None
+    return over if isinstance(over, dict) else {}
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -120,6 +120,12 @@ def lr_range(model, loader, optimizer, device, start: float, end: float, steps: 
     return rates, losses
 
 
+def fold_seed(seed: int, fold: int) -> int:
+    """One fold's seed, mixed from (seed, fold): `seed + fold` would give model seed 43's fold 0 the same draws as
+    model seed 42's fold 1."""
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+
+
 def one_cycle(optimizer, epochs: int, steps_per_epoch: int, warmup: float):
     """Warm up from small to the peak learning rate, then anneal to near zero (start small, go high, end small)."""
     total = max(2, epochs * steps_per_epoch)

@@ -97,8 +97,10 @@ def fit_weights(preds: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, f
     start = np.full(len(names), 1.0 / len(names))
     res = minimize(loss, start, method="SLSQP", bounds=[(0.0, 1.0)] * len(names),
                    constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}])
-    w = np.clip(res.x if res.success else start, 0.0, None)
-    w = w / w.sum()
+    w = np.clip(res.x, 0.0, None)
+    w = w / w.sum() if w.sum() > 0 else start
+    if loss(w) > loss(start):  # SLSQP stopped somewhere worse (it can report failure near a vertex): equal weights
+        w = start
     return {m: float(v) for m, v in zip(names, w)}
 
 
@@ -137,24 +139,29 @@ def choose(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, ki
     """The kind and calibration with the lowest cross-validated log loss on these rows (each of their folds
     predicted by weights and calibration fitted on the others, so a fitted combination does not win by fitting),
     refitted on all of them. With a single fold, the lowest log loss after fitting on it."""
-    candidates = [(kind, method) for kind in kinds for method in methods]
+    if len(kinds) * len(methods) == 1:
+        return fit_choice(kinds[0], methods[0], oof, labels)
     groups = np.unique(folds)
-    if len(candidates) == 1:
-        return fit_choice(*candidates[0], oof, labels)
-    best = None
-    for kind, method in candidates:
+    losses = {}
+    for kind in kinds:
         if len(groups) < 2:
-            loss = scores(fit_choice(kind, method, oof, labels).apply(oof), labels)["logloss"]
-        else:
-            pred = np.empty_like(next(iter(oof.values())))
-            for j in groups:
-                rest, held = folds != j, folds == j
-                c = fit_choice(kind, method, {m: p[rest] for m, p in oof.items()}, labels[rest])
-                pred[held] = c.apply({m: p[held] for m, p in oof.items()})
-            loss = scores(pred, labels)["logloss"]
-        if best is None or loss < best[0]:
-            best = (loss, kind, method)
-    return fit_choice(best[1], best[2], oof, labels)
+            combined = log_combine(oof, kind_weights(kind, oof, labels))
+            for method in methods:
+                value = fit_calibration(method, combined, labels)
+                losses[kind, method] = scores(calibrate(method, value, combined), labels)["logloss"]
+            continue
+        pred = {method: np.empty_like(next(iter(oof.values()))) for method in methods}
+        for j in groups:
+            rest, held = folds != j, folds == j
+            weights = kind_weights(kind, {m: p[rest] for m, p in oof.items()}, labels[rest])  # once per kind
+            fitted = log_combine({m: p[rest] for m, p in oof.items()}, weights)
+            applied = log_combine({m: p[held] for m, p in oof.items()}, weights)
+            for method in methods:
+                pred[method][held] = calibrate(method, fit_calibration(method, fitted, labels[rest]), applied)
+        for method in methods:
+            losses[kind, method] = scores(pred[method], labels)["logloss"]
+    kind, method = min(losses, key=losses.get)
+    return fit_choice(kind, method, oof, labels)
 
 
 def cross_fitted(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, kinds, methods):
@@ -192,7 +199,8 @@ def nearest(features: np.ndarray, k: int) -> np.ndarray | None:
     if k < 1:
         return None
     index = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute")
-    return index.fit(np.asarray(features, dtype=np.float32).reshape(len(features), -1)).kneighbors(return_distance=False)  # excludes the row
+    flat = np.asarray(features, dtype=np.float32).reshape(len(features), -1)  # a cut backbone's maps, flattened
+    return index.fit(flat).kneighbors(return_distance=False)  # excludes the row itself
 
 
 def neighbour_smooth(probs: np.ndarray, features: np.ndarray, k: int, weight: float,

@@ -55,7 +55,8 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
     torch.manual_seed(mp.seed)
     caches = {split: load_cache(paths.cache, split)[0] for split in ("test", "train")}
     size = tuple(fp.image_size or caches["train"].shape[1:3])
-    backbone = create_trunk(fp, key=f"{comp_name}.features", image_size=size).to(device).eval()
+    key = params.model_key(comp_name, model, "features")
+    backbone = create_trunk(fp, key=key, image_size=size).to(device).eval()
     mean, std = normalisation(backbone)
     resize = size if fp.image_size else None
     plain = build_transform(mean, std, size=resize)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
 from pipeline.data import ImageDataset, SeededRows, build_transform, load_cache
-from pipeline.engine import fit, one_cycle, pick_device, predict
+from pipeline.engine import fit, fold_seed, one_cycle, pick_device, predict
 from pipeline.io import atomic_dir, read_json
 from pipeline.models import Classifier, create_trunk, head_for, save_weights
 from pipeline.outputs import fold_outputs, fold_summary, fold_split, save_fold
@@ -36,7 +36,7 @@ def load_start(params: Params, comp_name: str, model: str, fold: int, paths: Pat
     mp = params.model(comp_name, model)
     comp = get_competition(comp_name)
     # weights come from the features stage's file, not the hub
-    backbone = create_trunk(mp.features, pretrained=False, key=f"{comp_name}.features")
+    backbone = create_trunk(mp.features, pretrained=False, key=params.model_key(comp_name, model, "features"))
     backbone.load_state_dict(load_file(paths.features / "backbone.safetensors"))
     head = head_for(tuple(read_json(paths.features / "meta.json")["shape"]), comp.num_classes, mp.head)
     if mp.finetune.init == "head":
@@ -51,7 +51,7 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     mp = params.model(comp_name, model)
     ft = mp.finetune
     seed = mp.seed
-    torch.manual_seed(seed + fold)
+    torch.manual_seed(fold_seed(seed, fold))
     split = fold_split(paths, comp, fold)
     meta = read_json(paths.features / "meta.json")
     images, _ = load_cache(paths.cache, "train")
@@ -74,16 +74,18 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     network = load_start(params, comp_name, model, fold, paths).to(device)
     if ft.channels_last and device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(backbone_groups(network.backbone, ft) + [{"params": network.head.parameters(),
-                                                                            "lr": ft.lr}],
+    groups, frozen = backbone_groups(network.backbone, ft)
+    network.freeze(frozen)
+    optimizer = torch.optim.AdamW(groups + [{"params": network.head.parameters(), "lr": ft.lr}],
                                   weight_decay=ft.weight_decay)
     return split, meta, (train_loader, val_loader, test_loader), network, optimizer
 
 
-def backbone_groups(trunk, ft) -> list[dict]:
+def backbone_groups(trunk, ft) -> tuple[list[dict], list[torch.nn.Module]]:
     """The backbone's optimizer groups, by timm's coarse layer groups (stem, each stage, the last convs): the last
-    `finetune.unfreeze` groups train (-1: all; the others are frozen), the last at `lr * backbone_lr_ratio` and
-    each earlier one at `layer_decay` times the next one's rate (fast.ai's differential learning rates)."""
+    `finetune.unfreeze` groups train (-1: all), the last at `lr * backbone_lr_ratio` and each earlier one at
+    `layer_decay` times the next one's rate (fast.ai's differential learning rates). Also the modules of the
+    other groups, to freeze."""
     from timm.models import group_parameters
 
     model = trunk.model
@@ -93,15 +95,18 @@ def backbone_groups(trunk, ft) -> list[dict]:
     else:  # a model timm cannot group: one group
         layers = [list(named)]
     keep = len(layers) if ft.unfreeze < 0 else min(ft.unfreeze, len(layers))
-    groups = []
+    groups, frozen = [], []
     for depth, names in enumerate(reversed(layers)):  # depth 0: the last group
-        params = [named[n] for n in names]
         if depth >= keep:
-            for p in params:
-                p.requires_grad_(False)
+            for n in names:
+                named[n].requires_grad_(False)
+            # the modules owning them go to eval mode (batch norm); a parameter of the model itself (a ViT's
+            # position embedding) has no module of its own to freeze
+            frozen += [model.get_submodule(n.rpartition(".")[0]) for n in names if "." in n]
             continue
-        groups.append({"params": params, "lr": ft.lr * ft.backbone_lr_ratio * ft.layer_decay ** depth})
-    return groups
+        groups.append({"params": [named[n] for n in names],
+                       "lr": ft.lr * ft.backbone_lr_ratio * ft.layer_decay ** depth})
+    return groups, list({id(m): m for m in frozen}.values())
 
 
 def run(params: Params, comp_name: str, model: str, fold: int, root: Path = Path(".")) -> dict:

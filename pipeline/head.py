@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
-from pipeline.engine import fit, one_cycle, pick_device, predict
+from pipeline.engine import fit, fold_seed, one_cycle, pick_device, predict
 from pipeline.io import atomic_dir, read_json
 from pipeline.models import head_for, save_weights
 from pipeline.outputs import fold_outputs, fold_summary, fold_split, save_fold
@@ -26,37 +26,55 @@ from pipeline.paths import Paths
 from pipeline.stage import stage_main
 
 
-def _loader(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    tensors = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
-    if y is not None:
-        tensors.append(torch.from_numpy(y.astype(np.int64)))
+class FeatureRows(Dataset):
+    """Chosen rows of (memory-mapped, float16) feature arrays, cast to float32 a row at a time, with their labels:
+    a cut backbone's spatial maps of 100k images are never in memory whole. `parts`: (array, rows) pairs, read in
+    that order."""
+
+    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray | None = None):
+        self.parts, self.labels = parts, labels
+        self.starts = np.cumsum([0] + [len(rows) for _, rows in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int):
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        array, rows = self.parts[k]
+        x = torch.from_numpy(np.asarray(array[rows[i - self.starts[k]]], dtype=np.float32))
+        return x if self.labels is None else (x, int(self.labels[i]))
+
+
+def _loader(data: FeatureRows, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     # drop_last: a lone row in the last batch breaks batch norm's statistics
-    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      drop_last=shuffle and len(x) > batch_size)
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      drop_last=shuffle and len(data) > batch_size)
 
 
 def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, pseudo: tuple | None = None):
     """The fold's loaders (train: plain + augmented feature copies, shuffled; val; test), a fresh head and its
     optimizer: everything the head stage trains, which `pipeline lr-find` uses too. `pseudo` adds (features,
-    labels) rows to the training set: pseudo-labelled test rows, never a validation row."""
+    rows, labels) to the training set: pseudo-labelled test rows, never a validation row."""
     comp = get_competition(comp_name)
     mp = params.model(comp_name, model)
     hp = mp.head
-    torch.manual_seed(mp.seed + fold)
+    seed = fold_seed(mp.seed, fold)
+    torch.manual_seed(seed)
     split = fold_split(paths, comp, fold)
     feats = np.load(paths.features / "train.npy", mmap_mode="r")
-    x_train, y_train = feats[split.train_rows], split.labels[split.train_rows]
+    train = [(feats, split.train_rows)]
     aug_file = paths.features / "train_aug.npy"
     if aug_file.exists():
-        aug = np.load(aug_file, mmap_mode="r")[:, split.train_rows]
-        x_train = np.concatenate([x_train, aug.reshape(-1, *aug.shape[2:])])
-        y_train = np.concatenate([y_train] + [split.labels[split.train_rows]] * len(aug))
+        train += [(copy, split.train_rows) for copy in np.load(aug_file, mmap_mode="r")]
+    y_train = np.concatenate([split.labels[split.train_rows]] * len(train))
     if pseudo is not None:
-        x_train, y_train = np.concatenate([x_train, pseudo[0]]), np.concatenate([y_train, pseudo[1]])
-    loaders = (_loader(x_train, y_train, hp.batch_size, True, mp.seed + fold),
-               _loader(feats[split.val_rows], split.labels[split.val_rows], 1024, False, 0),
-               _loader(np.load(paths.features / "test.npy", mmap_mode="r"), None, 1024, False, 0))
+        train.append(pseudo[:2])
+        y_train = np.concatenate([y_train, pseudo[2]])
+    test = np.load(paths.features / "test.npy", mmap_mode="r")
+    loaders = (_loader(FeatureRows(train, y_train), hp.batch_size, True, seed),
+               _loader(FeatureRows([(feats, split.val_rows)], split.labels[split.val_rows]), 1024, False, 0),
+               _loader(FeatureRows([(test, np.arange(len(test)))]), 1024, False, 0))
     head = head_for(feats.shape[1:], comp.num_classes, hp)
     optimizer = torch.optim.AdamW(head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     return split, loaders, head, optimizer
@@ -103,7 +121,7 @@ def run(params: Params, comp_name: str, model: str, fold: int, root: Path = Path
                 probs = predict(first, loaders[2], device)
                 keep = probs.max(axis=1) >= hp.pseudo_label
                 test_feats = np.load(paths.features / "test.npy", mmap_mode="r")
-                pseudo = (test_feats[keep], probs[keep].argmax(axis=1))
+                pseudo = (test_feats, np.flatnonzero(keep), probs[keep].argmax(axis=1))
                 pseudo_info = {"threshold": hp.pseudo_label, "test_rows": int(keep.sum()),
                                "of_test_rows": len(keep), "first_history": first_history}
             split, (train_loader, val_loader, test_loader), head, history = train(pseudo, live)

@@ -72,6 +72,7 @@ def source_fingerprint(params: Params, comp_name: str, md5: Hasher) -> dict:
 def weights_fingerprint(params: Params, comp_name: str, model: str, md5: Hasher) -> dict:
     """What a model's features stage will load: random init, the hub's named weights, or a file's content."""
     fp = params.model(comp_name, model).features
+    key = params.model_key(comp_name, model, "features")
     if not fp.pretrained:
         return {"pretrained": False}
     if fp.weights == "hub":
@@ -79,11 +80,11 @@ def weights_fingerprint(params: Params, comp_name: str, model: str, md5: Hasher)
     if fp.weights == "file":
         path = Path(fp.weights_file).expanduser()
         if not path.is_file():
-            raise ConfigError(f"{comp_name}.features.weights_file: {str(path)!r} does not exist; give the path to "
+            raise ConfigError(f"{key}.weights_file: {str(path)!r} does not exist; give the path to "
                               f"a .safetensors or .pth file of weights for {fp.backbone!r}.")
         return {"weights": "file", **md5(path)}
     pkg = PACKAGES[fp.backbone.split(".")[0]]
-    path = package_file(fp.backbone, f"{comp_name}.features")
+    path = package_file(fp.backbone, key)
     return {"weights": "package", "package": pkg.pip_name, "version": importlib.metadata.version(pkg.pip_name),
             **md5(Path(os.fspath(path)))}
 

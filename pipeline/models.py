@@ -65,7 +65,7 @@ def _check_input_size(model: nn.Module, name: str, key: str, image_size: tuple[i
         return
     want = tuple(cfg["input_size"][1:])
     if tuple(image_size) != want:
-        section = key.rsplit(".", 1)[0] + ".prepare" if "." in key else "prepare"
+        section = key.split(".")[0] + ".prepare" if "." in key else "prepare"
         raise ModelError(
             f"{key}.backbone {name!r} takes only {want[0]}x{want[1]} images (timm's fixed_input_size), but it would "
             f"see {image_size[0]}x{image_size[1]}. Set {section}.image_size: [{want[0]}, {want[1]}] (or this "
@@ -76,7 +76,8 @@ def _check_input_size(model: nn.Module, name: str, key: str, image_size: tuple[i
 class Trunk(nn.Module):
     """A timm backbone cut after feature level `cut` (`features.cut`): the layers after it are dropped (timm's
     `prune_intermediate_layers`) and it returns that level's spatial map, (N, C, H, W). With cut -1 it is the whole
-    backbone with its pooling, returning (N, D)."""
+    backbone with its pooling, returning its pooled features (N, D); `num_features` is the channels at the cut (or
+    timm's `num_features` for the whole backbone)."""
 
     def __init__(self, model: nn.Module, cut: int, key: str = "features"):
         super().__init__()
@@ -138,6 +139,21 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.frozen: list[nn.Module] = []
+
+    def freeze(self, modules: list[nn.Module]) -> None:
+        """Keep `modules` as they are: no gradients, and eval mode even while the rest trains (batch norm's running
+        statistics and dropout would otherwise still change them)."""
+        for m in modules:
+            m.requires_grad_(False)
+        self.frozen = list(modules)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))

@@ -48,8 +48,9 @@ def timings_table(params: Params, root: Path) -> pd.DataFrame:
     seconds, runs, last = defaultdict(float), defaultdict(int), {}
     for path in sorted((root / LOGS).glob("*.json")):
         log = read_json(path)
+        per_model = log["stage"].split("@")[0] in ("features", "head", "finetune")
         if (log.get("competition") not in params.competitions or log.get("fold") not in (None, *params.folds)
-                or log.get("model") not in (None, *params.models)):
+                or (log.get("model") not in params.models if per_model else log.get("model") is not None)):
             continue  # a stage no longer in the pipeline
         kind = log["stage"].split("@")[0]
         key = (log["competition"], kind)

@@ -40,10 +40,10 @@ TINY = {
     "models": ["main", "cut"],
     "dogscats": {**copy.deepcopy(_STAGE), "prepare": {"image_size": [32, 32]},
                  "augment": {"hflip": 0.5}, "finetune": {**_STAGE["finetune"], "tta": ["identity", "hflip"]},
-                 "models": {"cut": copy.deepcopy(_CUT)}},
+                 "models": {"main": {}, "cut": copy.deepcopy(_CUT)}},
     "statefarm": {**copy.deepcopy(_STAGE), "prepare": {"image_size": [24, 32]},
                   "finetune": {**_STAGE["finetune"], "tta": ["identity", "zoom"]},
-                  "models": {"cut": copy.deepcopy(_CUT)}},
+                  "models": {"main": {}, "cut": copy.deepcopy(_CUT)}},
 }
 
 

@@ -156,6 +156,9 @@ def test_a_model_is_its_competitions_sections_with_its_overrides():
     ({"statefarm.models.cut.head": {"lr": -1}}, "statefarm.models.cut.head.lr: must be between"),
     ({"statefarm.models.extra": {}}, "statefarm.models.extra: is not in the top-level models ['main', 'cut']"),
     ({"models": ["main", "main"]}, "models: must be distinct names"),
+    ({"models": ["main", "cut", "big"]}, "dogscats.models.big: missing; every model in the top-level models needs"),
+    ({"statefarm.models": ["main"]}, "statefarm.models: expected a mapping of model name to overrides"),
+    ({"statefarm.models.cut": [1]}, "statefarm.models.cut: expected a mapping (e.g. {} for no overrides)"),
     ({"models": ["a-b"]}, "models: must be distinct names of lowercase letters"),
 ])
 def test_model_overrides_are_checked_like_the_sections_they_override(changes, expected):
