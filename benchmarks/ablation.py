@@ -56,9 +56,9 @@ VARIANTS = {
     "finetune_from_random_head": ({"finetune.init": "random"}, "finetune"),
     "finetune_layer_decay_0.5": ({"finetune.layer_decay": 0.5}, "finetune"),
     "finetune_unfreeze_2": ({"finetune.unfreeze": 2}, "finetune"),
-    "augment_rgb_shift_0.1": ({"augment.rgb_shift": 0.1}, "finetune"),
-    "augment_none": ({"augment.shift": 0.0, "augment.scale": 0.0, "augment.rotate": 0.0,
-                      "augment.brightness_contrast": 0.0, "augment.hflip": 0.0}, "finetune"),
+    "augment_rgb_shift_0.1": ({"finetune.augment.rgb_shift": 0.1}, "finetune"),
+    "augment_none": ({"finetune.augment.shift": 0.0, "finetune.augment.scale": 0.0, "finetune.augment.rotate": 0.0,
+                      "finetune.augment.brightness_contrast": 0.0, "finetune.augment.hflip": 0.0}, "finetune"),
     "ensemble_neighbours_5": ({"ensemble.neighbours": 5}, "ensemble"),
     "features_cut_4_head": ({"features.cut": 4}, "head"),
     "features_cut_3_head": ({"features.cut": 3}, "head"),
@@ -96,8 +96,11 @@ def params_for(comp: str, changes: dict, source: str | None, seed: int | None = 
         if dotted == "models":
             raw["models"] = value
             continue
-        section, key = dotted.split(".")
-        raw[comp][section][key] = value
+        *parents, key = dotted.split(".")
+        node = raw[comp]
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
     return parse_params(raw, "ablation params")
 
 
@@ -196,8 +199,8 @@ def main() -> None:
                              f"{baseline_seconds:.0f} s.")
             for name, (changes, member) in variants.items():
                 first = first_stage(changes)
-                if any(k == "augment.hflip" for k in changes) and not base_params.comp(comp).augment.hflip:
-                    changes = {k: v for k, v in changes.items() if k != "augment.hflip"}
+                if not base_params.comp(comp).finetune.augment.hflip:  # State Farm: never flipped anyway
+                    changes = {k: v for k, v in changes.items() if k != "finetune.augment.hflip"}
                 params = params_for(comp, changes, source, seed)
                 root = base.parent / name
                 copy_run(base, root)

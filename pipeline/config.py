@@ -66,7 +66,9 @@ class PrepareParams:
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """Training augmentation (albumentations); also used for augmented feature copies."""
+    """Training augmentation (albumentations): `features.augment` makes the augmented feature copies,
+    `finetune.augment` the finetuning batches. Two sections, so changing finetuning's augmentation does not
+    recompute the features (and every head) of ~100k images."""
 
     hflip: float = field(default=0.0, metadata=_range(0.0, 1.0, "probability of a horizontal flip"))
     shift: float = field(default=0.1, metadata=_range(0.0, 0.5, "max translation, fraction of the side"))
@@ -95,6 +97,7 @@ class FeaturesParams:
                                        "size): one cache, models at several sizes", "item_range": (16, 2048)})
     batch_size: int = field(default=64, metadata=_range(1, 4096, "images per forward pass"))
     aug_copies: int = field(default=0, metadata=_range(0, 50, "augmented copies of the train features"))
+    augment: AugmentParams = AugmentParams()
     cut: int = field(default=-1, metadata=_range(-1, 63, "where to cut the backbone: -1, its whole pooled output; "
                                                         "k >= 0, the spatial map of timm feature level k (earlier "
                                                         "levels are more generic), on which the head trains a conv "
@@ -149,6 +152,7 @@ class FinetuneParams:
     warmup: float = field(default=0.2, metadata=_range(0.0, 0.9, "fraction of steps spent warming up"))
     weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0, "AdamW weight decay"))
     batch_size: int = field(default=32, metadata=_range(2, 4096, "images per step (batch norm needs 2)"))
+    augment: AugmentParams = AugmentParams()
     tta: tuple[str, ...] = field(default=("identity",), metadata={"doc": "views averaged at prediction"})
     num_workers: int = field(default=0, metadata=_range(0, 256, "DataLoader worker processes"))
     amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
@@ -178,17 +182,16 @@ class CompetitionParams:
 
     data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
-    augment: AugmentParams = AugmentParams()
     features: FeaturesParams = FeaturesParams()
     head: HeadParams = HeadParams()
     finetune: FinetuneParams = FinetuneParams()
     ensemble: EnsembleParams = EnsembleParams()
     models: dict = field(default_factory=dict, metadata={"doc": "per model named in the top-level `models`: "
-                                                                 "overrides of augment/features/head/finetune, "
+                                                                 "overrides of features/head/finetune, "
                                                                  "and seed"})
 
 
-MODEL_SECTIONS = ("augment", "features", "head", "finetune")
+MODEL_SECTIONS = ("features", "head", "finetune")
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,6 @@ class ModelParams:
 
     name: str
     seed: int
-    augment: AugmentParams
     features: FeaturesParams
     head: HeadParams
     finetune: FinetuneParams
@@ -341,8 +343,10 @@ def _check_model(name: str, cp, errors: list[str], key: str | None = None) -> No
     comp, key = COMPETITIONS[name], key or name
     if not comp.hflip_keeps_label:
         why = f"a horizontal flip changes {comp.title}'s labels (e.g. 'texting, right' becomes 'texting, left')"
-        if cp.augment.hflip > 0:
-            errors.append(f"{key}.augment.hflip: must be 0 because {why}; got {cp.augment.hflip}")
+        for section in ("features", "finetune"):
+            hflip = getattr(cp, section).augment.hflip
+            if hflip > 0:
+                errors.append(f"{key}.{section}.augment.hflip: must be 0 because {why}; got {hflip}")
         if "hflip" in cp.finetune.tta:
             errors.append(f"{key}.finetune.tta: must not contain 'hflip' because {why}")
     for view in cp.finetune.tta:
@@ -387,12 +391,21 @@ def _resolve_models(name: str, raw_section, cp: CompetitionParams, models: tuple
             if not isinstance(patch, dict):
                 errors.append(f"{key}.{section}: expected a mapping of keys to values, got {patch!r}")
                 patch = {}
-            sections[section] = _build(type(getattr(cp, section)), {**base, **patch}, f"{key}.{section}", errors)
+            sections[section] = _build(type(getattr(cp, section)), _merged(base, patch), f"{key}.{section}", errors)
         model_seed = _coerce(over.get("seed", seed), int, f"{key}.seed", {"range": (0, 2**32 - 1)}, errors)
         mp = ModelParams(model, seed if model_seed is None else model_seed, **sections)
         _check_model(name, mp, errors, key)
         resolved[name, model] = mp
     return resolved
+
+
+def _merged(base: dict, patch: dict) -> dict:
+    """`base` with `patch`'s keys replaced, recursively: overriding `features.augment.hflip` keeps the other
+    `features.augment` keys."""
+    out = dict(base)
+    for k, v in patch.items():
+        out[k] = _merged(base[k], v) if isinstance(base.get(k), dict) and isinstance(v, dict) else v
+    return out
 
 
 def _check_competition(name: str, cp: CompetitionParams, errors: list[str]) -> None:

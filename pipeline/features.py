@@ -71,7 +71,7 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
         if fp.aug_copies:
             aug = np.lib.format.open_memmap(out / "train_aug.npy", "w+", np.float16,
                                             (fp.aug_copies, len(images), *shape))
-            augmented = ImageDataset(images, np.arange(len(images)), build_transform(mean, std, mp.augment, resize))
+            augmented = ImageDataset(images, np.arange(len(images)), build_transform(mean, std, fp.augment, resize))
             for k in range(fp.aug_copies):  # each copy its own seeds: copies differ from each other
                 extract(backbone, augmented, aug[k], fp.batch_size, device, fp.amp, f"{comp_name} augmented {k + 1}",
                         seed=(mp.seed, k))
@@ -81,7 +81,7 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
             out / "meta.json",
             {"num_features": shape[0], "shape": list(shape), "mean": mean, "std": std, "seed": mp.seed,
              "image_size": list(resize) if resize else None,
-             "model": model, "features": as_dict(fp), "augment": as_dict(mp.augment) if fp.aug_copies else None},
+             "model": model, "features": as_dict(fp)},
         )
     return paths.features
 

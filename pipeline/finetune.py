@@ -2,8 +2,8 @@
 
 Starts from exactly the network the head was trained on (`data/<comp>/features/<model>/backbone.safetensors` and
 `models/<comp>/<model>/head/fold<k>/head.safetensors`), never from a random head; epoch 0 of the learning curve is
-that starting point, so its validation log loss matches the head's. Augmentation comes from `<comp>.augment`
-(params.yaml refuses horizontal flips for State Farm); the learning rate warms up, peaks and anneals, and the
+that starting point, so its validation log loss matches the head's. Augmentation comes from
+`<comp>.finetune.augment` (params.yaml refuses horizontal flips for State Farm); the learning rate warms up, peaks and anneals, and the
 last epoch is kept (none is picked on the validation rows, so their predictions stay out-of-fold).
 Outputs in `models/<comp>/<model>/finetune/fold<k>/`: `model.safetensors`, `oof.csv` and `test.npy` (averaged
 over `finetune.tta` views), `params.json`; `metrics/<comp>/<model>/finetune/fold<k>.json`; curves in
@@ -57,7 +57,7 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     images, _ = load_cache(paths.cache, "train")
     test_images, _ = load_cache(paths.cache, "test")
     plain = build_transform(meta["mean"], meta["std"], size=meta.get("image_size"))
-    augmented = build_transform(meta["mean"], meta["std"], mp.augment, meta.get("image_size"))
+    augmented = build_transform(meta["mean"], meta["std"], ft.augment, meta.get("image_size"))
     # Own generators: a loader otherwise draws its workers' base seed from torch's global RNG (once with
     # persistent workers, per epoch without), which would move dropout's masks with num_workers.
     loader = {"num_workers": ft.num_workers, "persistent_workers": ft.num_workers > 0,
@@ -130,7 +130,7 @@ def run(params: Params, comp_name: str, model: str, fold: int, root: Path = Path
         oof = predict(network, val_loader, device, ft.tta, **amp)
         test = predict(network, test_loader, device, ft.tta, **amp)
         info = {"stage": "finetune", "competition": comp_name, "model": model, "fold": fold, "seed": mp.seed,
-                "finetune": as_dict(ft), "augment": as_dict(mp.augment), "head": as_dict(mp.head),
+                "finetune": as_dict(ft), "head": as_dict(mp.head),
                 "features": meta, "history": history}
         return save_fold(out, paths.fold_metrics("finetune", fold), comp, split, oof, test, info)
 

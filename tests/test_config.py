@@ -15,7 +15,7 @@ def test_shipped_params_load_and_use_the_demo_offline():
         assert cp.data.source == "demo"
         # the lesson's recipe, offline: ImageNet weights from an installed package, not the hub
         assert cp.features.pretrained and cp.features.weights == "package"
-    assert params.comp("statefarm").augment.hflip == 0
+    assert params.comp("statefarm").finetune.augment.hflip == 0 == params.comp("statefarm").features.augment.hflip
     assert "hflip" not in params.comp("statefarm").finetune.tta
 
 
@@ -45,15 +45,16 @@ def test_choice_error_lists_allowed_values():
 
 
 def test_statefarm_refuses_horizontal_flips_in_augmentation_and_tta():
-    msg = _error(tiny_raw(**{"statefarm.augment.hflip": 0.5, "statefarm.finetune.tta": ["identity", "hflip"]}))
-    assert "statefarm.augment.hflip: must be 0" in msg
+    msg = _error(tiny_raw(**{"statefarm.finetune.augment.hflip": 0.5, "statefarm.features.augment.hflip": 0.5,
+                             "statefarm.finetune.tta": ["identity", "hflip"]}))
+    assert "statefarm.finetune.augment.hflip: must be 0" in msg and "statefarm.features.augment.hflip: must be 0" in msg
     assert "statefarm.finetune.tta: must not contain 'hflip'" in msg
     assert "texting, right" in msg
 
 
 def test_dogscats_allows_flips():
-    params = parse_params(tiny_raw(**{"dogscats.augment.hflip": 0.5}))
-    assert params.comp("dogscats").augment.hflip == 0.5
+    params = parse_params(tiny_raw(**{"dogscats.finetune.augment.hflip": 0.5}))
+    assert params.comp("dogscats").finetune.augment.hflip == 0.5
 
 
 def test_yaml_scientific_notation_without_dot_is_a_number():
@@ -146,13 +147,14 @@ def test_a_model_is_its_competitions_sections_with_its_overrides():
     base, cut = params.model("statefarm", "main"), params.model("statefarm", "cut")
     assert base.head == params.comp("statefarm").head and base.seed == params.seed
     assert cut.head.lr == 0.5 and cut.head.epochs == base.head.epochs, "only the overridden key changes"
-    assert cut.features.cut == 2 and cut.seed == 1 and cut.augment == base.augment
+    assert cut.features.cut == 2 and cut.seed == 1 and cut.finetune.augment == base.finetune.augment
 
 
 @pytest.mark.parametrize("changes, expected", [
     ({"statefarm.models.cut.features": {"cutt": 3}}, "statefarm.models.cut.features.cutt: unknown key; allowed"),
     ({"statefarm.models.cut.optimizer": {}}, "statefarm.models.cut.optimizer: unknown key; a model overrides"),
-    ({"statefarm.models.cut.augment": {"hflip": 0.5}}, "statefarm.models.cut.augment.hflip: must be 0 because"),
+    ({"statefarm.models.cut.finetune": {"augment": {"hflip": 0.5}}},
+     "statefarm.models.cut.finetune.augment.hflip: must be 0 because"),
     ({"statefarm.models.cut.head": {"lr": -1}}, "statefarm.models.cut.head.lr: must be between"),
     ({"statefarm.models.extra": {}}, "statefarm.models.extra: is not in the top-level models ['main', 'cut']"),
     ({"models": ["main", "main"]}, "models: must be distinct names"),
@@ -168,3 +170,16 @@ def test_model_overrides_are_checked_like_the_sections_they_override(changes, ex
 def test_an_unknown_model_names_the_list_and_the_entry_to_add():
     with pytest.raises(ConfigError, match=r"add it to the top-level `models:` list and give it a `dogscats.models.big:`"):
         parse_params(tiny_raw()).model("dogscats", "big")
+
+
+def test_a_model_overriding_one_augmentation_key_keeps_the_others():
+    params = parse_params(tiny_raw(**{"dogscats.models.cut.finetune": {"augment": {"rotate": 30}}}))
+    base, cut = params.model("dogscats", "main").finetune.augment, params.model("dogscats", "cut").finetune.augment
+    assert cut.rotate == 30 and cut.hflip == base.hflip == 0.5 and cut.shift == base.shift
+
+
+def test_changing_finetunings_augmentation_leaves_the_features_stage_alone():
+    """Two augmentation sections: the features stage depends on features.augment only (dvc.yaml lists sections)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert "${item.comp}.finetune" not in stages["features"]["params"]
+    assert not any(p.endswith(".augment") for p in stages["features"]["params"] + stages["finetune"]["params"])
