@@ -36,7 +36,7 @@ from pipeline import download, ensemble, features, finetune, folds, head, prepar
 from pipeline.compare import fold_verdict
 from pipeline.competitions import get_competition
 from pipeline.config import parse_params
-from pipeline.engine import scores
+from pipeline.scoring import scores
 from pipeline.outputs import load_oof, train_rows
 from pipeline.io import read_json, write_csv, write_text
 from pipeline.paths import Paths

@@ -30,8 +30,8 @@ import yaml
 
 from pipeline import download, ensemble, features, finetune, folds, head, prepare
 from pipeline.config import parse_params
-from pipeline.data import encode_labels
-from pipeline.engine import scores
+from pipeline.cache import encode_labels
+from pipeline.scoring import scores
 from pipeline.photos import write_photo_archive
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,45 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import albumentations as A
-import cv2
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from albumentations.pytorch import ToTensorV2
 from torch.utils.data import Dataset, Sampler
 
 from pipeline.config import AugmentParams
-from pipeline.errors import OutputError
 
-
-def load_cache(cache: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
-    """The memory-mapped uint8 images of `split` and their index (same row order)."""
-    try:
-        images = np.load(cache / f"{split}.npy", mmap_mode="r")
-        index = pd.read_csv(cache / f"{split}.csv", dtype={"id": str, "group": str})
-    except (OSError, ValueError) as e:
-        raise OutputError(f"the image cache {cache} cannot be read ({e}); re-run `dvc repro prepare@<comp>`.") from None
-    if len(images) != len(index):
-        raise OutputError(f"{cache}: {split}.npy has {len(images)} rows but {split}.csv {len(index)}; "
-                          "re-run `dvc repro prepare@<comp>`.")
-    return images, index
-
-
-def load_folds(path: Path, train_index: pd.DataFrame) -> np.ndarray:
-    """Each train row's fold, checked to be in the cache's row order."""
-    folds = pd.read_csv(path, dtype={"id": str, "group": str})
-    if list(folds["id"]) != list(train_index["id"]):
-        raise OutputError(f"{path} does not list the cached train images in order; re-run `dvc repro`.")
-    return folds["fold"].to_numpy()
+if TYPE_CHECKING:
+    import albumentations as A
 
 
 def build_transform(mean, std, aug: AugmentParams | None = None, size=None) -> A.Compose:
     """uint8 HWC image -> normalised float CHW tensor, resized to `size` (height, width) when given (a model's
     `features.image_size`; augmentation then works at that size), with `aug`'s random changes when given."""
+    import albumentations as A  # here: a stage that only reads the cache need not import it (and cv2)
+    import cv2
+    from albumentations.pytorch import ToTensorV2
+
     ops = [A.Resize(*size, interpolation=cv2.INTER_AREA)] if size else []
     if aug is not None:
         if aug.hflip > 0:
@@ -115,11 +96,6 @@ class ImageDataset(Dataset):
         if self.labels is None:
             return x
         return x, int(self.labels[i])
-
-
-def encode_labels(labels: pd.Series, classes: tuple[str, ...]) -> np.ndarray:
-    lookup = {c: i for i, c in enumerate(classes)}
-    return labels.map(lookup).to_numpy()
 
 
 def _zoom(x: torch.Tensor, keep: float = 0.875) -> torch.Tensor:

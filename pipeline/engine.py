@@ -7,15 +7,13 @@ import contextlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, log_loss
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.data import TTA
 from pipeline.errors import DeviceError
-
-KAGGLE_EPS = 1e-15
+from pipeline.scoring import scores
 
 
 def pick_device(name: str) -> torch.device:
@@ -76,16 +74,6 @@ def predict(model, loader, device, views=("identity",), amp=False, channels_last
             probs = probs + logits.float().softmax(dim=1)
         out.append((probs / len(views)).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
-
-
-def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Kaggle's log loss (rows rescaled to sum to 1, clipped at 1e-15) and accuracy."""
-    p = np.clip(probs / probs.sum(axis=1, keepdims=True), KAGGLE_EPS, 1 - KAGGLE_EPS)
-    p = p / p.sum(axis=1, keepdims=True)
-    return {
-        "logloss": float(log_loss(labels, p, labels=np.arange(probs.shape[1]))),
-        "accuracy": float(accuracy_score(labels, probs.argmax(axis=1))),
-    }
 
 
 def lr_range(model, loader, optimizer, device, start: float, end: float, steps: int, amp=False,

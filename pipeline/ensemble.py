@@ -25,11 +25,11 @@ from scipy.optimize import minimize, minimize_scalar
 
 from pipeline.competitions import get_competition
 from pipeline.config import Params
-from pipeline.data import encode_labels, load_cache
-from pipeline.engine import KAGGLE_EPS, scores
+from pipeline.cache import encode_labels, load_cache
 from pipeline.io import read_json, write_csv, write_json
 from pipeline.outputs import load_oof, load_test, train_rows
 from pipeline.paths import Paths
+from pipeline.scoring import KAGGLE_EPS, scores
 from pipeline.stage import stage_main
 from pipeline.submission import FLOAT_FORMAT, make_submission, read_sample, submission_probs, validate_submission
 

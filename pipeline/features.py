@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.config import Params, as_dict
-from pipeline.data import ImageDataset, SeededRows, build_transform, load_cache
+from pipeline.cache import load_cache
+from pipeline.data import ImageDataset, SeededRows, build_transform
 from pipeline.engine import autocast, pick_device
 from pipeline.io import atomic_dir, read_json, write_json
 from pipeline.models import create_trunk, normalisation, save_weights

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 
 from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
-from pipeline.data import ImageDataset, SeededRows, build_transform, load_cache
+from pipeline.cache import load_cache
+from pipeline.data import ImageDataset, SeededRows, build_transform
 from pipeline.engine import fit, fold_seed, one_cycle, pick_device, predict
 from pipeline.io import atomic_dir, read_json
 from pipeline.models import Classifier, create_trunk, head_for, save_weights

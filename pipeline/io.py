@@ -5,14 +5,28 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
-import pandas as pd
+import psutil
 
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_stale_tmp(path: Path) -> list[Path]:
+    """Remove what killed runs left beside `path`: `.<name>.tmp<pid>` files or folders whose process is gone (a
+    killed features or prepare run leaves one the size of its output). Returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp(\d+)")
+    removed = []
+    for other in path.parent.glob(f".{path.name}.tmp*"):
+        found = pattern.fullmatch(other.name)
+        if found and not psutil.pid_exists(int(found.group(1))):
+            shutil.rmtree(other, ignore_errors=True) if other.is_dir() else other.unlink(missing_ok=True)
+            removed.append(other)
+    return removed
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -31,7 +45,7 @@ def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
 
 
-def write_csv(path: str | Path, df: pd.DataFrame, **kwargs) -> None:
+def write_csv(path: str | Path, df, **kwargs) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
@@ -41,9 +55,11 @@ def write_csv(path: str | Path, df: pd.DataFrame, **kwargs) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path):
-    """Yield a temporary sibling folder; on success it replaces `path`, on error it is removed."""
+    """Yield a temporary sibling folder; on success it replaces `path`, on error it is removed. Temporary folders
+    that killed runs left beside `path` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
     tmp = _tmp(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

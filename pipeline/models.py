@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-import timm
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -23,6 +22,8 @@ def create_backbone(fp: FeaturesParams, pretrained: bool | None = None, key: str
     installed weights package (offline), or `weights_file` (offline), always loaded by timm itself. `key` is the
     params section, named in errors; `image_size` (height, width) is checked against models that take one size.
     """
+    import timm  # here: the head stage needs only torch (timm's import costs seconds per stage)
+
     name = fp.backbone
     pretrained = fp.pretrained if pretrained is None else pretrained
     if not timm.is_model(name.split(".")[0]):
@@ -54,6 +55,8 @@ def _weights_overlay(fp: FeaturesParams, key: str) -> dict | None:
             )
         return {"file": str(path)}
     if fp.weights == "package":
+        import timm
+
         full = timm.create_model(fp.backbone, pretrained=False)  # the package holds the classifier too
         return {"state_dict": package_state_dict(fp.backbone, full.state_dict(), key)}
     return None
@@ -173,5 +176,6 @@ def head_for(feature_shape: tuple[int, ...], num_classes: int, hp) -> nn.Sequent
 
 def normalisation(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean and std the backbone was trained with (timm's data config)."""
+    import timm
     cfg = timm.data.resolve_model_data_config(backbone)
     return tuple(cfg["mean"]), tuple(cfg["std"])

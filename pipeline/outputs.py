@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.competitions import Competition
-from pipeline.data import encode_labels, load_cache, load_folds
-from pipeline.engine import scores
+from pipeline.cache import encode_labels, load_cache, load_folds
 from pipeline.io import write_csv, write_json
 from pipeline.paths import Paths
+from pipeline.scoring import scores
 
 
 @dataclass(frozen=True)

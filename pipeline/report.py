@@ -25,7 +25,8 @@ import pandas as pd
 
 from pipeline.competitions import Competition, get_competition
 from pipeline.config import Params
-from pipeline.data import build_transform, load_cache
+from pipeline.cache import load_cache
+from pipeline.data import build_transform
 from pipeline.figures import pyplot, save_png
 from pipeline.io import atomic_dir, read_json, write_text
 from pipeline.paths import Paths

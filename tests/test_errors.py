@@ -63,3 +63,29 @@ def test_a_damaged_image_behind_an_intact_zip_directory_is_named(tmp_path):
         prepare.run(params, "statefarm", root)
     assert victim.filename in str(e.value) and "Download it again" in str(e.value)
     assert not (root / "data" / "statefarm" / "cache").exists()
+
+
+def test_a_killed_run_leaves_nothing_a_later_stage_reads_and_the_next_run_cleans_up(tmp_path):
+    """A stage killed mid-write (SIGKILL: no cleanup runs) leaves only its temporary folder; the output it was
+    writing does not exist, and the next run of that stage removes the leftover."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from pipeline.io import atomic_dir
+
+    target = tmp_path / "data" / "cache"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.io import atomic_dir\n"
+            "with atomic_dir(Path(sys.argv[1])) as out:\n    (out / 'train.npy').write_bytes(b'0' * 1000)\n"
+            "    print('writing', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    leftovers = list(target.parent.glob(".cache.tmp*"))
+    assert len(leftovers) == 1 and not target.exists(), "nothing a later stage would read"
+    with atomic_dir(target) as out:
+        (out / "train.npy").write_bytes(b"1")
+    assert not leftovers[0].exists() and (target / "train.npy").read_bytes() == b"1"

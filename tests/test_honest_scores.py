@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_params
 from pipeline import ensemble, finetune, head
 from pipeline.competitions import get_competition
-from pipeline.engine import scores
+from pipeline.scoring import scores
 from pipeline.paths import Paths
 
 COMP = "statefarm"

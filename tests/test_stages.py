@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 
 from pipeline import finetune
 from pipeline.competitions import get_competition
-from pipeline.data import build_transform, encode_labels, load_cache
-from pipeline.engine import scores
+from pipeline.cache import encode_labels, load_cache
+from pipeline.data import build_transform
+from pipeline.scoring import scores
 from pipeline.io import read_json
 from pipeline.models import create_trunk
 from pipeline.paths import Paths

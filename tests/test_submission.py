@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.competitions import get_competition
 from pipeline.ensemble import fit_calibration, with_clip, with_temperature
-from pipeline.engine import scores
+from pipeline.scoring import scores
 from pipeline.errors import SubmissionError
 from pipeline.submission import make_submission, validate_submission
 

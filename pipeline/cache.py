@@ -1,0 +1,37 @@
+"""Reading what prepare and folds wrote: the decoded image cache, its labels and the folds (numpy and pandas
+only, so the stages that need no network, such as the ensemble, import no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import OutputError
+
+
+def load_cache(cache: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """The memory-mapped uint8 images of `split` and their index (same row order)."""
+    try:
+        images = np.load(cache / f"{split}.npy", mmap_mode="r")
+        index = pd.read_csv(cache / f"{split}.csv", dtype={"id": str, "group": str})
+    except (OSError, ValueError) as e:
+        raise OutputError(f"the image cache {cache} cannot be read ({e}); re-run `dvc repro prepare@<comp>`.") from None
+    if len(images) != len(index):
+        raise OutputError(f"{cache}: {split}.npy has {len(images)} rows but {split}.csv {len(index)}; "
+                          "re-run `dvc repro prepare@<comp>`.")
+    return images, index
+
+
+def load_folds(path: Path, train_index: pd.DataFrame) -> np.ndarray:
+    """Each train row's fold, checked to be in the cache's row order."""
+    folds = pd.read_csv(path, dtype={"id": str, "group": str})
+    if list(folds["id"]) != list(train_index["id"]):
+        raise OutputError(f"{path} does not list the cached train images in order; re-run `dvc repro`.")
+    return folds["fold"].to_numpy()
+
+
+def encode_labels(labels: pd.Series, classes: tuple[str, ...]) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(classes)}
+    return labels.map(lookup).to_numpy()
