@@ -191,3 +191,31 @@ def test_replacing_a_local_archive_at_the_same_path_reruns_download(project, tmp
         assert "download@dogscats" in ran(sh(target, root, env).stdout)
     finally:
         (root / "params.yaml").write_text(original)
+
+
+def test_a_second_machine_pulls_features_and_models_instead_of_recomputing_them(project, tmp_path):
+    """A DVC remote (a local folder stands in for S3 and the like): `dvc push` from the first machine, then a fresh
+    clone pulls and `dvc repro` remakes only the uncached archive and image cache (byte for byte, so nothing after
+    them re-runs). The big raw archive and decoded cache are not in DVC's cache at all: disk used once."""
+    root, env, _, _ = project
+    store = tmp_path / "store"
+    sh(DVC + ["remote", "add", "-d", "shared", str(store)], root, env)
+    try:
+        sh(DVC + ["push", "--all-commits"], root, env)
+        cached = {p.name for p in (root / ".dvc" / "cache").rglob("*") if p.is_file()}
+        raw_npy = root / "data" / "statefarm" / "cache" / "train.npy"
+        assert raw_npy.stat().st_nlink == 1 and not raw_npy.is_symlink()
+        clone = tmp_path / "clone"
+        sh(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+        clone_env = dict(env, PYTHONPATH=str(clone))
+        sh(DVC + ["remote", "add", "-d", "shared", str(store)], clone, clone_env)
+        sh(DVC + ["pull"], clone, clone_env, ok=False)  # the uncached outputs cannot be pulled: it says so
+        assert (clone / "models" / "statefarm" / "cut" / "finetune" / "fold1" / "model.safetensors").is_file()
+        assert (clone / "data" / "statefarm" / "features" / "main" / "train.npy").is_file()
+        assert not (clone / "data" / "statefarm" / "cache").exists(), "not pushed: remade where needed"
+        again = ran(repro(clone, clone_env))
+        assert again == {f"{stage}@{comp}" for stage in ("inputs", "download", "prepare")
+                         for comp in ("dogscats", "statefarm")}, again
+        assert cached, "the features and models are in DVC's cache"
+    finally:
+        sh(DVC + ["remote", "remove", "shared"], root, env)
