@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "ablation.md")
     parser.add_argument("--seeds", default="", help="comma-separated top-level seeds (other folds, other inits) to "
                         "repeat each comparison with (default: the shipped seed)")
+    parser.add_argument("--baseline", type=Path, help="reuse this finished baseline folder (one competition, one "
+                        "seed, the same params) instead of computing it")
     args = parser.parse_args()
     variants = {n: v for n, v in VARIANTS.items() if not args.only or n in args.only.split(",")}
     work = Path(tempfile.mkdtemp(prefix="ablation-"))
@@ -178,13 +180,17 @@ def main() -> None:
         for seed in seeds:
             base_params = params_for(comp, {}, source, seed)
             base = work / comp / f"seed{base_params.seed}" / "baseline"
-            base.mkdir(parents=True)
-            os.chdir(base)  # dvclive looks for a repository in the working directory
             started = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()):
-                for stage in (download, folds, prepare):
-                    stage.run(base_params, comp, base)
-                run_from(base_params, comp, base, "features", ORDER[max(deepest, ORDER.index("head"))])
+            if args.baseline:  # another ablation's finished baseline: split the variants over processes
+                copy_run(args.baseline, base)
+                os.chdir(base)
+            else:
+                base.mkdir(parents=True)
+                os.chdir(base)  # dvclive looks for a repository in the working directory
+                with contextlib.redirect_stdout(io.StringIO()):
+                    for stage in (download, folds, prepare):
+                        stage.run(base_params, comp, base)
+                    run_from(base_params, comp, base, "features", ORDER[max(deepest, ORDER.index("head"))])
             baseline_seconds = time.perf_counter() - started
             if seed == seeds[0]:
                 lines += [f"## {comp}{' (real photos)' if source else ' (demo)'}", ""]
