@@ -25,10 +25,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the GPU computes it natively (Ampere and later: no loss scaling needed); float16 elsewhere (T4,
+    V100, P100 emulate bf16 slowly), which needs a gradient scaler when training."""
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
 def autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)  # bf16 needs no loss scaling
+        return torch.autocast("cuda", dtype=amp_dtype(device))
     return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+    """Loss scaling for float16 autocast (a no-op otherwise: CPU, no AMP, or bf16)."""
+    enabled = amp and device.type == "cuda" and amp_dtype(device) == torch.float16
+    return torch.amp.GradScaler("cuda", enabled=enabled)
 
 
 def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -38,14 +50,19 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
     return x
 
 
-def train_step(model, x, y, optimizer, device, amp=False, channels_last=False) -> float:
-    """One optimiser step on the batch (x, y); returns its loss."""
+def train_step(model, x, y, optimizer, device, amp=False, channels_last=False, scaler=None) -> float:
+    """One optimiser step on the batch (x, y); returns its loss. `scaler` scales the loss under float16."""
     x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
     with autocast(device, amp):
         loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     return loss.item()
 
 
@@ -53,8 +70,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, amp=False, chan
     """One pass over `loader`, stepping `scheduler` per batch; returns the mean training loss."""
     model.train()
     total, count = 0.0, 0
+    scaler = grad_scaler(device, amp)
     for x, y in tqdm(loader, desc="train", leave=False, unit="batch", disable=None):
-        total += train_step(model, x, y, optimizer, device, amp, channels_last) * len(y)
+        total += train_step(model, x, y, optimizer, device, amp, channels_last, scaler) * len(y)
         scheduler.step()
         count += len(y)
     return total / max(count, 1)
@@ -85,6 +103,7 @@ def lr_range(model, loader, optimizer, device, start: float, end: float, steps: 
     factor = (end / start) ** (1 / max(steps - 1, 1))
     model.train()
     rates, losses, average, best = [], [], 0.0, float("inf")
+    scaler = grad_scaler(device, amp)
     batches = iter(())
     for step in range(steps):
         try:
@@ -96,7 +115,7 @@ def lr_range(model, loader, optimizer, device, start: float, end: float, steps: 
         for group, ratio in zip(optimizer.param_groups, ratios):
             group["lr"] = rate * ratio
         average = smoothing * average + (1 - smoothing) * train_step(model, x, y, optimizer, device, amp,
-                                                                     channels_last)
+                                                                     channels_last, scaler)
         smoothed = average / (1 - smoothing ** (step + 1))  # bias-corrected, as Adam's moments
         if not np.isfinite(smoothed):
             break  # diverged: a NaN must not become the curve's "minimum"

@@ -108,3 +108,27 @@ def test_fixed_size_backbone_with_another_image_size_names_the_param():
                         image_size=(48, 64))
     assert "dogscats.prepare.image_size: [160, 160]" in str(e.value)
     create_backbone(FeaturesParams(backbone="test_vit", pretrained=False), image_size=(160, 160))
+
+
+def test_a_loss_scaled_step_is_the_same_step():
+    """float16 autocast trains through a gradient scaler: scaling the loss, then unscaling the gradients before
+    the optimizer step, must give the very update an unscaled step gives (the scaler's CPU form checks the path)."""
+    import copy
+
+    import torch
+
+    from pipeline.engine import train_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    cpu = torch.device("cpu")
+    # SGD, not Adam: Adam's update barely depends on the gradients' scale, so it would hide a missing unscale
+    plain = train_step(model, x, y, torch.optim.SGD(model.parameters(), lr=0.1), cpu)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaled = train_step(twin, x, y, torch.optim.SGD(twin.parameters(), lr=0.1), cpu, scaler=scaler)
+    assert plain == pytest.approx(scaled)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert scaler.get_scale() == 1024.0, "no overflow, so no back-off"
