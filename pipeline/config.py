@@ -113,6 +113,8 @@ class HeadParams:
     conv_channels: int = field(default=256, metadata=_range(1, 16384, "with features.cut >= 0: channels of the conv "
                                                                       "block (3x3 conv, batch norm, ReLU, pooling) "
                                                                       "before the dense layers"))
+    conv_dropout: float = field(default=0.0, metadata=_range(0.0, 0.9, "with features.cut >= 0: channel dropout "
+                                                                     "(Dropout2d) after the conv block"))
     dropout: float = field(default=0.5, metadata=_range(0.0, 0.95, "dropout before the output layer"))
     input_dropout: float = field(default=0.25, metadata=_range(0.0, 0.95, "dropout on the input features (after "
                                                                            "their batch norm)"))

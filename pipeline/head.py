@@ -83,7 +83,7 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, p
 def dropout_schedule(head: torch.nn.Module, hp):
     """`head.dropout_schedule`: each dropout layer's rate for an epoch (1-based); constant, or rising linearly from
     none in the first epoch to the configured rates in the last."""
-    layers = [(m, m.p) for m in head.modules() if isinstance(m, torch.nn.Dropout)]
+    layers = [(m, m.p) for m in head.modules() if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d))]
 
     def set_rates(epoch: int) -> dict:
         share = 1.0 if hp.dropout_schedule == "constant" or hp.epochs == 1 else (epoch - 1) / (hp.epochs - 1)

@@ -113,15 +113,17 @@ def create_trunk(fp: FeaturesParams, pretrained: bool | None = None, key: str = 
 
 
 def create_head(in_features: int, num_classes: int, hidden: int, dropout: float,
-                input_dropout: float | None = None, conv_channels: int | None = None) -> nn.Sequential:
+                input_dropout: float | None = None, conv_channels: int | None = None,
+                conv_dropout: float = 0.0) -> nn.Sequential:
     """Batch norm and dropout around a hidden dense layer, as in fast.ai's lesson 3 head: `input_dropout` on the
     features (default: half of `dropout`), `dropout` before the output layer. With `conv_channels` the features
     are spatial maps (a backbone cut early) and a conv block with batch norm, then pooling, comes first: the
-    layers the lesson retrains when it "throws out more layers"."""
+    layers the lesson retrains when it "throws out more layers"; `conv_dropout` drops whole channels after it."""
     conv = []
     if conv_channels:
         conv = [nn.Conv2d(in_features, conv_channels, 3, padding=1, bias=False), nn.BatchNorm2d(conv_channels),
-                nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+                nn.ReLU(inplace=True), *([nn.Dropout2d(conv_dropout)] if conv_dropout else []),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         in_features = conv_channels
     return nn.Sequential(
         *conv,
@@ -171,7 +173,7 @@ def head_for(feature_shape: tuple[int, ...], num_classes: int, hp) -> nn.Sequent
     """The head (`head` params `hp`) for features of `feature_shape` per image: (D,) pooled or (C, H, W) spatial."""
     spatial = len(feature_shape) == 3
     return create_head(feature_shape[0], num_classes, hp.hidden, hp.dropout, hp.input_dropout,
-                       hp.conv_channels if spatial else None)
+                       hp.conv_channels if spatial else None, hp.conv_dropout)
 
 
 def normalisation(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

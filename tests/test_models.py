@@ -132,3 +132,17 @@ def test_a_loss_scaled_step_is_the_same_step():
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
     assert scaler.get_scale() == 1024.0, "no overflow, so no back-off"
+
+
+def test_a_cut_backbones_head_has_a_conv_block_with_its_own_dropout():
+    import torch
+
+    from pipeline.config import HeadParams
+    from pipeline.models import head_for
+
+    head = head_for((24, 6, 8), 10, HeadParams(conv_channels=16, conv_dropout=0.3))
+    kinds = [type(m).__name__ for m in head]
+    assert kinds[:5] == ["Conv2d", "BatchNorm2d", "ReLU", "Dropout2d", "AdaptiveAvgPool2d"]
+    assert head[3].p == 0.3 and head(torch.randn(4, 24, 6, 8)).shape == (4, 10)
+    pooled = head_for((24,), 10, HeadParams(conv_channels=16, conv_dropout=0.3))
+    assert not any(isinstance(m, (torch.nn.Conv2d, torch.nn.Dropout2d)) for m in pooled), "pooled: dense layers only"
