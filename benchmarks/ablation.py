@@ -201,8 +201,8 @@ def main() -> None:
             if Paths(comp, base).metrics.is_file():
                 top = read_json(Paths(comp, base).metrics)
                 lines.append(f"Baseline (seed {base_params.seed}): CV log loss {top['logloss']:.4f}, accuracy "
-                             f"{top['accuracy']:.4f} ({top['member']}+{top['calibration']}); run "
-                             f"{baseline_seconds:.0f} s.")
+                             f"{top['accuracy']:.4f} ({top['member']}+{top['calibration']}); "
+                             + (f"reused from {args.baseline}." if args.baseline else f"run {baseline_seconds:.0f} s."))
             for name, (changes, member) in variants.items():
                 first = first_stage(changes)
                 if not base_params.comp(comp).finetune.augment.hflip:  # State Farm: never flipped anyway
