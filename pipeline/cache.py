@@ -25,8 +25,10 @@ def load_cache(cache: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
 
 
 def load_folds(path: Path, train_index: pd.DataFrame) -> np.ndarray:
-    """Each train row's fold, checked to be in the cache's row order."""
+    """Each cached train row's fold, checked to be in the cache's row order (the folds may list more rows: train
+    images that prepare skipped as unreadable)."""
     folds = pd.read_csv(path, dtype={"id": str, "group": str})
+    folds = folds[folds["id"].isin(set(train_index["id"]))]
     if list(folds["id"]) != list(train_index["id"]):
         raise OutputError(f"{path} does not list the cached train images in order; re-run `dvc repro`.")
     return folds["fold"].to_numpy()

@@ -61,7 +61,12 @@ class PrepareParams:
     image_size: tuple[int, int] = field(
         default=(64, 64), metadata={"doc": "(height, width) of cached images", "item_range": (16, 2048)}
     )
-    num_workers: int = field(default=2, metadata=_range(1, 256, "decoding threads"))
+    num_workers: int = field(default=0, metadata=_range(0, 256, "processes reading and decoding the archive "
+                                                              "in parallel (0: one per CPU core)"))
+    skip_unreadable: bool = field(default=False, metadata={"doc": "false: stop at the first unreadable image, "
+                                                                  "naming it; true: go on, dropping unreadable "
+                                                                  "train images and leaving unreadable test images "
+                                                                  "black, all listed in the cache's skipped.csv"})
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,9 @@ class FeaturesParams:
                                                         "levels are more generic), on which the head trains a conv "
                                                         "block"))
     amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
+    channels_last: bool = field(default=True, metadata={"doc": "channels-last memory on a GPU"})
+    num_workers: int = field(default=2, metadata=_range(0, 256, "DataLoader worker processes decoding and "
+                                                                "augmenting batches while the model runs"))
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,8 @@ class FinetuneParams:
     num_workers: int = field(default=0, metadata=_range(0, 256, "DataLoader worker processes"))
     amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
     channels_last: bool = field(default=True, metadata={"doc": "channels-last memory on a GPU"})
+    compile: bool = field(default=False, metadata={"doc": "torch.compile the network (a GPU speed-up for long "
+                                                          "runs; compiling costs a minute or more up front)"})
 
 
 @dataclass(frozen=True)

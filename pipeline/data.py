@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     import albumentations as A
 
 
-def build_transform(mean, std, aug: AugmentParams | None = None, size=None) -> A.Compose:
-    """uint8 HWC image -> normalised float CHW tensor, resized to `size` (height, width) when given (a model's
-    `features.image_size`; augmentation then works at that size), with `aug`'s random changes when given."""
+def build_transform(aug: AugmentParams | None = None, size=None) -> A.Compose:
+    """uint8 HWC image -> uint8 CHW tensor, resized to `size` (height, width) when given (a model's
+    `features.image_size`; augmentation then works at that size), with `aug`'s random changes when given. Batches
+    stay uint8 until the device: `models.Trunk` normalises them there."""
     import albumentations as A  # here: a stage that only reads the cache need not import it (and cv2)
     import cv2
     from albumentations.pytorch import ToTensorV2
@@ -44,7 +45,7 @@ def build_transform(mean, std, aug: AugmentParams | None = None, size=None) -> A
         if aug.rgb_shift > 0:
             limit = aug.rgb_shift * 255  # uint8 images: the limits are in pixel values
             ops.append(A.RGBShift(r_shift_limit=limit, g_shift_limit=limit, b_shift_limit=limit, p=1.0))
-    ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    ops.append(ToTensorV2())
     return A.Compose(ops, seed=0)  # reseeded per sample by SeededRows
 
 
@@ -67,6 +68,32 @@ class SeededRows(Sampler):
         self.epoch += 1
         order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         return iter(zip(order.tolist(), rng.integers(0, 2**31, self.n).tolist()))
+
+
+class ShardedRows(Sampler):
+    """This process's share of every batch of `rows` (a `SeededRows`) when `world` data-parallel processes train
+    together: the global batch of `batch_size` is split into `world` shares, rank r taking every world-th pair.
+    So each optimiser step sees the same images with the same augmentation seeds as one process with the whole
+    batch (what `DistributedSampler` cannot promise: it shuffles by its own seed), and the averaged gradient is
+    the whole batch's. Every process takes the same number of steps."""
+
+    def __init__(self, rows: SeededRows, batch_size: int, rank: int, world: int, drop_last: bool):
+        self.rows, self.batch_size, self.rank, self.world, self.drop_last = rows, batch_size, rank, world, drop_last
+        self.n = sum(len(b[rank::world]) for b in self._batches(list(range(len(rows)))))
+
+    def _batches(self, pairs: list):
+        for start in range(0, len(pairs), self.batch_size):
+            batch = pairs[start : start + self.batch_size]
+            if len(batch) < self.batch_size and (self.drop_last or len(batch) < self.world):
+                return  # a last batch too small to share would leave a process without a step
+            yield batch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for batch in self._batches(list(self.rows)):
+            yield from batch[self.rank :: self.world]
 
 
 def reseed(transform: A.Compose, seed: int) -> None:
@@ -92,7 +119,7 @@ class ImageDataset(Dataset):
         i, seed = key if isinstance(key, tuple) else (key, None)
         if seed is not None:
             reseed(self.transform, seed)
-        x = self.transform(image=np.asarray(self.images[self.rows[i]]))["image"]
+        x = self.transform(image=np.array(self.images[self.rows[i]]))["image"]  # a copy: the cache is read-only
         if self.labels is None:
             return x
         return x, int(self.labels[i])

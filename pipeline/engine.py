@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from pipeline.data import TTA
@@ -23,6 +25,48 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Workers:
+    """This process's place among the data-parallel processes `torchrun` started (one, without torchrun)."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes outputs, curves and progress."""
+        return self.rank == 0
+
+
+@contextlib.contextmanager
+def distributed(device_name: str):
+    """Yield this process's `Workers`. Started by `torchrun --nproc-per-node N`, the N processes join one
+    process group (NCCL, each on its own GPU `LOCAL_RANK`; gloo on CPUs) for data-parallel training; otherwise
+    this is the only process. The group is left on exit, also after an error."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_name)
+    if world == 1:
+        yield Workers(0, 1, device)
+        return
+    import torch.distributed as td
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Workers(td.get_rank(), world, device)
+    finally:
+        td.destroy_process_group()
+
+
+def is_main() -> bool:
+    import torch.distributed as td
+
+    return not td.is_available() or not td.is_initialized() or td.get_rank() == 0
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
@@ -43,7 +87,9 @@ def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=enabled)
 
 
-def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A batch on `device` as float32 (images arrive as uint8 pixel values: a quarter of the bytes to move; the
+    network normalises them there), channels-last on a GPU when asked."""
     x = x.to(device, non_blocking=True).float()
     if channels_last and x.ndim == 4 and device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -52,7 +98,7 @@ def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Ten
 
 def train_step(model, x, y, optimizer, device, amp=False, channels_last=False, scaler=None) -> float:
     """One optimiser step on the batch (x, y); returns its loss. `scaler` scales the loss under float16."""
-    x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
+    x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
     with autocast(device, amp):
         loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
@@ -84,14 +130,30 @@ def predict(model, loader, device, views=("identity",), amp=False, channels_last
     model.eval()
     out = []
     for batch in tqdm(loader, desc="predict", leave=False, unit="batch", disable=None):
-        x = _to(batch[0] if isinstance(batch, (list, tuple)) else batch, device, channels_last)
+        x = to_device(batch[0] if isinstance(batch, (list, tuple)) else batch, device, channels_last)
         probs = 0
         for view in views:
             with autocast(device, amp):
                 logits = model(TTA[view](x))
             probs = probs + logits.float().softmax(dim=1)
         out.append((probs / len(views)).cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
+    probs = np.concatenate(out).astype(np.float64)
+    if isinstance(loader.sampler, DistributedSampler):
+        probs = _gather(probs, loader.sampler)
+    return probs
+
+
+def _gather(probs: np.ndarray, sampler: DistributedSampler) -> np.ndarray:
+    """Every process's share of a `DistributedSampler` (rank r holds rows r, r + world, ..., padded to equal
+    shares) put back into the dataset's row order, on every process."""
+    import torch.distributed as td
+
+    shares = [None] * td.get_world_size()
+    td.all_gather_object(shares, probs)
+    out = np.empty((sum(len(s) for s in shares), probs.shape[1]))
+    for rank, share in enumerate(shares):
+        out[rank :: len(shares)] = share
+    return out[: len(sampler.dataset)]
 
 
 def lr_range(model, loader, optimizer, device, start: float, end: float, steps: int, amp=False,
@@ -163,30 +225,47 @@ def fit(
     amp: bool = False,
     channels_last: bool = False,
     before_epoch=None,
+    after_epoch=None,
+    history: list[dict] | None = None,
+    train_model: nn.Module | None = None,
 ) -> list[dict]:
     """Train for exactly `epochs` on the fixed schedule; `model` keeps the last epoch's weights.
 
     Nothing is chosen on the validation rows (no best epoch, no early stop), so the out-of-fold predictions made
     from them next cannot flatter the fold's score. Their scores are only recorded: the learning curve, with
     epoch 0 being the weights as given. dvclive's step is the epoch, as printed. `before_epoch(epoch)`, when
-    given, runs before each training epoch and returns what to record with it (e.g. a dropout schedule's rate).
+    given, runs before each training epoch and returns what to record with it (e.g. a dropout schedule's rate);
+    `after_epoch(epoch, history)` after each (a checkpoint). `history`: the records of epochs already done (a
+    resumed run), which go to `live` again and are not re-run. `train_model`: what trains, when not `model`
+    itself (its data-parallel or compiled wrapper).
     """
-    history = []
-    for epoch in range(epochs + 1):
+    history = list(history or [])
+    for record in history:
+        _log(live, record)
+    for epoch in range(len(history), epochs + 1):
         record = {"epoch": epoch}
         if epoch and before_epoch is not None:
             record.update(before_epoch(epoch))
         if epoch:
-            record["train_loss"] = train_one_epoch(model, train_loader, optimizer, scheduler, device, amp, channels_last)
+            record["train_loss"] = train_one_epoch(train_model or model, train_loader, optimizer, scheduler, device,
+                                                   amp, channels_last)
         record.update(scores(predict(model, val_loader, device, amp=amp, channels_last=channels_last), val_labels))
+        record["lr"] = optimizer.param_groups[-1]["lr"]
         history.append(record)
-        if live is not None:
-            live.step = epoch
-            for name, key in (("train/loss", "train_loss"), ("val/logloss", "logloss"), ("val/accuracy", "accuracy")):
-                if key in record:
-                    live.log_metric(name, record[key])
-            live.log_metric("lr", optimizer.param_groups[-1]["lr"])
-        if epoch:
+        _log(live, record)
+        if epoch and is_main():
             tqdm.write(f"epoch {epoch}/{epochs}: train loss {record['train_loss']:.4f}, val logloss "
                        f"{record['logloss']:.4f}, accuracy {record['accuracy']:.4f}")
+        if after_epoch is not None:
+            after_epoch(epoch, history)
     return history
+
+
+def _log(live, record: dict) -> None:
+    if live is None:
+        return
+    live.step = record["epoch"]
+    for name, key in (("train/loss", "train_loss"), ("val/logloss", "logloss"), ("val/accuracy", "accuracy"),
+                      ("lr", "lr")):
+        if key in record:
+            live.log_metric(name, record[key])

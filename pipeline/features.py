@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.config import Params, as_dict
 from pipeline.cache import load_cache
 from pipeline.data import ImageDataset, SeededRows, build_transform
-from pipeline.engine import autocast, pick_device
+from pipeline.engine import autocast, pick_device, to_device
 from pipeline.io import atomic_dir, read_json, write_json
 from pipeline.models import create_trunk, normalisation, save_weights
 from pipeline.paths import Paths
@@ -30,14 +30,19 @@ from pipeline.stage import stage_main
 
 
 @torch.no_grad()
-def extract(backbone, dataset, out: np.ndarray, batch_size: int, device, amp: bool, desc: str, seed=None) -> None:
-    """Write the backbone's features of every `dataset` row into `out`, in order (augmented with `seed`)."""
+def extract(backbone, dataset, out: np.ndarray, fp, device, desc: str, seed=None) -> None:
+    """Write the backbone's features of every `dataset` row into `out`, in order (augmented with `seed`).
+
+    `features.num_workers` processes read, resize and augment the uint8 images while the backbone runs (each
+    image's augmentation is seeded by `SeededRows`, so the features do not depend on the number of workers);
+    batches travel as uint8 through pinned memory and are normalised on the device."""
     sampler = None if seed is None else SeededRows(len(dataset), seed, shuffle=False)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    loader = DataLoader(dataset, batch_size=fp.batch_size, sampler=sampler, num_workers=fp.num_workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if fp.num_workers else None)
     start = 0
-    for x in tqdm(loader, desc=desc, unit="batch"):
-        with autocast(device, amp):
-            f = backbone(x.to(device, non_blocking=True))
+    for x in tqdm(loader, desc=desc, unit="batch", disable=None):
+        with autocast(device, fp.amp):
+            f = backbone(to_device(x, device, fp.channels_last))
         out[start : start + len(f)] = f.float().cpu().numpy().astype(np.float16)
         start += len(f)
 
@@ -58,24 +63,25 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
     size = tuple(fp.image_size or caches["train"].shape[1:3])
     key = params.model_key(comp_name, model, "features")
     backbone = create_trunk(fp, key=key, image_size=size).to(device).eval()
+    if fp.channels_last and device.type == "cuda":
+        backbone = backbone.to(memory_format=torch.channels_last)
     mean, std = normalisation(backbone)
     resize = size if fp.image_size else None
-    plain = build_transform(mean, std, size=resize)
+    plain = build_transform(size=resize)
     with atomic_dir(paths.features) as out:
         shape = feature_shape(backbone, size, device)
         for split, images in caches.items():
             arr = np.lib.format.open_memmap(out / f"{split}.npy", "w+", np.float16, (len(images), *shape))
             dataset = ImageDataset(images, np.arange(len(images)), plain)
-            extract(backbone, dataset, arr, fp.batch_size, device, fp.amp, f"{comp_name} {split}")
+            extract(backbone, dataset, arr, fp, device, f"{comp_name} {split}")
             arr.flush()
         images = caches["train"]
         if fp.aug_copies:
             aug = np.lib.format.open_memmap(out / "train_aug.npy", "w+", np.float16,
                                             (fp.aug_copies, len(images), *shape))
-            augmented = ImageDataset(images, np.arange(len(images)), build_transform(mean, std, fp.augment, resize))
+            augmented = ImageDataset(images, np.arange(len(images)), build_transform(fp.augment, resize))
             for k in range(fp.aug_copies):  # each copy its own seeds: copies differ from each other
-                extract(backbone, augmented, aug[k], fp.batch_size, device, fp.amp, f"{comp_name} augmented {k + 1}",
-                        seed=(mp.seed, k))
+                extract(backbone, augmented, aug[k], fp, device, f"{comp_name} augmented {k + 1}", seed=(mp.seed, k))
             aug.flush()
         save_weights(backbone, out / "backbone.safetensors")
         write_json(

@@ -12,18 +12,23 @@ over `finetune.tta` views), `params.json`; `metrics/<comp>/<model>/finetune/fold
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
 from pipeline.cache import load_cache
-from pipeline.data import ImageDataset, SeededRows, build_transform
-from pipeline.engine import fit, fold_seed, one_cycle, pick_device, predict
+from pipeline.data import ImageDataset, SeededRows, ShardedRows, build_transform
+from pipeline.engine import Workers, distributed, fit, fold_seed, one_cycle, predict
+from pipeline.errors import ConfigError
 from pipeline.io import atomic_dir, read_json
 from pipeline.models import Classifier, create_trunk, head_for, save_weights
 from pipeline.outputs import fold_outputs, fold_summary, fold_split, save_fold
@@ -45,33 +50,48 @@ def load_start(params: Params, comp_name: str, model: str, fold: int, paths: Pat
     return Classifier(backbone, head)
 
 
-def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, device: torch.device):
+def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, device: torch.device,
+          workers: Workers | None = None):
     """The fold's loaders (augmented train, val, test), the starting network on `device` and its optimizer
-    (lower learning rate for the backbone): everything finetuning trains, which `pipeline lr-find` uses too."""
+    (lower learning rate for the backbone): everything finetuning trains, which `pipeline lr-find` uses too.
+    With several data-parallel `workers`, each process's loaders hold its share of the rows."""
     comp = get_competition(comp_name)
     mp = params.model(comp_name, model)
     ft = mp.finetune
     seed = mp.seed
+    workers = workers or Workers(0, 1, device)
     torch.manual_seed(fold_seed(seed, fold))
     split = fold_split(paths, comp, fold)
     meta = read_json(paths.features / "meta.json")
     images, _ = load_cache(paths.cache, "train")
     test_images, _ = load_cache(paths.cache, "test")
-    plain = build_transform(meta["mean"], meta["std"], size=meta.get("image_size"))
-    augmented = build_transform(meta["mean"], meta["std"], ft.augment, meta.get("image_size"))
+    plain = build_transform(size=meta.get("image_size"))
+    augmented = build_transform(ft.augment, meta.get("image_size"))
     # Own generators: a loader otherwise draws its workers' base seed from torch's global RNG (once with
     # persistent workers, per epoch without), which would move dropout's masks with num_workers.
     loader = {"num_workers": ft.num_workers, "persistent_workers": ft.num_workers > 0,
-              "generator": torch.Generator().manual_seed(seed)}
+              "pin_memory": device.type == "cuda", "generator": torch.Generator().manual_seed(seed)}
+    if ft.batch_size % workers.world:
+        raise ConfigError(f"{params.model_key(comp_name, model, 'finetune')}.batch_size: {ft.batch_size} images "
+                          f"cannot be shared equally by {workers.world} data-parallel processes; use a multiple "
+                          f"of {workers.world}.")
+    rows = SeededRows(len(split.train_rows), (seed, fold), shuffle=True)
+    drop_last = len(split.train_rows) > ft.batch_size
+    if workers.world > 1:
+        rows = ShardedRows(rows, ft.batch_size, workers.rank, workers.world, drop_last)
     train_loader = DataLoader(
         ImageDataset(images, split.train_rows, augmented, split.labels[split.train_rows]),
-        batch_size=ft.batch_size, sampler=SeededRows(len(split.train_rows), (seed, fold), shuffle=True),
-        drop_last=len(split.train_rows) > ft.batch_size, **loader,
+        batch_size=ft.batch_size // workers.world, sampler=rows, drop_last=drop_last and workers.world == 1,
+        **loader,
     )
-    val_loader = DataLoader(ImageDataset(images, split.val_rows, plain, split.labels[split.val_rows]),
-                            batch_size=ft.batch_size * 2, **loader)
-    test_loader = DataLoader(ImageDataset(test_images, np.arange(len(test_images)), plain),
-                             batch_size=ft.batch_size * 2, **loader)
+
+    def share(dataset):  # validation and test rows: each process predicts its share, then all are gathered
+        return DistributedSampler(dataset, shuffle=False) if workers.world > 1 else None
+
+    val = ImageDataset(images, split.val_rows, plain, split.labels[split.val_rows])
+    test = ImageDataset(test_images, np.arange(len(test_images)), plain)
+    val_loader = DataLoader(val, batch_size=ft.batch_size * 2, sampler=share(val), **loader)
+    test_loader = DataLoader(test, batch_size=ft.batch_size * 2, sampler=share(test), **loader)
     network = load_start(params, comp_name, model, fold, paths).to(device)
     if ft.channels_last and device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
@@ -110,30 +130,111 @@ def backbone_groups(trunk, ft) -> tuple[list[dict], list[torch.nn.Module]]:
     return groups, list({id(m): m for m in frozen}.values())
 
 
-def run(params: Params, comp_name: str, model: str, fold: int, root: Path = Path(".")) -> dict:
+def run(params: Params, comp_name: str, model: str, fold: int, root: Path = Path(".")) -> dict | None:
+    """Finetune one fold. Started by `torchrun --nproc-per-node N`, N processes train it data-parallel and rank 0
+    writes the same files as one process would (the others return None)."""
+    with distributed(params.device) as workers:
+        return _run(params, comp_name, model, fold, root, workers)
+
+
+def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, workers: Workers) -> dict | None:
     comp = get_competition(comp_name)
     mp = params.model(comp_name, model)
     ft = mp.finetune
     paths = Paths(comp_name, root, model)
-    device = pick_device(params.device)
+    device = workers.device
     split, meta, (train_loader, val_loader, test_loader), network, optimizer = setup(params, comp_name, model, fold,
-                                                                                    paths, device)
+                                                                                    paths, device, workers)
     val_labels = split.labels[split.val_rows]
     scheduler = one_cycle(optimizer, ft.epochs, len(train_loader), ft.warmup)
     amp = {"amp": ft.amp, "channels_last": ft.channels_last}
+    trained = network
+    if workers.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+    evaluated = network
+    if ft.compile:
+        trained, evaluated = torch.compile(trained), torch.compile(network)
+    info = {"stage": "finetune", "competition": comp_name, "model": model, "fold": fold, "seed": mp.seed,
+            "finetune": as_dict(ft), "head": as_dict(mp.head), "features": meta}
+    checkpoint = Checkpoint(paths.fold_model("finetune", fold), info, workers, [paths.features / "backbone.safetensors",
+                            paths.fold_model("head", fold) / "head.safetensors"])
+    state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "rows": train_loader.sampler}
+    history = checkpoint.resume(state, device)
     from dvclive import Live  # here, not at the top: setup() (and lr-find) need none of dvclive's imports
 
+    live = (Live(dir=str(paths.live("finetune", fold)), dvcyaml=False, save_dvc_exp=False, report=None)
+            if workers.main else contextlib.nullcontext())
+    with live:
+        history = fit(evaluated, train_loader, val_loader, val_labels, optimizer, scheduler, ft.epochs, device,
+                      live if workers.main else None, **amp, history=history, train_model=trained,
+                      after_epoch=lambda epoch, history: checkpoint.save(state, epoch, history))
+    oof = predict(evaluated, val_loader, device, ft.tta, **amp)
+    test = predict(evaluated, test_loader, device, ft.tta, **amp)
+    if not workers.main:
+        return None
     with atomic_dir(paths.fold_model("finetune", fold)) as out:
-        with Live(dir=str(paths.live("finetune", fold)), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-            history = fit(network, train_loader, val_loader, val_labels, optimizer, scheduler, ft.epochs, device,
-                          live, **amp)
         save_weights(network, out / "model.safetensors")
-        oof = predict(network, val_loader, device, ft.tta, **amp)
-        test = predict(network, test_loader, device, ft.tta, **amp)
-        info = {"stage": "finetune", "competition": comp_name, "model": model, "fold": fold, "seed": mp.seed,
-                "finetune": as_dict(ft), "head": as_dict(mp.head),
-                "features": meta, "history": history}
-        return save_fold(out, paths.fold_metrics("finetune", fold), comp, split, oof, test, info)
+        metrics = save_fold(out, paths.fold_metrics("finetune", fold), comp, split, oof, test,
+                            {**info, "history": history, "processes": workers.world})
+    checkpoint.remove()
+    return metrics
+
+
+class Checkpoint:
+    """The state after each finetuning epoch, in `.fold<k>.checkpoint.pt` beside the fold's folder, so a killed run
+    resumes from its last finished epoch: the network, optimizer, schedule, the sampler's epoch and the random
+    state, which make the resumed run's result that of an uninterrupted one. It is used only when its
+    fingerprint (params, start weights, number of processes) matches, and removed once the fold's outputs are
+    written. Rank 0 writes it; every process reads it."""
+
+    def __init__(self, out: Path, info: dict, workers: Workers, inputs: list[Path]):
+        self.path = out.with_name(f".{out.name}.checkpoint.pt")
+        self.workers = workers
+        digest = hashlib.sha256(json.dumps({**info, "processes": workers.world}, sort_keys=True).encode())
+        for path in inputs:
+            digest.update(path.read_bytes())
+        self.fingerprint = digest.hexdigest()
+
+    def save(self, state: dict, epoch: int, history: list[dict]) -> None:
+        if not self.workers.main or epoch == 0:
+            return
+        saved = {"fingerprint": self.fingerprint, "history": history, "rows_epoch": _rows(state["rows"]).epoch,
+                 "rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                 **{k: state[k].state_dict() for k in ("network", "optimizer", "scheduler")}}
+        tmp = self.path.with_name(self.path.name + ".part")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(saved, tmp)
+        os.replace(tmp, self.path)
+
+    def resume(self, state: dict, device: torch.device) -> list[dict]:
+        """Load the checkpoint into `state` when it belongs to this run; the epochs it holds (or none)."""
+        if not self.path.is_file():
+            return []
+        try:
+            saved = torch.load(self.path, map_location=device, weights_only=False)
+        except Exception:  # a checkpoint cut short by the kill: start again
+            return []
+        if saved.get("fingerprint") != self.fingerprint:
+            return []
+        for k in ("network", "optimizer", "scheduler"):
+            state[k].load_state_dict(saved[k])
+        _rows(state["rows"]).epoch = saved["rows_epoch"]
+        torch.set_rng_state(saved["rng"].cpu())
+        if saved["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda_rng"]])
+        if self.workers.main:
+            print(f"resuming after epoch {saved['history'][-1]['epoch']} from {self.path}")
+        return saved["history"]
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _rows(sampler) -> SeededRows:
+    return sampler.rows if isinstance(sampler, ShardedRows) else sampler
 
 
 def main(argv: list[str] | None = None) -> None:

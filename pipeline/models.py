@@ -80,7 +80,12 @@ class Trunk(nn.Module):
     """A timm backbone cut after feature level `cut` (`features.cut`): the layers after it are dropped (timm's
     `prune_intermediate_layers`) and it returns that level's spatial map, (N, C, H, W). With cut -1 it is the whole
     backbone with its pooling, returning its pooled features (N, D); `num_features` is the channels at the cut (or
-    timm's `num_features` for the whole backbone)."""
+    timm's `num_features` for the whole backbone).
+
+    It takes pixel values (0-255, as the uint8 cache holds them) and normalises them itself with the mean and std
+    the backbone was trained with: loaders then move uint8 batches, a quarter of float32's bytes, and the
+    normalisation runs on the device instead of in every loader worker. (Buffers not saved: the weights files
+    hold only the network.)"""
 
     def __init__(self, model: nn.Module, cut: int, key: str = "features"):
         super().__init__()
@@ -93,8 +98,16 @@ class Trunk(nn.Module):
         self.model, self.cut = model, cut
         self.num_features = model.num_features if cut < 0 else model.feature_info[cut]["num_chs"]
         self.pretrained_cfg = model.pretrained_cfg  # timm's data config reads it
+        mean, std = normalisation(model)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel values (0-255, any dtype) -> the backbone's normalised float input."""
+        return (x.float() - self.pixel_mean) / self.pixel_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.normalise(x)
         if self.cut < 0:
             return self.model(x)
         return self.model.forward_intermediates(x, indices=[self.cut], intermediates_only=True, stop_early=True)[0]
@@ -102,7 +115,7 @@ class Trunk(nn.Module):
     def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every feature level's map up to the cut (the report's activation maps)."""
         last = self.cut if self.cut >= 0 else len(self.model.feature_info) - 1
-        return self.model.forward_intermediates(x, indices=list(range(last + 1)), intermediates_only=True,
+        return self.model.forward_intermediates(self.normalise(x), indices=list(range(last + 1)), intermediates_only=True,
                                                 stop_early=True)
 
 

@@ -242,7 +242,7 @@ def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competitio
 def _batch(images: np.ndarray, rows: np.ndarray, meta: dict):
     import torch
 
-    transform = build_transform(meta["mean"], meta["std"], size=meta.get("image_size"))
+    transform = build_transform(size=meta.get("image_size"))
     return torch.stack([transform(image=np.asarray(images[r]))["image"] for r in rows])
 
 

@@ -7,6 +7,7 @@ same in `logs/stages/<stage>.json`, from which the `summary` stage prints its ta
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -63,6 +64,8 @@ def stage_main(
     except (PipelineError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    if int(os.environ.get("RANK", "0")):
+        return  # one of torchrun's data-parallel processes other than rank 0, which reports for them all
     seconds = time.perf_counter() - start
     name = stage_name(run, args.comp, model, fold)
     try:

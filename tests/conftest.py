@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 _STAGE = {
     "data": {"source": "demo", "demo": {"train_per_class": 6, "test": 5, "drivers": 3}},
     "prepare": {"num_workers": 2},
-    "features": {"backbone": "test_resnet", "pretrained": False, "batch_size": 16, "aug_copies": 2},
+    "features": {"backbone": "test_resnet", "pretrained": False, "batch_size": 16, "aug_copies": 2, "num_workers": 0},
     "head": {"hidden": 16, "epochs": 3, "batch_size": 8, "lr": 0.01},
     "finetune": {"epochs": 2, "batch_size": 8, "lr": 0.01},
 }
@@ -39,7 +39,7 @@ TINY = {
     "device": "cpu",
     "models": ["main", "cut"],
     "dogscats": {**copy.deepcopy(_STAGE), "prepare": {"image_size": [32, 32]},
-                 "features": {**_STAGE["features"], "augment": {"hflip": 0.5}},
+                 "features": {**_STAGE["features"], "augment": {"hflip": 0.5}, "num_workers": 2},
                  "finetune": {**_STAGE["finetune"], "augment": {"hflip": 0.5}, "tta": ["identity", "hflip"]},
                  "models": {"main": {}, "cut": copy.deepcopy(_CUT)}},
     "statefarm": {**copy.deepcopy(_STAGE), "prepare": {"image_size": [24, 32]},

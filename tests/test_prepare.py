@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from conftest import read_zip, tiny_params, write_zip
-from pipeline import download, prepare
+from pipeline import download, folds, prepare
+from pipeline.cache import load_folds
 from pipeline.demo import write_demo_archive
 from pipeline.competitions import get_competition
 from pipeline.errors import ImageError
@@ -44,3 +45,47 @@ def test_corrupt_jpeg_is_named_and_nothing_is_written(tmp_path):
         prepare.run(params, "statefarm", root)
     assert victim in str(e.value) and "download it again" in str(e.value)
     assert not (root / "data" / "statefarm" / "cache").exists()
+
+
+def test_decoding_processes_give_the_same_cache_as_one_process(tmp_path):
+    """`prepare.num_workers` processes each read and decode their own share of the archive, straight into the
+    output file: the bytes are those of the single-process path, in index order."""
+    caches = {}
+    for workers in (1, 3):
+        params = tiny_params(**{"statefarm.prepare.num_workers": workers})
+        root = tmp_path / str(workers)
+        download.run(params, "statefarm", root)
+        caches[workers] = prepare.run(params, "statefarm", root)
+    for name in ("train.npy", "test.npy", "train.csv", "test.csv"):
+        assert (caches[1] / name).read_bytes() == (caches[3] / name).read_bytes(), name
+
+
+def test_skip_unreadable_lists_the_bad_images_drops_train_ones_and_keeps_test_rows(tmp_path):
+    comp = get_competition("statefarm")
+    good = write_demo_archive(comp, tiny_params().comp("statefarm").data.demo, 0, tmp_path / "good.zip")
+    files = read_zip(good)
+    bad_train = sorted(k for k in files if k.startswith("imgs/train/c2/"))[1]
+    bad_test = sorted(k for k in files if k.startswith("imgs/test/"))[2]
+    for victim in (bad_train, bad_test):
+        files[victim] = files[victim][: len(files[victim]) // 3]  # truncated mid-scan
+    params = tiny_params(**{"statefarm.data.source": str(write_zip(tmp_path / "bad.zip", files)),
+                            "statefarm.prepare.skip_unreadable": True})
+    root = tmp_path / "root"
+    raw = download.run(params, "statefarm", root)
+    folds.run(params, "statefarm", root)
+    cache = prepare.run(params, "statefarm", root)
+    skipped = pd.read_csv(cache / "skipped.csv", dtype=str)
+    assert sorted(skipped["file"].str.split(":").str[1]) == sorted([bad_train, bad_test])
+    assert set(skipped["kept"]) == {"dropped", "black image"}
+    raw_train, raw_test = (pd.read_csv(raw / f"{s}.csv", dtype=str) for s in ("train", "test"))
+    train_index, test_index = (pd.read_csv(cache / f"{s}.csv", dtype=str) for s in ("train", "test"))
+    train_id = bad_train.rsplit("/", 1)[1]
+    assert list(train_index["id"]) == [i for i in raw_train["id"] if i != train_id]
+    assert list(test_index["id"]) == list(raw_test["id"]), "every test image keeps its row for the submission"
+    train_images, test_images = np.load(cache / "train.npy"), np.load(cache / "test.npy")
+    assert len(train_images) == len(train_index) and (train_images.reshape(len(train_images), -1).max(1) > 0).all()
+    black = test_index.index[test_index["id"] == bad_test.rsplit("/", 1)[1]][0]
+    assert test_images[black].max() == 0
+    fold_of = load_folds(root / "folds" / "statefarm.csv", train_index)
+    assert len(fold_of) == len(train_index), "the folds line up with the cache without the dropped image"
+    assert "1 unreadable" not in prepare.summary(cache) and "2 unreadable image(s) skipped" in prepare.summary(cache)

@@ -1,0 +1,158 @@
+"""Benchmark P1: the prepare stage's decode speed against the practical limit of reduced-size JPEG decoding.
+
+A synthetic archive in Kaggle's exact State Farm layout, of 640x480 photo-like JPEG frames (real photographs
+from scikit-image, scikit-learn and matplotlib, cropped, mirrored, colour-jittered, quality 90: see
+synthetic_statefarm.py), is decoded to the 240x320 cache three ways, in one run:
+
+- prepare: `pipeline.prepare.run` end to end (`prepare.num_workers: 0`, one process per core, each reading its
+  zip members itself and decoding with PIL's draft mode, writing the .npy), after `pipeline.download.run` has
+  indexed the archive (not timed);
+- limit: a bare loop, one process per core (`multiprocessing.Pool`), each opening the zip itself and doing only
+  read + `Image.open` + `draft('RGB', (320, 240))` + convert + resize to 320x240 (BILINEAR), nothing kept or
+  written, over the same members;
+- naive: one process decoding every frame at full size (no draft), then the same resize.
+
+Target: prepare >= 0.8x the limit's images/s. The naive loop is the baseline before the stage was parallel and
+drafted. Timings are the best of --repeats; nothing is asserted.
+
+    python benchmarks/prepare_speed.py [--images 2000] [--size 240 320] [--repeats 3] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from multiprocessing import Pool
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic_statefarm import statefarm_params, write_statefarm_archive  # noqa: E402
+
+from pipeline import download, prepare  # noqa: E402
+from pipeline.config import parse_params  # noqa: E402
+
+_ZIPS: dict[str, zipfile.ZipFile] = {}
+
+
+def _bare_decode(job) -> int:
+    """The limit's work on one chunk: read each member from this process's own handle on its zip, decode it at
+    reduced size and resize it; the pixels are dropped."""
+    raw, members, (height, width) = job
+    for container, member in members:
+        key = os.path.join(raw, container)
+        if key not in _ZIPS:
+            _ZIPS[key] = zipfile.ZipFile(key)
+        img = Image.open(io.BytesIO(_ZIPS[key].read(member)))
+        img.draft("RGB", (width, height))
+        img.convert("RGB").resize((width, height), Image.BILINEAR)
+    return len(members)
+
+
+def limit_seconds(raw: Path, members: list[tuple[str, str]], size: tuple[int, int], chunk: int) -> float:
+    """Wall time of the bare reduced-size decode with one process per core, pool start and join included."""
+    jobs = [(str(raw), members[i : i + chunk], size) for i in range(0, len(members), chunk)]
+    start = time.perf_counter()
+    with Pool(len(os.sched_getaffinity(0))) as pool:
+        done = sum(pool.imap_unordered(_bare_decode, jobs))
+    seconds = time.perf_counter() - start
+    assert done == len(members)
+    return seconds
+
+
+def naive_seconds(raw: Path, members: list[tuple[str, str]], size: tuple[int, int]) -> float:
+    """Wall time of a single-process full-size decode of every member, then the same resize."""
+    height, width = size
+    start = time.perf_counter()
+    zips: dict[str, zipfile.ZipFile] = {}
+    for container, member in members:
+        if container not in zips:
+            zips[container] = zipfile.ZipFile(raw / container)
+        Image.open(io.BytesIO(zips[container].read(member))).convert("RGB").resize((width, height), Image.BILINEAR)
+    seconds = time.perf_counter() - start
+    for zf in zips.values():
+        zf.close()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000, help="train + test frames in the archive")
+    parser.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("HEIGHT", "WIDTH"),
+                        help="prepare.image_size")
+    parser.add_argument("--frame", type=int, nargs=2, default=(640, 480), metavar=("WIDTH", "HEIGHT"),
+                        help="size of the archive's JPEG frames (State Farm's: 640x480)")
+    parser.add_argument("--repeats", type=int, default=3, help="timings are the best of this many")
+    parser.add_argument("--naive-images", type=int, default=None,
+                        help="decode only this many frames in the (slow) naive loop (default: all)")
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="prepare-speed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    size = tuple(args.size)
+    cores = len(os.sched_getaffinity(0))
+    try:
+        t = time.perf_counter()
+        made = write_statefarm_archive(work / "statefarm.zip", args.images, size=tuple(args.frame))
+        print(f"archive: {made['train']} train + {made['test']} test frames of {args.frame[0]}x{args.frame[1]}, "
+              f"mean JPEG {made['mean_jpeg_bytes'] / 1000:.0f} KB, zip {made['zip_bytes'] / 1e6:.0f} MB "
+              f"(made in {time.perf_counter() - t:.0f} s, not timed)")
+        params = parse_params(statefarm_params(work / "statefarm.zip",
+                                               {"prepare": {"image_size": list(size), "num_workers": 0}}),
+                              "prepare_speed params")
+        root = work / "project"
+        download.run(params, "statefarm", root)  # the raw index prepare reads; not timed
+        raw = root / "data" / "statefarm" / "raw"
+        index = pd.concat([pd.read_csv(raw / f"{split}.csv", dtype=str) for split in ("train", "test")])
+        members = list(zip(index["container"], index["member"]))
+        n = len(members)
+        for container in set(index["container"]):  # the archive in the page cache for every contender alike
+            with open(raw / container, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+        chunk = max(16, min(prepare.CHUNK, -(-n // (4 * cores))))  # prepare's own chunking, for a like comparison
+        naive_members = members[: args.naive_images] if args.naive_images else members
+
+        timings: dict[str, list[float]] = {"prepare": [], "limit": [], "naive": []}
+        for _ in range(args.repeats):  # interleaved, so a busy spell on the machine hits all three alike
+            start = time.perf_counter()
+            prepare.run(params, "statefarm", root)
+            timings["prepare"].append(time.perf_counter() - start)
+            timings["limit"].append(limit_seconds(raw, members, size, chunk))
+            timings["naive"].append(naive_seconds(raw, naive_members, size))
+        cache = root / "data" / "statefarm" / "cache"
+        print(f"prepare wrote {prepare.summary(cache)} "
+              f"({sum(f.stat().st_size for f in cache.glob('*.npy')) / 1e6:.0f} MB of .npy)")
+
+        rate = {"prepare": n / min(timings["prepare"]), "limit": n / min(timings["limit"]),
+                "naive": len(naive_members) / min(timings["naive"])}
+        print(f"{n} frames {args.frame[0]}x{args.frame[1]} -> {size[0]}x{size[1]}, {cores} cores, "
+              f"best of {args.repeats}")
+        rows = [
+            ("prepare.run end to end, num_workers 0 (one process per core)", "prepare"),
+            (f"limit: bare draft decode + resize, {cores} processes, nothing written", "limit"),
+            (f"naive: 1 process, full decode + resize ({len(naive_members)} frames)", "naive"),
+        ]
+        print(f"  {'what':68s} {'images/s':>9s} {'seconds (each run)':>24s}")
+        for label, key in rows:
+            runs = " ".join(f"{s:.2f}" for s in timings[key])
+            print(f"  {label:68s} {rate[key]:9.0f} {runs:>24s}")
+        of_limit = rate["prepare"] / rate["limit"]
+        print(f"  prepare / limit: {of_limit:.2f}x; target >= 0.8x: {'ok' if of_limit >= 0.8 else 'MISSED'}")
+        print(f"  prepare / naive: {rate['prepare'] / rate['naive']:.2f}x")
+        print(f"  limit / naive: {rate['limit'] / rate['naive']:.2f}x (draft + {cores} processes)")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

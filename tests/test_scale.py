@@ -1,0 +1,104 @@
+"""The paths that make real-size runs fast give the results of the plain ones: DataLoader workers in the features
+stage, finetuning resumed after a kill, and data-parallel finetuning over several processes (torchrun, gloo)."""
+
+import os
+import signal
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from conftest import REPO, sh, tiny_params
+from pipeline import features, finetune
+from pipeline.data import SeededRows, ShardedRows
+from pipeline.paths import Paths
+from test_honest_scores import COMP, copy_upstream, probabilities
+
+
+def test_features_do_not_depend_on_the_number_of_loader_workers(pipeline_run, tmp_path, monkeypatch):
+    """Plain and augmented features with two worker processes are those computed with none (each image's
+    augmentation is seeded per row in the main process)."""
+    root, _, _ = pipeline_run
+    paths = copy_upstream(root, tmp_path)
+    params = tiny_params(**{f"{COMP}.features.num_workers": 2})
+    assert tiny_params().comp(COMP).features.num_workers == 0
+    monkeypatch.chdir(tmp_path)
+    features.run(params, COMP, "main", tmp_path)
+    for name in ("train.npy", "test.npy", "train_aug.npy"):
+        assert np.array_equal(np.load(paths.features / name), np.load(Paths(COMP, root).features / name)), name
+
+
+def test_sharded_rows_give_each_step_the_whole_batch_with_the_same_seeds():
+    n, batch, world = 23, 6, 3
+    single = list(SeededRows(n, (0, 1), shuffle=True))
+    shards = [list(ShardedRows(SeededRows(n, (0, 1), shuffle=True), batch, r, world, drop_last=True))
+              for r in range(world)]
+    per = batch // world
+    assert {len(s) for s in shards} == {per * (n // batch)}, "every process takes the same number of steps"
+    for step in range(n // batch):
+        together = sorted(sum((s[step * per : (step + 1) * per] for s in shards), []))
+        assert together == sorted(single[step * batch : (step + 1) * batch]), "the very batch, seeds included"
+
+
+def _project(root, src_root, params) -> dict:
+    """A stage-ready folder (upstream outputs of the fixture, params.yaml) and the environment to run it."""
+    paths = copy_upstream(src_root, root)
+    shutil.copytree(Paths(COMP, src_root).fold_model("head", 0), paths.fold_model("head", 0))
+    (root / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+
+
+def test_a_killed_finetune_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_run(pipeline_run, tmp_path):
+    src, _, _ = pipeline_run
+    params = tiny_params(**{f"{COMP}.finetune.epochs": 8})
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    stage = [sys.executable, "-m", "pipeline.finetune", COMP, "main", "0"]  # every run alike: one thread each
+    env = _project(killed, src, params)
+    checkpoint = Paths(COMP, killed).fold_model("finetune", 0).with_name(".fold0.checkpoint.pt")
+    proc = subprocess.Popen(stage, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    assert not Paths(COMP, killed).fold_model("finetune", 0).exists()
+
+    resumed = sh(stage, killed, env).stdout
+    assert "resuming after epoch" in resumed and not checkpoint.exists(), "removed once the outputs are written"
+    sh(stage, whole, _project(whole, src, params))
+    out = {name: Paths(COMP, name).fold_model("finetune", 0) for name in (killed, whole)}
+    assert len(pd.read_json(out[killed] / "params.json", typ="series")["history"]) == 9
+    a, b = (load_file(out[name] / "model.safetensors") for name in (killed, whole))
+    assert all(np.array_equal(a[k], b[k]) for k in a), "the weights of an uninterrupted run, bit for bit"
+    np.testing.assert_array_equal(probabilities(out[killed]), probabilities(out[whole]))
+    np.testing.assert_array_equal(np.load(out[killed] / "test.npy"), np.load(out[whole] / "test.npy"))
+
+
+def test_finetune_data_parallel_over_two_processes_writes_what_one_process_writes(pipeline_run, tmp_path):
+    """`torchrun --nproc-per-node 2` on CPUs (gloo): rank 0 writes the same files as a single-process run, with
+    predictions for the same rows in the same order, close to the single run's (each step sees the same images
+    with the same augmentations; batch norm statistics and dropout masks are per process, so not bit for bit)."""
+    src, params, _ = pipeline_run
+    env = _project(tmp_path, src, params)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "pipeline.finetune", COMP, "main", "0"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("finetune@statefarm-main-0:") == 1, "one report, from rank 0"
+    single, parallel = Paths(COMP, src).fold_model("finetune", 0), Paths(COMP, tmp_path).fold_model("finetune", 0)
+    assert sorted(p.name for p in parallel.iterdir()) == sorted(p.name for p in single.iterdir())
+    one, two = (pd.read_csv(d / "oof.csv") for d in (single, parallel))
+    assert list(one["id"]) == list(two["id"]) and list(one["label"]) == list(two["label"])
+    info = pd.read_json(parallel / "params.json", typ="series")
+    assert info["processes"] == 2
+    start = probabilities(Paths(COMP, src).fold_model("head", 0))  # finetuning's starting point
+    p1, p2 = probabilities(single), probabilities(parallel)
+    # the tiny random-weight net learns little, but both runs move alike from the head's predictions
+    assert np.abs(p1 - p2).mean() < 0.5 * min(np.abs(p1 - start).mean(), np.abs(p2 - start).mean())
+    assert np.load(parallel / "test.npy").shape == np.load(single / "test.npy").shape
