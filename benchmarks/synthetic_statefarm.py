@@ -139,15 +139,10 @@ def _update(base: dict, changes: dict) -> dict:
 
 def statefarm_params(source: Path, changes: dict | None = None) -> dict:
     """The raw params mapping for State Farm alone, read from this repository's params.yaml (the shipped values of
-    every key), with data from `source`, one model `main`, on the CPU, and `changes` (nested, like params.yaml's
-    `statefarm` section) applied. Parse it with `pipeline.config.parse_params`."""
+    every key, top-level ones included), with data from `source`, one model `main`, on the CPU, and `changes`
+    (nested, like params.yaml's `statefarm` section) applied. Parse it with `pipeline.config.parse_params`."""
     shipped = yaml.safe_load((REPO / "params.yaml").read_text())
+    top = {key: value for key, value in shipped.items() if key not in shipped["competitions"]}
     section = _update(shipped["statefarm"], {"data": {"source": str(source)}, "models": {"main": {}}})
-    return {
-        "competitions": ["statefarm"],
-        "folds": shipped["folds"],
-        "seed": shipped["seed"],
-        "device": "cpu",
-        "models": ["main"],
-        "statefarm": _update(section, changes or {}),
-    }
+    return {**top, "competitions": ["statefarm"], "device": "cpu", "models": ["main"],
+            "statefarm": _update(section, changes or {})}

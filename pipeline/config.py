@@ -230,6 +230,9 @@ class Params:
     sections: dict[str, CompetitionParams]
     models: tuple[str, ...] = ("main",)
     resolved: dict = field(default_factory=dict, repr=False)
+    launch: str = "python"
+    """What starts the finetune stages (dvc.yaml's cmd): `python`, or `torchrun ...` to train each fold
+    data-parallel on several GPUs."""
 
     def comp(self, name: str) -> CompetitionParams:
         """The section of competition `name`."""
@@ -259,11 +262,11 @@ class Params:
     def to_dict(self) -> dict:
         """Every value, defaults included, as params.yaml would spell it."""
         top = {"competitions": list(self.competitions), "folds": list(self.folds), "seed": self.seed,
-               "device": self.device, "models": list(self.models)}
+               "device": self.device, "models": list(self.models), "launch": self.launch}
         return _plain({**top, **{name: as_dict(cp) for name, cp in self.sections.items()}})
 
 
-TOP_KEYS = ("competitions", "folds", "seed", "device", "models")
+TOP_KEYS = ("competitions", "folds", "seed", "device", "models", "launch")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -457,6 +460,10 @@ def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
     seed = _coerce(raw.get("seed", 0), int, "seed", {"range": (0, 2**32 - 1)}, errors)
     device = _coerce(raw.get("device", "auto"), str, "device", {"choices": DEVICES}, errors)
     models = _coerce(raw.get("models", ["main"]), tuple[str, ...], "models", {}, errors) or ()
+    launch = _coerce(raw.get("launch", "python"), str, "launch", {}, errors)
+    if isinstance(launch, str) and launch != "python" and not re.fullmatch(r"torchrun( +[-\w=.:/]+)*", launch):
+        errors.append(f"launch: 'python', or a torchrun command line such as 'torchrun --standalone "
+                      f"--nproc-per-node 4' (dvc.yaml runs `<launch> -m pipeline.finetune ...`); got {launch!r}")
     bad = [m for m in models if not re.fullmatch(r"[a-z0-9_]+", str(m))]
     if bad or not models or len(set(models)) != len(models):
         errors.append(f"models: must be distinct names of lowercase letters, digits and _ (DVC joins stage names "
@@ -484,7 +491,7 @@ def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
                     for name, cp in sections.items()}
     if errors:
         raise ConfigError(f"{origin} has {len(errors)} problem(s):\n  " + "\n  ".join(errors))
-    return Params(competitions, folds, seed, device, sections, models, resolved)
+    return Params(competitions, folds, seed, device, sections, models, resolved, launch)
 
 
 def resolved_raw(raw_section, model: str) -> dict:

@@ -217,7 +217,7 @@ def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competitio
         fmap = trunk(x)
         head = model.head
     else:
-        fmap = trunk.model.forward_features(x)
+        fmap = trunk.model.forward_features(trunk.normalise(x))
         def head(f):
             return model.head(trunk.model.forward_head(f))
     if fmap.ndim != 4 or fmap.shape[1] != trunk.num_features:

@@ -82,7 +82,8 @@ def test_stage_runs_its_own_module(stage):
     matrix = DVC[stage].get("matrix", {})
     args = "".join(f" ${{item.{key}}}" for key in ("comp", "model", "fold") if key in matrix)
     assert list(matrix) == [key for key in ("comp", "model", "fold") if key in matrix]
-    assert DVC[stage]["cmd"] == f"python -m pipeline.{stage}{args}"
+    launcher = "${launch}" if stage == "finetune" else "python"  # params.yaml's launch: python or torchrun ...
+    assert DVC[stage]["cmd"] == f"{launcher} -m pipeline.{stage}{args}"
 
 
 @pytest.mark.parametrize("stage", sorted(DVC))

@@ -222,3 +222,26 @@ def test_a_second_machine_pulls_features_and_models_instead_of_recomputing_them(
         assert cached, "the features and models are in DVC's cache"
     finally:
         sh(DVC + ["remote", "remove", "shared"], root, env)
+
+
+def test_folds_finetuned_side_by_side_outside_dvc_are_recorded_by_dvc_commit(project):
+    """The README's recipe for several GPUs: run the finetune stages' command for several folds at once (one per
+    GPU), then `dvc commit` records them as `dvc repro` would have, and the next `dvc repro` re-runs none of them.
+    (Last in this module: it leaves the project with a changed param.)"""
+    import subprocess
+
+    root, env, _, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["statefarm"]["finetune"]["lr"] = 0.02
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = [f"finetune@statefarm-{model}-{k}" for model in ("main", "cut") for k in (0, 1)]
+    side_by_side = [subprocess.Popen([sys.executable, "-m", "pipeline.finetune", "statefarm", *s.split("-")[1:]],
+                                     cwd=root, env=dict(env, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True) for s in stages]
+    for proc in side_by_side:
+        assert proc.wait() == 0, proc.stderr.read()[-2000:]
+    sh(DVC + ["commit", "-f", *stages], root, env)
+    status = sh(DVC + ["status", *stages], root, env).stdout
+    assert "changed" not in status, status
+    again = ran(repro(root, env))
+    assert not again & set(stages) and "ensemble@statefarm" in again, again
