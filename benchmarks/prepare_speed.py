@@ -13,7 +13,9 @@ synthetic_statefarm.py), is decoded to the 240x320 cache three ways, in one run:
 - naive: one process decoding every frame at full size (no draft), then the same resize.
 
 Target: prepare >= 0.8x the limit's images/s. The naive loop is the baseline before the stage was parallel and
-drafted. Timings are the best of --repeats; nothing is asserted.
+drafted. Timings are the best of --repeats; nothing is asserted. Beside each rate: the CPU time per image of all
+its processes (user and system) in that run, which says where a difference goes (the limit writes nothing, so
+the cost of the cache's pages shows as system time) and moves less than wall time on a shared machine.
 
     python benchmarks/prepare_speed.py [--images 2000] [--size 240 320] [--repeats 3] [--keep DIR]
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -55,6 +58,12 @@ def _bare_decode(job) -> int:
         img.draft("RGB", (width, height))
         img.convert("RGB").resize((width, height), Image.BILINEAR)
     return len(members)
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """User and system CPU seconds of this process and its finished (joined) child processes so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + children.ru_utime, own.ru_stime + children.ru_stime
 
 
 def limit_seconds(raw: Path, members: list[tuple[str, str]], size: tuple[int, int], chunk: int) -> float:
@@ -121,30 +130,38 @@ def main() -> None:
         chunk = max(16, min(prepare.CHUNK, -(-n // (4 * cores))))  # prepare's own chunking, for a like comparison
         naive_members = members[: args.naive_images] if args.naive_images else members
 
-        timings: dict[str, list[float]] = {"prepare": [], "limit": [], "naive": []}
-        for _ in range(args.repeats):  # interleaved, so a busy spell on the machine hits all three alike
+        def prepare_seconds() -> float:
             start = time.perf_counter()
             prepare.run(params, "statefarm", root)
-            timings["prepare"].append(time.perf_counter() - start)
-            timings["limit"].append(limit_seconds(raw, members, size, chunk))
-            timings["naive"].append(naive_seconds(raw, naive_members, size))
+            return time.perf_counter() - start
+
+        contenders = {"prepare": (prepare_seconds, n), "limit": (lambda: limit_seconds(raw, members, size, chunk), n),
+                      "naive": (lambda: naive_seconds(raw, naive_members, size), len(naive_members))}
+        timings: dict[str, list[float]] = {key: [] for key in contenders}
+        cpu: dict[str, list[tuple[float, float]]] = {key: [] for key in contenders}  # (user, sys) ms per image
+        for _ in range(args.repeats):  # interleaved, so a busy spell on the machine hits all three alike
+            for key, (seconds, count) in contenders.items():
+                user, system = cpu_seconds()
+                timings[key].append(seconds())
+                user2, system2 = cpu_seconds()
+                cpu[key].append(((user2 - user) * 1e3 / count, (system2 - system) * 1e3 / count))
         cache = root / "data" / "statefarm" / "cache"
         print(f"prepare wrote {prepare.summary(cache)} "
               f"({sum(f.stat().st_size for f in cache.glob('*.npy')) / 1e6:.0f} MB of .npy)")
 
-        rate = {"prepare": n / min(timings["prepare"]), "limit": n / min(timings["limit"]),
-                "naive": len(naive_members) / min(timings["naive"])}
+        rate = {key: count / min(timings[key]) for key, (_, count) in contenders.items()}
         print(f"{n} frames {args.frame[0]}x{args.frame[1]} -> {size[0]}x{size[1]}, {cores} cores, "
-              f"best of {args.repeats}")
+              f"best of {args.repeats}; CPU: ms per image, all processes, in the best run")
         rows = [
             ("prepare.run end to end, num_workers 0 (one process per core)", "prepare"),
             (f"limit: bare draft decode + resize, {cores} processes, nothing written", "limit"),
             (f"naive: 1 process, full decode + resize ({len(naive_members)} frames)", "naive"),
         ]
-        print(f"  {'what':68s} {'images/s':>9s} {'seconds (each run)':>24s}")
+        print(f"  {'what':68s} {'images/s':>9s} {'CPU user':>9s} {'CPU sys':>8s} {'seconds (each run)':>20s}")
         for label, key in rows:
             runs = " ".join(f"{s:.2f}" for s in timings[key])
-            print(f"  {label:68s} {rate[key]:9.0f} {runs:>24s}")
+            user, system = cpu[key][timings[key].index(min(timings[key]))]
+            print(f"  {label:68s} {rate[key]:9.0f} {user:9.2f} {system:8.2f} {runs:>20s}")
         of_limit = rate["prepare"] / rate["limit"]
         print(f"  prepare / limit: {of_limit:.2f}x; target >= 0.8x: {'ok' if of_limit >= 0.8 else 'MISSED'}")
         print(f"  prepare / naive: {rate['prepare'] / rate['naive']:.2f}x")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import OutputError
+from pipeline.io import NpyReader
 
 
 def load_cache(cache: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
@@ -22,6 +23,12 @@ def load_cache(cache: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
         raise OutputError(f"{cache}: {split}.npy has {len(images)} rows but {split}.csv {len(index)}; "
                           "re-run `dvc repro prepare@<comp>`.")
     return images, index
+
+
+def image_rows(cache: Path, split: str) -> NpyReader:
+    """The images of `split`, a row per index, read with plain reads (for DataLoaders: see `NpyReader`)."""
+    load_cache(cache, split)  # the checks
+    return NpyReader(cache / f"{split}.npy")
 
 
 def load_folds(path: Path, train_index: pd.DataFrame) -> np.ndarray:

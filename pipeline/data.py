@@ -119,7 +119,8 @@ class ImageDataset(Dataset):
         i, seed = key if isinstance(key, tuple) else (key, None)
         if seed is not None:
             reseed(self.transform, seed)
-        x = self.transform(image=np.array(self.images[self.rows[i]]))["image"]  # a copy: the cache is read-only
+        image = np.asarray(self.images[self.rows[i]])
+        x = self.transform(image=image if image.flags.writeable else image.copy())["image"]  # (a read-only map)
         if self.labels is None:
             return x
         return x, int(self.labels[i])

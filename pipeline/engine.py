@@ -247,8 +247,9 @@ def fit(
         if epoch and before_epoch is not None:
             record.update(before_epoch(epoch))
         if epoch:
-            record["train_loss"] = train_one_epoch(train_model or model, train_loader, optimizer, scheduler, device,
-                                                   amp, channels_last)
+            trained = model if train_model is None else train_model  # (a compiled module refuses bool())
+            record["train_loss"] = train_one_epoch(trained, train_loader, optimizer, scheduler, device, amp,
+                                                   channels_last)
         record.update(scores(predict(model, val_loader, device, amp=amp, channels_last=channels_last), val_labels))
         record["lr"] = optimizer.param_groups[-1]["lr"]
         history.append(record)

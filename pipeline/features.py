@@ -20,18 +20,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.config import Params, as_dict
-from pipeline.cache import load_cache
+from pipeline.cache import image_rows
 from pipeline.data import ImageDataset, SeededRows, build_transform
 from pipeline.engine import autocast, pick_device, to_device
-from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.io import NpyRows, atomic_dir, read_json, write_json
 from pipeline.models import create_trunk, normalisation, save_weights
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
 
 
 @torch.no_grad()
-def extract(backbone, dataset, out: np.ndarray, fp, device, desc: str, seed=None) -> None:
-    """Write the backbone's features of every `dataset` row into `out`, in order (augmented with `seed`).
+def extract(backbone, dataset, out: NpyRows, fp, device, desc: str, seed=None, first: int = 0) -> None:
+    """Write the backbone's features of every `dataset` row into `out`'s rows `first`..., in order, a batch at a
+    time (augmented with `seed`).
 
     `features.num_workers` processes read, resize and augment the uint8 images while the backbone runs (each
     image's augmentation is seeded by `SeededRows`, so the features do not depend on the number of workers);
@@ -39,11 +40,11 @@ def extract(backbone, dataset, out: np.ndarray, fp, device, desc: str, seed=None
     sampler = None if seed is None else SeededRows(len(dataset), seed, shuffle=False)
     loader = DataLoader(dataset, batch_size=fp.batch_size, sampler=sampler, num_workers=fp.num_workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if fp.num_workers else None)
-    start = 0
+    start = first
     for x in tqdm(loader, desc=desc, unit="batch", disable=None):
         with autocast(device, fp.amp):
             f = backbone(to_device(x, device, fp.channels_last))
-        out[start : start + len(f)] = f.float().cpu().numpy().astype(np.float16)
+        out.write(start, f.float().cpu().numpy())
         start += len(f)
 
 
@@ -59,7 +60,7 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
     paths = Paths(comp_name, root, model)
     device = pick_device(params.device)
     torch.manual_seed(mp.seed)
-    caches = {split: load_cache(paths.cache, split)[0] for split in ("test", "train")}
+    caches = {split: image_rows(paths.cache, split) for split in ("test", "train")}
     size = tuple(fp.image_size or caches["train"].shape[1:3])
     key = params.model_key(comp_name, model, "features")
     backbone = create_trunk(fp, key=key, image_size=size).to(device).eval()
@@ -71,18 +72,16 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
     with atomic_dir(paths.features) as out:
         shape = feature_shape(backbone, size, device)
         for split, images in caches.items():
-            arr = np.lib.format.open_memmap(out / f"{split}.npy", "w+", np.float16, (len(images), *shape))
-            dataset = ImageDataset(images, np.arange(len(images)), plain)
-            extract(backbone, dataset, arr, fp, device, f"{comp_name} {split}")
-            arr.flush()
+            rows = NpyRows(out / f"{split}.npy", np.float16, (len(images), *shape))
+            extract(backbone, ImageDataset(images, np.arange(len(images)), plain), rows, fp, device,
+                    f"{comp_name} {split}")
         images = caches["train"]
         if fp.aug_copies:
-            aug = np.lib.format.open_memmap(out / "train_aug.npy", "w+", np.float16,
-                                            (fp.aug_copies, len(images), *shape))
+            aug = NpyRows(out / "train_aug.npy", np.float16, (fp.aug_copies, len(images), *shape), row_shape=shape)
             augmented = ImageDataset(images, np.arange(len(images)), build_transform(fp.augment, resize))
             for k in range(fp.aug_copies):  # each copy its own seeds: copies differ from each other
-                extract(backbone, augmented, aug[k], fp, device, f"{comp_name} augmented {k + 1}", seed=(mp.seed, k))
-            aug.flush()
+                extract(backbone, augmented, aug, fp, device, f"{comp_name} augmented {k + 1}", seed=(mp.seed, k),
+                        first=k * len(images))
         save_weights(backbone, out / "backbone.safetensors")
         write_json(
             out / "meta.json",

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
-from pipeline.cache import load_cache
+from pipeline.cache import image_rows
 from pipeline.data import ImageDataset, SeededRows, ShardedRows, build_transform
 from pipeline.engine import Workers, distributed, fit, fold_seed, one_cycle, predict
 from pipeline.errors import ConfigError
@@ -63,8 +63,7 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     torch.manual_seed(fold_seed(seed, fold))
     split = fold_split(paths, comp, fold)
     meta = read_json(paths.features / "meta.json")
-    images, _ = load_cache(paths.cache, "train")
-    test_images, _ = load_cache(paths.cache, "test")
+    images, test_images = image_rows(paths.cache, "train"), image_rows(paths.cache, "test")
     plain = build_transform(size=meta.get("image_size"))
     augmented = build_transform(ft.augment, meta.get("image_size"))
     # Own generators: a loader otherwise draws its workers' base seed from torch's global RNG (once with

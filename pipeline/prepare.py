@@ -24,30 +24,47 @@ from tqdm import tqdm
 
 from pipeline.config import Params, as_dict
 from pipeline.errors import ImageError
-from pipeline.io import atomic_dir, write_csv, write_json
+from pipeline.io import NpyRows, atomic_dir, write_csv, write_json
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
 
 CHUNK = 256
 
 
-def decode(data: bytes, size: tuple[int, int], where: str) -> np.ndarray:
-    """JPEG bytes -> uint8 (height, width, 3), decoding at reduced scale where the JPEG allows it."""
+def decode(data: bytes, size: tuple[int, int], where: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Image bytes -> uint8 (height, width, 3) RGB in `out` (new when None), decoded at 1/2, 1/4 or 1/8 scale in
+    the DCT domain (libjpeg's scaled decoding, through OpenCV) whenever the image is at least that much larger
+    than `size`, then resized with area averaging. EXIF orientation is ignored, as Kaggle's labels were made on
+    the stored pixels."""
+    import cv2  # here: a worker process imports it once; the stage's other imports need it not
+
     height, width = size
     try:
-        img = Image.open(io.BytesIO(data))
-        img.draft("RGB", (width, height))  # DCT-domain downscale: ~2x faster decode for big frames
-        img = img.convert("RGB").resize((width, height), Image.BILINEAR)
+        with Image.open(io.BytesIO(data)) as img:  # the header only: the size, and that it is an image at all
+            full_w, full_h = img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(
-            f"{where} is not a readable JPEG ({e}). The archive is damaged; download it again "
-            "(or delete that image and its row from the CSVs if you built the archive yourself)."
-        ) from None
-    return np.asarray(img, dtype=np.uint8)
+        raise _unreadable(where, e) from None
+    factor = max((f for f in (8, 4, 2) if full_w // f >= width and full_h // f >= height), default=1)
+    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+    if arr is None:  # OpenCV's answer to a truncated or corrupt image
+        raise _unreadable(where, "the image data is cut short or corrupt")
+    if arr.shape[:2] != (height, width):
+        arr = cv2.resize(arr, (width, height), interpolation=cv2.INTER_AREA)
+    out = np.empty((height, width, 3), np.uint8) if out is None else out
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=out)
+
+
+def _unreadable(where: str, why) -> ImageError:
+    return ImageError(f"{where} is not a readable image ({why}). The archive is damaged; download it again "
+                      "(or delete that image and its row from the CSVs if you built the archive yourself).")
 
 
 _ZIPS: dict[str, zipfile.ZipFile] = {}
 """Archives this process has open, by path: each decoding process opens its own once and keeps it."""
+_BLOCK: dict[tuple, np.ndarray] = {}
+"""This process's decoding buffer, by shape: reused from chunk to chunk."""
 
 
 def _read(raw: Path, container: str, member: str) -> bytes:
@@ -68,103 +85,92 @@ def _close_zips() -> None:
         _ZIPS.popitem()[1].close()
 
 
-def create_rows(path: Path, shape: tuple[int, ...]) -> int:
-    """A zero-filled uint8 `.npy` file of `shape` (sparse on disk until written); returns where its data starts."""
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-    offset = arr.offset
-    del arr
-    return offset
+def decode_rows(raw: Path, rows: NpyRows, start: int, members: list[tuple[str, str]], skip: bool
+                ) -> list[tuple[int, str, str]]:
+    """Decode `members` (container, member) into rows `start`... of `rows`. One decoding process's work: it
+    reads the archive itself, so no image's bytes pass between processes. Returns the unreadable ones as (row,
+    file, error) when `skip` (their rows stay black); otherwise the first one raises."""
+    import cv2
 
-
-def write_rows(path: Path, offset: int, start: int, block: np.ndarray) -> None:
-    """Write `block` as rows `start`... of the `.npy` file at `path` (data at `offset`). Plain writes, not a
-    memory map: a map's written pages count towards the process's memory until the kernel writes them back."""
-    data = memoryview(np.ascontiguousarray(block)).cast("B")
-    at = offset + start * (block.nbytes // max(len(block), 1))
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        while data:
-            written = os.pwrite(fd, data, at)
-            data, at = data[written:], at + written
-    finally:
-        os.close(fd)
-
-
-def decode_rows(raw: Path, path: Path, offset: int, start: int, members: list[tuple[str, str]],
-                size: tuple[int, int], skip: bool) -> list[tuple[int, str, str]]:
-    """Decode `members` (container, member) into rows `start`... of the `.npy` at `path`. One decoding process's
-    work: it reads the archive itself, so no image's bytes pass between processes. Returns the unreadable ones as
-    (row, file, error) when `skip` (their rows stay black); otherwise the first one raises."""
-    block = np.zeros((len(members), *size, 3), np.uint8)
+    cv2.setNumThreads(1)  # one process per core already
+    shape = (CHUNK, *rows.shape[1:])
+    block = _BLOCK.setdefault(shape, np.empty(shape, np.uint8))[: len(members)]
     failed = []
     for i, (container, member) in enumerate(members):
         where = f"{container}:{member}"
         try:
-            block[i] = decode(_read(raw, container, member), size, where)
+            decode(_read(raw, container, member), rows.shape[1:3], where, out=block[i])
         except ImageError as e:
             if not skip:
                 raise
+            block[i] = 0
             failed.append((start + i, where, str(e)))
-    write_rows(path, offset, start, block)
+    rows.write(start, block)
     return failed
 
 
-def decode_index(index: pd.DataFrame, raw: Path, path: Path, size, workers: int, skip: bool,
-                 desc: str) -> list[tuple[int, str, str]]:
-    """Decode the images of `index` (container, member) into a new uint8 `.npy` at `path`, row for row, with
-    `workers` processes (0: one per core); returns the unreadable ones (see `decode_rows`)."""
-    offset = create_rows(path, (len(index), *size, 3))
-    rows = list(zip(index["container"], index["member"]))
+def decode_all(jobs: dict[str, tuple[pd.DataFrame, NpyRows]], raw: Path, workers: int, skip: bool,
+               desc: str) -> dict[str, list[tuple[int, str, str]]]:
+    """Decode the images of each job's index (container, member) into its rows file, row for row, with `workers`
+    processes (0: one per core) sharing one queue of chunks; returns each job's unreadable images (see
+    `decode_rows`)."""
     workers = workers or len(os.sched_getaffinity(0))
-    chunk = max(16, min(CHUNK, -(-len(rows) // (4 * workers))))  # several chunks per process, even for few images
-    chunks = [(start, rows[start : start + chunk]) for start in range(0, len(rows), chunk)]
-    failed: list[tuple[int, str, str]] = []
-    with tqdm(total=len(rows), desc=desc, unit="img", disable=None) as bar:
+    total = sum(len(index) for index, _ in jobs.values())
+    chunk = max(16, min(CHUNK, -(-total // (4 * workers))))  # several chunks per process, even for few images
+    chunks = []
+    for name, (index, rows) in jobs.items():
+        members = list(zip(index["container"], index["member"]))
+        chunks += [(name, rows, start, members[start : start + chunk]) for start in range(0, len(members), chunk)]
+    failed: dict[str, list] = {name: [] for name in jobs}
+    with tqdm(total=total, desc=desc, unit="img", disable=None) as bar:
         if workers == 1:  # no processes to start: what tests and tiny archives use
             try:
-                for start, members in chunks:
-                    failed += decode_rows(raw, path, offset, start, members, size, skip)
+                for name, rows, start, members in chunks:
+                    failed[name] += decode_rows(raw, rows, start, members, skip)
                     bar.update(len(members))
             finally:
                 _close_zips()
             return failed
         with ProcessPoolExecutor(min(workers, len(chunks))) as pool:
-            futures = {pool.submit(decode_rows, raw, path, offset, start, members, size, skip): len(members)
-                       for start, members in chunks}
+            futures = {pool.submit(decode_rows, raw, rows, start, members, skip): (name, len(members))
+                       for name, rows, start, members in chunks}
             try:
                 for done in as_completed(futures):
-                    failed += done.result()
-                    bar.update(futures[done])
+                    name, count = futures[done]
+                    failed[name] += done.result()
+                    bar.update(count)
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-    return sorted(failed)
+    return {name: sorted(f) for name, f in failed.items()}
 
 
 def drop_rows(path: Path, drop: list[int]) -> None:
     """Rewrite the `.npy` at `path` without rows `drop`, a chunk at a time."""
     src = np.load(path, mmap_mode="r")
     keep = np.setdiff1d(np.arange(len(src)), drop)
-    kept = path.with_name("kept-" + path.name)
-    offset = create_rows(kept, (len(keep), *src.shape[1:]))
+    kept = NpyRows(path.with_name("kept-" + path.name), src.dtype, (len(keep), *src.shape[1:]))
     for start in range(0, len(keep), CHUNK):
-        write_rows(kept, offset, start, src[keep[start : start + CHUNK]])
+        kept.write(start, src[keep[start : start + CHUNK]])
     del src
-    os.replace(kept, path)
+    os.replace(kept.path, path)
 
 
 def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     prep = params.comp(comp_name).prepare
     paths = Paths(comp_name, root)
     with atomic_dir(paths.cache) as out:
+        indexes = {split: pd.read_csv(paths.raw / f"{split}.csv", dtype={"id": str, "group": str})
+                   for split in ("train", "test")}
+        jobs = {split: (index, NpyRows(out / f"{split}.npy", np.uint8, (len(index), *prep.image_size, 3)))
+                for split, index in indexes.items()}
+        failed = decode_all(jobs, paths.raw, prep.num_workers, prep.skip_unreadable, f"{comp_name} decode")
         skipped = []
-        for split in ("train", "test"):
-            index = pd.read_csv(paths.raw / f"{split}.csv", dtype={"id": str, "group": str})
-            failed = decode_index(index, paths.raw, out / f"{split}.npy", tuple(prep.image_size), prep.num_workers,
-                                  prep.skip_unreadable, f"{comp_name} {split}")
-            rows = [row for row, _, _ in failed]
+        for split, index in indexes.items():
+            rows = [row for row, _, _ in failed[split]]
             skipped += [{"split": split, "id": index["id"][row], "file": where, "error": error,
-                         "kept": "black image" if split == "test" else "dropped"} for row, where, error in failed]
+                         "kept": "black image" if split == "test" else "dropped"}
+                        for row, where, error in failed[split]]
             if split == "train" and rows:  # a test image must stay: the submission needs a row for every one
                 drop_rows(out / f"{split}.npy", rows)
                 index = index.drop(index.index[rows]).reset_index(drop=True)

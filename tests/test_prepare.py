@@ -27,7 +27,7 @@ def test_cache_holds_every_image_resized_in_index_order(tmp_path):
     row = 3
     with zipfile.ZipFile(raw / raw_index["container"][row]) as zf, zf.open(raw_index["member"][row]) as f:
         expected = np.asarray(Image.open(f).convert("RGB").resize((32, 24), Image.BILINEAR), dtype=np.int16)
-    assert np.abs(images[row].astype(np.int16) - expected).mean() < 12  # draft decoding differs a little
+    assert np.abs(images[row].astype(np.int16) - expected).mean() < 12  # reduced-scale decoding differs a little
     test = np.load(cache / "test.npy")
     assert len(test) == len(pd.read_csv(raw / "test.csv"))
 
