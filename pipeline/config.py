@@ -109,8 +109,10 @@ class FeaturesParams:
                                                         "block"))
     amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
     channels_last: bool = field(default=True, metadata={"doc": "channels-last memory on a GPU"})
-    num_workers: int = field(default=2, metadata=_range(0, 256, "DataLoader worker processes decoding and "
-                                                                "augmenting batches while the model runs"))
+    num_workers: int = field(default=-1, metadata=_range(-1, 256, "DataLoader worker processes resizing and "
+                                                                 "augmenting batches while the model runs (-1: "
+                                                                 "none on a CPU, whose cores the network uses, "
+                                                                 "else one per core up to 8)"))
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,8 @@ class FinetuneParams:
     batch_size: int = field(default=32, metadata=_range(2, 4096, "images per step (batch norm needs 2)"))
     augment: AugmentParams = AugmentParams()
     tta: tuple[str, ...] = field(default=("identity",), metadata={"doc": "views averaged at prediction"})
-    num_workers: int = field(default=0, metadata=_range(0, 256, "DataLoader worker processes"))
+    num_workers: int = field(default=-1, metadata=_range(-1, 256, "DataLoader worker processes for every loader "
+                                                                 "(-1: none on a CPU, else one per core up to 8)"))
     amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
     channels_last: bool = field(default=True, metadata={"doc": "channels-last memory on a GPU"})
     compile: bool = field(default=False, metadata={"doc": "torch.compile the network (a GPU speed-up for long "

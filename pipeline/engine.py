@@ -69,6 +69,17 @@ def is_main() -> bool:
     return not td.is_available() or not td.is_initialized() or td.get_rank() == 0
 
 
+def loader_workers(asked: int, device: torch.device, processes: int = 1) -> int:
+    """DataLoader worker processes: as asked, or with -1 none on a CPU (the network's threads use every core, so
+    workers would only compete with it: measured in benchmarks/features_speed.py) and, on a GPU, one per core of
+    this process's share of them, up to 8."""
+    if asked >= 0:
+        return asked
+    if device.type == "cpu":
+        return 0
+    return max(1, min(8, len(os.sched_getaffinity(0)) // processes))
+
+
 def amp_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the GPU computes it natively (Ampere and later: no loss scaling needed); float16 elsewhere (T4,
     V100, P100 emulate bf16 slowly), which needs a gradient scaler when training."""

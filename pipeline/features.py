@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.config import Params, as_dict
 from pipeline.cache import image_rows
 from pipeline.data import ImageDataset, SeededRows, build_transform
-from pipeline.engine import autocast, pick_device, to_device
+from pipeline.engine import autocast, loader_workers, pick_device, to_device
 from pipeline.io import NpyRows, atomic_dir, read_json, write_json
 from pipeline.models import create_trunk, normalisation, save_weights
 from pipeline.paths import Paths
@@ -38,8 +38,9 @@ def extract(backbone, dataset, out: NpyRows, fp, device, desc: str, seed=None, f
     image's augmentation is seeded by `SeededRows`, so the features do not depend on the number of workers);
     batches travel as uint8 through pinned memory and are normalised on the device."""
     sampler = None if seed is None else SeededRows(len(dataset), seed, shuffle=False)
-    loader = DataLoader(dataset, batch_size=fp.batch_size, sampler=sampler, num_workers=fp.num_workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if fp.num_workers else None)
+    workers = loader_workers(fp.num_workers, device)
+    loader = DataLoader(dataset, batch_size=fp.batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     start = first
     for x in tqdm(loader, desc=desc, unit="batch", disable=None):
         with autocast(device, fp.amp):

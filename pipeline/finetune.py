@@ -27,7 +27,7 @@ from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
 from pipeline.cache import image_rows
 from pipeline.data import ImageDataset, SeededRows, ShardedRows, build_transform
-from pipeline.engine import Workers, distributed, fit, fold_seed, one_cycle, predict
+from pipeline.engine import Workers, distributed, fit, fold_seed, loader_workers, one_cycle, predict
 from pipeline.errors import ConfigError
 from pipeline.io import atomic_dir, read_json
 from pipeline.models import Classifier, create_trunk, head_for, save_weights
@@ -68,7 +68,8 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     augmented = build_transform(ft.augment, meta.get("image_size"))
     # Own generators: a loader otherwise draws its workers' base seed from torch's global RNG (once with
     # persistent workers, per epoch without), which would move dropout's masks with num_workers.
-    loader = {"num_workers": ft.num_workers, "persistent_workers": ft.num_workers > 0,
+    n_workers = loader_workers(ft.num_workers, device, workers.world)
+    loader = {"num_workers": n_workers, "persistent_workers": n_workers > 0,
               "pin_memory": device.type == "cuda", "generator": torch.Generator().manual_seed(seed)}
     if ft.batch_size % workers.world:
         raise ConfigError(f"{params.model_key(comp_name, model, 'finetune')}.batch_size: {ft.batch_size} images "
