@@ -31,11 +31,15 @@ def image_rows(cache: Path, split: str) -> NpyReader:
     return NpyReader(cache / f"{split}.npy")
 
 
-def load_folds(path: Path, train_index: pd.DataFrame) -> np.ndarray:
-    """Each cached train row's fold, checked to be in the cache's row order (the folds may list more rows: train
-    images that prepare skipped as unreadable)."""
+def load_folds(path: Path, train_index: pd.DataFrame, cache: Path | None = None) -> np.ndarray:
+    """Each cached train row's fold, checked to be in the cache's row order. The folds list every train image;
+    the ones prepare dropped as unreadable (its `skipped.csv` in `cache`) are left out, and only those."""
     folds = pd.read_csv(path, dtype={"id": str, "group": str})
-    folds = folds[folds["id"].isin(set(train_index["id"]))]
+    skipped = cache / "skipped.csv" if cache is not None else None
+    if skipped is not None and skipped.is_file():
+        listed = pd.read_csv(skipped, dtype={"id": str})
+        dropped = set(listed.loc[(listed["split"] == "train") & (listed["kept"] == "dropped"), "id"])
+        folds = folds[~folds["id"].isin(dropped)]
     if list(folds["id"]) != list(train_index["id"]):
         raise OutputError(f"{path} does not list the cached train images in order; re-run `dvc repro`.")
     return folds["fold"].to_numpy()

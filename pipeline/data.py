@@ -23,6 +23,10 @@ def build_transform(aug: AugmentParams | None = None, size=None) -> A.Compose:
     import cv2
     from albumentations.pytorch import ToTensorV2
 
+    # No OpenCV thread pool: DataLoader workers are forks of this process, and a fork of a process whose OpenCV
+    # threads hold a lock waits on it forever (seen: a worker hung in OpenCV). Workers are the parallelism.
+    cv2.setNumThreads(0)
+
     ops = [A.Resize(*size, interpolation=cv2.INTER_AREA)] if size else []
     if aug is not None:
         if aug.hflip > 0:
@@ -84,8 +88,8 @@ class ShardedRows(Sampler):
     def _batches(self, pairs: list):
         for start in range(0, len(pairs), self.batch_size):
             batch = pairs[start : start + self.batch_size]
-            if len(batch) < self.batch_size and (self.drop_last or len(batch) < self.world):
-                return  # a last batch too small to share would leave a process without a step
+            if len(batch) < self.batch_size and (self.drop_last or len(batch) < 2 * self.world):
+                return  # a last batch too small to give every process 2 rows (batch norm needs 2) is dropped
             yield batch
 
     def __len__(self) -> int:

@@ -54,7 +54,11 @@ def distributed(device_name: str):
     import torch.distributed as td
 
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise DeviceError(f"torchrun started process {local} on this machine, but torch sees "
+                              f"{torch.cuda.device_count()} GPU(s); give launch's --nproc-per-node at most that.")
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     td.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
@@ -77,7 +81,8 @@ def loader_workers(asked: int, device: torch.device, processes: int = 1) -> int:
         return asked
     if device.type == "cpu":
         return 0
-    return max(1, min(8, len(os.sched_getaffinity(0)) // processes))
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", processes))  # processes on this machine (torchrun's)
+    return max(1, min(8, len(os.sched_getaffinity(0)) // here))
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
@@ -128,19 +133,37 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, amp=False, chan
     model.train()
     total, count = 0.0, 0
     scaler = grad_scaler(device, amp)
-    for x, y in tqdm(loader, desc="train", leave=False, unit="batch", disable=None):
+    for x, y in tqdm(loader, desc="train", leave=False, unit="batch", disable=None if is_main() else True):
         total += train_step(model, x, y, optimizer, device, amp, channels_last, scaler) * len(y)
         scheduler.step()
         count += len(y)
+    if _parallel():  # every process's share of the epoch's loss
+        import torch.distributed as td
+
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+        td.all_reduce(sums)
+        total, count = sums.tolist()
     return total / max(count, 1)
+
+
+def _parallel() -> bool:
+    import torch.distributed as td
+
+    return td.is_available() and td.is_initialized() and td.get_world_size() > 1
 
 
 @torch.no_grad()
 def predict(model, loader, device, views=("identity",), amp=False, channels_last=False) -> np.ndarray:
     """Class probabilities for every row of `loader` (in order), averaged over the test-time `views`."""
     model.eval()
+    sharded = isinstance(loader.sampler, DistributedSampler)
+    if sharded:  # batch norm statistics as rank 0 has them (DDP syncs them only as each training step starts)
+        import torch.distributed as td
+
+        for buffer in model.buffers():
+            td.broadcast(buffer, src=0)
     out = []
-    for batch in tqdm(loader, desc="predict", leave=False, unit="batch", disable=None):
+    for batch in tqdm(loader, desc="predict", leave=False, unit="batch", disable=None if is_main() else True):
         x = to_device(batch[0] if isinstance(batch, (list, tuple)) else batch, device, channels_last)
         probs = 0
         for view in views:
@@ -149,7 +172,7 @@ def predict(model, loader, device, views=("identity",), amp=False, channels_last
             probs = probs + logits.float().softmax(dim=1)
         out.append((probs / len(views)).cpu().numpy())
     probs = np.concatenate(out).astype(np.float64)
-    if isinstance(loader.sampler, DistributedSampler):
+    if sharded:
         probs = _gather(probs, loader.sampler)
     return probs
 

@@ -79,6 +79,10 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     drop_last = len(split.train_rows) > ft.batch_size
     if workers.world > 1:
         rows = ShardedRows(rows, ft.batch_size, workers.rank, workers.world, drop_last)
+        if not len(rows):
+            raise ConfigError(f"{len(split.train_rows)} train rows in fold {fold} are too few to share among "
+                              f"{workers.world} data-parallel processes (each needs 2 per step for batch norm); "
+                              "run this fold in one process (launch: python).")
     train_loader = DataLoader(
         ImageDataset(images, split.train_rows, augmented, split.labels[split.train_rows]),
         batch_size=ft.batch_size // workers.world, sampler=rows, drop_last=drop_last and workers.world == 1,
@@ -93,6 +97,8 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     val_loader = DataLoader(val, batch_size=ft.batch_size * 2, sampler=share(val), **loader)
     test_loader = DataLoader(test, batch_size=ft.batch_size * 2, sampler=share(test), **loader)
     network = load_start(params, comp_name, model, fold, paths).to(device)
+    if workers.world > 1:  # the same start everywhere, then each process its own dropout masks
+        torch.manual_seed(int(np.random.SeedSequence([seed, fold, workers.rank]).generate_state(1)[0]))
     if ft.channels_last and device.type == "cuda":
         network = network.to(memory_format=torch.channels_last)
     groups, frozen = backbone_groups(network.backbone, ft)
@@ -158,10 +164,15 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
         trained, evaluated = torch.compile(trained), torch.compile(network)
     info = {"stage": "finetune", "competition": comp_name, "model": model, "fold": fold, "seed": mp.seed,
             "finetune": as_dict(ft), "head": as_dict(mp.head), "features": meta}
-    checkpoint = Checkpoint(paths.fold_model("finetune", fold), info, workers, [paths.features / "backbone.safetensors",
-                            paths.fold_model("head", fold) / "head.safetensors"])
-    state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "rows": train_loader.sampler}
-    history = checkpoint.resume(state, device)
+    same_run = {**info, "finetune": {k: v for k, v in info["finetune"].items() if k != "num_workers"},
+                "device": str(device.type), "processes": workers.world, "torch": torch.__version__,
+                "rows": [split.ids[split.train_rows].tolist(), split.ids[split.val_rows].tolist()]}
+    checkpoint = Checkpoint(paths.fold_model("finetune", fold), same_run, workers,
+                            [paths.features / "backbone.safetensors", paths.fold_model("head", fold) / "head.safetensors",
+                             *sorted(Path(__file__).parent.glob("*.py"))])
+    state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "rows": train_loader.sampler,
+             "device": device}
+    history = checkpoint.resume(state)
     from dvclive import Live  # here, not at the top: setup() (and lr-find) need none of dvclive's imports
 
     live = (Live(dir=str(paths.live("finetune", fold)), dvcyaml=False, save_dvc_exp=False, report=None)
@@ -184,53 +195,85 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
 
 class Checkpoint:
     """The state after each finetuning epoch, in `.fold<k>.checkpoint.pt` beside the fold's folder, so a killed run
-    resumes from its last finished epoch: the network, optimizer, schedule, the sampler's epoch and the random
-    state, which make the resumed run's result that of an uninterrupted one. It is used only when its
-    fingerprint (params, start weights, number of processes) matches, and removed once the fold's outputs are
-    written. Rank 0 writes it; every process reads it."""
+    resumes from its last finished epoch: the network, optimizer, schedule, the sampler's epoch and every
+    process's random state, which make the resumed run's result that of an uninterrupted one. It is used only
+    when its fingerprint matches (params, device type, number of processes, torch, the fold's rows, the start
+    weights and the pipeline's code), and removed once the fold's outputs are written. Rank 0 writes it and
+    decides whether to resume; every process reads it."""
 
-    def __init__(self, out: Path, info: dict, workers: Workers, inputs: list[Path]):
+    def __init__(self, out: Path, same_run: dict, workers: Workers, inputs: list[Path]):
         self.path = out.with_name(f".{out.name}.checkpoint.pt")
         self.workers = workers
-        digest = hashlib.sha256(json.dumps({**info, "processes": workers.world}, sort_keys=True).encode())
+        digest = hashlib.sha256(json.dumps(same_run, sort_keys=True, default=str).encode())
         for path in inputs:
             digest.update(path.read_bytes())
         self.fingerprint = digest.hexdigest()
 
     def save(self, state: dict, epoch: int, history: list[dict]) -> None:
-        if not self.workers.main or epoch == 0:
+        if epoch == 0:
+            return
+        rng = _everyone((torch.get_rng_state(), torch.cuda.get_rng_state() if state["device"].type == "cuda"
+                         else None), self.workers)  # every process's, by rank
+        if not self.workers.main:
             return
         saved = {"fingerprint": self.fingerprint, "history": history, "rows_epoch": _rows(state["rows"]).epoch,
-                 "rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                 **{k: state[k].state_dict() for k in ("network", "optimizer", "scheduler")}}
+                 "rng": rng, **{k: state[k].state_dict() for k in ("network", "optimizer", "scheduler")}}
         tmp = self.path.with_name(self.path.name + ".part")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         torch.save(saved, tmp)
         os.replace(tmp, self.path)
 
-    def resume(self, state: dict, device: torch.device) -> list[dict]:
+    def resume(self, state: dict) -> list[dict]:
         """Load the checkpoint into `state` when it belongs to this run; the epochs it holds (or none)."""
-        if not self.path.is_file():
+        saved = self._load() if self.workers.main else None
+        if not _decided(saved is not None, self.workers):
             return []
-        try:
-            saved = torch.load(self.path, map_location=device, weights_only=False)
-        except Exception:  # a checkpoint cut short by the kill: start again
-            return []
-        if saved.get("fingerprint") != self.fingerprint:
-            return []
+        if saved is None:
+            saved = torch.load(self.path, map_location=state["device"], weights_only=False)
         for k in ("network", "optimizer", "scheduler"):
             state[k].load_state_dict(saved[k])
         _rows(state["rows"]).epoch = saved["rows_epoch"]
-        torch.set_rng_state(saved["rng"].cpu())
-        if saved["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda_rng"]])
+        cpu_rng, cuda_rng = saved["rng"][self.workers.rank]
+        torch.set_rng_state(cpu_rng.cpu())
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng.cpu(), state["device"])
         if self.workers.main:
             print(f"resuming after epoch {saved['history'][-1]['epoch']} from {self.path}")
         return saved["history"]
 
+    def _load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # a checkpoint cut short by the kill: start again
+            return None
+        return saved if saved.get("fingerprint") == self.fingerprint else None
+
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _everyone(value, workers: Workers) -> list:
+    """`value` of every process, by rank (collective: every process calls it)."""
+    if workers.world == 1:
+        return [value]
+    import torch.distributed as td
+
+    values = [None] * workers.world
+    td.all_gather_object(values, value)
+    return values
+
+
+def _decided(choice: bool, workers: Workers) -> bool:
+    """Rank 0's `choice`, on every process (collective)."""
+    if workers.world == 1:
+        return choice
+    import torch.distributed as td
+
+    box = [choice]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _rows(sampler) -> SeededRows:

@@ -34,7 +34,7 @@ class FoldSplit:
 def train_rows(paths: Paths, comp: Competition) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every cached train row's id, encoded label and fold, in the cache's order."""
     _, index = load_cache(paths.cache, "train")
-    return index["id"].to_numpy(), encode_labels(index["label"], comp.classes), load_folds(paths.folds, index)
+    return index["id"].to_numpy(), encode_labels(index["label"], comp.classes), load_folds(paths.folds, index, paths.cache)
 
 
 def fold_split(paths: Paths, comp: Competition, fold: int) -> FoldSplit:

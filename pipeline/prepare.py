@@ -11,9 +11,10 @@ read their own images from the archive. An unreadable image stops the stage with
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
 import zipfile
 import zlib
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from pipeline.config import Params, as_dict
-from pipeline.errors import ImageError
+from pipeline.errors import ArchiveError, ImageError
 from pipeline.io import NpyRows, atomic_dir, write_csv, write_json
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
@@ -47,13 +48,17 @@ def decode(data: bytes, size: tuple[int, int], where: str, out: np.ndarray | Non
     factor = max((f for f in (8, 4, 2) if full_w // f >= width and full_h // f >= height), default=1)
     flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
             8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
-    if arr is None:  # OpenCV's answer to a truncated or corrupt image
-        raise _unreadable(where, "the image data is cut short or corrupt")
-    if arr.shape[:2] != (height, width):
-        arr = cv2.resize(arr, (width, height), interpolation=cv2.INTER_AREA)
-    out = np.empty((height, width, 3), np.uint8) if out is None else out
-    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=out)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+        if arr is None:  # OpenCV's answer to a truncated or corrupt image
+            raise _unreadable(where, "the image data is cut short or corrupt")
+        if arr.shape[:2] != (height, width):  # area averaging to shrink; it would be blocky when enlarging
+            shrink = arr.shape[0] >= height and arr.shape[1] >= width
+            arr = cv2.resize(arr, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        out = np.empty((height, width, 3), np.uint8) if out is None else out
+        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=out)
+    except cv2.error as e:
+        raise _unreadable(where, f"OpenCV: {str(e).strip().splitlines()[-1]}") from None
 
 
 def _unreadable(where: str, why) -> ImageError:
@@ -63,15 +68,21 @@ def _unreadable(where: str, why) -> ImageError:
 
 _ZIPS: dict[str, zipfile.ZipFile] = {}
 """Archives this process has open, by path: each decoding process opens its own once and keeps it."""
-_BLOCK: dict[tuple, np.ndarray] = {}
-"""This process's decoding buffer, by shape: reused from chunk to chunk."""
+_BLOCK: dict[str, np.ndarray] = {}
+"""This process's decoding buffer: reused from chunk to chunk."""
+CHUNK_BYTES = 32 << 20
+"""At most this much decoded image per chunk: each process's buffer stays small whatever the image size."""
 
 
 def _read(raw: Path, container: str, member: str) -> bytes:
-    try:
-        key = str(raw / container)
-        if key not in _ZIPS:
+    key = str(raw / container)
+    if key not in _ZIPS:
+        try:
             _ZIPS[key] = zipfile.ZipFile(key)
+        except (zipfile.BadZipFile, OSError) as e:  # the whole archive, never one image to skip
+            raise ArchiveError(f"{raw / container} cannot be opened ({type(e).__name__}: {e}); re-run "
+                               "`dvc repro download@<comp>` (download the archive again if it is damaged).") from None
+    try:
         return _ZIPS[key].read(member)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a damaged member behind an intact directory
         raise ImageError(
@@ -92,9 +103,11 @@ def decode_rows(raw: Path, rows: NpyRows, start: int, members: list[tuple[str, s
     file, error) when `skip` (their rows stay black); otherwise the first one raises."""
     import cv2
 
-    cv2.setNumThreads(1)  # one process per core already
-    shape = (CHUNK, *rows.shape[1:])
-    block = _BLOCK.setdefault(shape, np.empty(shape, np.uint8))[: len(members)]
+    cv2.setNumThreads(0)  # one process per core already: no OpenCV threads
+    shape = (len(members), *rows.shape[1:])
+    if _BLOCK.get("block") is None or _BLOCK["block"].shape[1:] != shape[1:] or len(_BLOCK["block"]) < shape[0]:
+        _BLOCK["block"] = np.empty(shape, np.uint8)
+    block = _BLOCK["block"][: len(members)]
     failed = []
     for i, (container, member) in enumerate(members):
         where = f"{container}:{member}"
@@ -116,7 +129,8 @@ def decode_all(jobs: dict[str, tuple[pd.DataFrame, NpyRows]], raw: Path, workers
     `decode_rows`)."""
     workers = workers or len(os.sched_getaffinity(0))
     total = sum(len(index) for index, _ in jobs.values())
-    chunk = max(16, min(CHUNK, -(-total // (4 * workers))))  # several chunks per process, even for few images
+    row_bytes = max(rows.row_bytes for _, rows in jobs.values())
+    chunk = max(1, min(CHUNK, CHUNK_BYTES // row_bytes, max(16, -(-total // (4 * workers)))))  # several per process
     chunks = []
     for name, (index, rows) in jobs.items():
         members = list(zip(index["container"], index["member"]))
@@ -131,7 +145,11 @@ def decode_all(jobs: dict[str, tuple[pd.DataFrame, NpyRows]], raw: Path, workers
             finally:
                 _close_zips()
             return failed
-        with ProcessPoolExecutor(min(workers, len(chunks))) as pool:
+        # forkserver: fresh processes, not forks of this one, whose OpenCV or torch threads (in a test, or a
+        # notebook) may hold locks at the fork that a forked child then waits on forever
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["pipeline.prepare"])
+        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context) as pool:
             futures = {pool.submit(decode_rows, raw, rows, start, members, skip): (name, len(members))
                        for name, rows, start, members in chunks}
             try:
@@ -143,6 +161,28 @@ def decode_all(jobs: dict[str, tuple[pd.DataFrame, NpyRows]], raw: Path, workers
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
     return {name: sorted(f) for name, f in failed.items()}
+
+
+SKIP_AT_MOST = 0.05
+"""`prepare.skip_unreadable` skips a few damaged images, not a damaged archive."""
+
+
+def check_skipped(failed: dict[str, list], indexes: dict[str, pd.DataFrame]) -> None:
+    """Stop when skipping would hide a damaged archive: more than 5% of the images unreadable, or a class with
+    no readable train image left."""
+    total = sum(len(index) for index in indexes.values())
+    count = sum(len(f) for f in failed.values())
+    examples = ", ".join(where for f in failed.values() for _, where, _ in f[:3])
+    if count > SKIP_AT_MOST * total:
+        raise ImageError(f"{count} of {total} images are unreadable (e.g. {examples}): more than "
+                         f"{SKIP_AT_MOST:.0%}, which prepare.skip_unreadable does not skip. The archive is damaged; "
+                         "download it again.")
+    train = indexes["train"]
+    lost = train["label"].iloc[[row for row, _, _ in failed["train"]]].value_counts()
+    emptied = [label for label, n in lost.items() if n == (train["label"] == label).sum()]
+    if emptied:
+        raise ImageError(f"every train image of class(es) {emptied} is unreadable (e.g. {examples}); the archive "
+                         "is damaged: download it again.")
 
 
 def drop_rows(path: Path, drop: list[int]) -> None:
@@ -165,6 +205,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         jobs = {split: (index, NpyRows(out / f"{split}.npy", np.uint8, (len(index), *prep.image_size, 3)))
                 for split, index in indexes.items()}
         failed = decode_all(jobs, paths.raw, prep.num_workers, prep.skip_unreadable, f"{comp_name} decode")
+        check_skipped(failed, indexes)
         skipped = []
         for split, index in indexes.items():
             rows = [row for row, _, _ in failed[split]]

@@ -64,7 +64,7 @@ def stage_main(
     except (PipelineError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    if int(os.environ.get("RANK", "0")):
+    if "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("RANK", "0")):
         return  # one of torchrun's data-parallel processes other than rank 0, which reports for them all
     seconds = time.perf_counter() - start
     name = stage_name(run, args.comp, model, fold)

@@ -86,6 +86,25 @@ def test_skip_unreadable_lists_the_bad_images_drops_train_ones_and_keeps_test_ro
     assert len(train_images) == len(train_index) and (train_images.reshape(len(train_images), -1).max(1) > 0).all()
     black = test_index.index[test_index["id"] == bad_test.rsplit("/", 1)[1]][0]
     assert test_images[black].max() == 0
-    fold_of = load_folds(root / "folds" / "statefarm.csv", train_index)
+    fold_of = load_folds(root / "folds" / "statefarm.csv", train_index, cache)
     assert len(fold_of) == len(train_index), "the folds line up with the cache without the dropped image"
     assert "1 unreadable" not in prepare.summary(cache) and "2 unreadable image(s) skipped" in prepare.summary(cache)
+
+
+@pytest.mark.parametrize("victims", ["a whole class", "many images"])
+def test_skip_unreadable_still_stops_on_a_damaged_archive(tmp_path, victims):
+    """Skipping is for a few bad frames: a class left without images, or more than 5% unreadable, stops."""
+    comp = get_competition("statefarm")
+    good = write_demo_archive(comp, tiny_params().comp("statefarm").data.demo, 0, tmp_path / "good.zip")
+    files = read_zip(good)
+    images = sorted(k for k in files if k.endswith(".jpg"))
+    bad = [k for k in images if "/train/c4/" in k] if victims == "a whole class" else images[::8]
+    for victim in bad:
+        files[victim] = files[victim][:100]
+    params = tiny_params(**{"statefarm.data.source": str(write_zip(tmp_path / "bad.zip", files)),
+                            "statefarm.prepare.skip_unreadable": True})
+    root = tmp_path / "root"
+    download.run(params, "statefarm", root)
+    with pytest.raises(ImageError, match="every train image of class|more than 5%"):
+        prepare.run(params, "statefarm", root)
+    assert not (root / "data" / "statefarm" / "cache").exists()

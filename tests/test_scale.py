@@ -44,6 +44,9 @@ def test_sharded_rows_give_each_step_the_whole_batch_with_the_same_seeds():
     for step in range(n // batch):
         together = sorted(sum((s[step * per : (step + 1) * per] for s in shards), []))
         assert together == sorted(single[step * batch : (step + 1) * batch]), "the very batch, seeds included"
+    # no drop_last (a fold smaller than a batch): a last batch shares out only while each process gets 2 rows
+    assert [len(ShardedRows(SeededRows(8, 0, shuffle=True), 8, r, 4, drop_last=False)) for r in range(4)] == [2] * 4
+    assert len(ShardedRows(SeededRows(7, 0, shuffle=True), 8, 0, 4, drop_last=False)) == 0
 
 
 def _project(root, src_root, params) -> dict:
@@ -97,8 +100,15 @@ def test_finetune_data_parallel_over_two_processes_writes_what_one_process_write
     assert list(one["id"]) == list(two["id"]) and list(one["label"]) == list(two["label"])
     info = pd.read_json(parallel / "params.json", typ="series")
     assert info["processes"] == 2
-    start = probabilities(Paths(COMP, src).fold_model("head", 0))  # finetuning's starting point
-    p1, p2 = probabilities(single), probabilities(parallel)
-    # the tiny random-weight net learns little, but both runs move alike from the head's predictions
-    assert np.abs(p1 - p2).mean() < 0.5 * min(np.abs(p1 - start).mean(), np.abs(p2 - start).mean())
+    # Epoch 0 is the same network on the same rows: the shared-out validation predictions, gathered, must give
+    # the single process's score exactly (order and padding of the shares).
+    history = {name: pd.read_json(d / "params.json", typ="series")["history"] for name, d in
+               (("one", single), ("two", parallel))}
+    assert history["two"][0]["logloss"] == pytest.approx(history["one"][0]["logloss"], abs=1e-6)
+    # Then both train alike (per-process batch statistics and dropout: close, not equal; the tiny random net
+    # learns little, so only its scores are compared)
+    assert history["two"][-1]["logloss"] == pytest.approx(history["one"][-1]["logloss"], abs=0.1)
+    assert history["two"][-1]["train_loss"] == pytest.approx(history["one"][-1]["train_loss"], abs=0.2)
+    start = probabilities(Paths(COMP, src).fold_model("head", 0))
+    assert np.abs(probabilities(parallel) - start).mean() > 0.01, "it trained"
     assert np.load(parallel / "test.npy").shape == np.load(single / "test.npy").shape
