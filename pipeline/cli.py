@@ -1,7 +1,8 @@
-"""The `pipeline` console script: compare, report, submit, submissions, lr-find.
+"""The `pipeline` console script: compare, report, submit, submissions, lr-find, overfit.
 
 The DVC stages have their own entry points (`python -m pipeline.<stage>`); these are run by hand: compare reads
-committed metrics of experiments, two talk to Kaggle, lr-find plots loss against learning rate.
+committed metrics of experiments, two talk to Kaggle, lr-find plots loss against learning rate, overfit checks that
+a model can learn at all.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, default=1e-7, help="first learning rate")
     p.add_argument("--end", type=float, default=10.0, help="last learning rate, unless the loss explodes first")
     p.add_argument("--steps", type=int, default=100, help="batches, one learning rate each")
+    p = sub.add_parser("overfit", help="can the model learn? drive the loss on a few fixed batches near zero")
+    p.add_argument("comp", choices=sorted(COMPETITIONS))
+    p.add_argument("fold", type=int, nargs="?", default=0, help="fold whose training rows are used (default 0)")
+    p.add_argument("--stage", choices=["head", "finetune", "both"], default="both")
+    p.add_argument("--model", help="which of params.yaml's models (default: the first)")
+    p.add_argument("--batches", type=int, default=2, help="how many batches to memorise")
+    p.add_argument("--steps", type=int, default=100, help="training steps on them")
+    p.add_argument("--target", type=float, default=0.05, help="the loss that counts as memorised")
     return parser
 
 
@@ -66,6 +75,29 @@ def _lr_find(args) -> None:
               f"suggested peak lr {f['suggested']:.3g} ({args.comp}.{stage}.lr in params.yaml). Plot: {f['plot']}")
 
 
+def _overfit(args) -> int:
+    from pipeline import overfit  # imports torch and timm: only for this command
+    from pipeline.config import load_params
+
+    params = load_params()
+    if args.fold not in params.folds:
+        raise ConfigError(f"fold {args.fold} is not one of params.yaml's folds {list(params.folds)}")
+    if args.model is not None and args.model not in params.models:
+        raise ConfigError(f"--model {args.model!r} is not one of params.yaml's models {list(params.models)}")
+    if args.batches < 1 or args.steps < 1 or args.target <= 0:
+        raise ConfigError(f"overfit needs --batches >= 1, --steps >= 1 and --target > 0; got {args.batches}, "
+                          f"{args.steps}, {args.target}")
+    stages = overfit.STAGES if args.stage == "both" else (args.stage,)
+    found = overfit.run(params, args.comp, args.fold, stages, args.batches, args.steps, args.target, model=args.model)
+    for stage, f in found.items():
+        verdict = ("it can learn: now regularise" if f["learns"] else
+                   f"it did not get below {args.target:g}: check {args.comp}.{stage}.lr (`pipeline lr-find`), the "
+                   "labels and the input before adding regularisation")
+        print(f"{args.comp} {stage}: training loss on {f['rows']} fixed rows {f['first']:.4f} -> {f['last']:.4f} "
+              f"in {args.steps} steps; {verdict}. Plot: {f['plot']}")
+    return 0 if all(f["learns"] for f in found.values()) else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -85,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Report: {report.run(load_params(), args.comp)} (pictures in reports/{args.comp}/figures/)")
         elif args.command == "lr-find":
             _lr_find(args)
+        elif args.command == "overfit":
+            return _overfit(args)
         else:
             board = submit.leaderboard(args.comp)
             with pd.option_context("display.width", 200, "display.max_colwidth", 40):

@@ -243,7 +243,7 @@ def _batch(images: np.ndarray, rows: np.ndarray, meta: dict):
     import torch
 
     transform = build_transform(size=meta.get("image_size"))
-    return torch.stack([transform(image=np.asarray(images[r]))["image"] for r in rows])
+    return torch.stack([transform(image=np.array(images[r]))["image"] for r in rows])  # a copy: the cache is read-only
 
 
 def activations_figure(model, images: np.ndarray, rows: np.ndarray, meta: dict, out: Path) -> Path | None:
