@@ -56,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _lr_find(args) -> None:
-    from pipeline import lr_find  # imports torch and timm: only for this command
+def _params_for(args):
+    """params.yaml, with the command's fold and --model checked against it."""
     from pipeline.config import load_params
 
     params = load_params()
@@ -65,6 +65,13 @@ def _lr_find(args) -> None:
         raise ConfigError(f"fold {args.fold} is not one of params.yaml's folds {list(params.folds)}")
     if args.model is not None and args.model not in params.models:
         raise ConfigError(f"--model {args.model!r} is not one of params.yaml's models {list(params.models)}")
+    return params
+
+
+def _lr_find(args) -> None:
+    from pipeline import lr_find  # imports torch and timm: only for this command
+
+    params = _params_for(args)
     if not (0 < args.start < args.end) or args.steps < 3:
         raise ConfigError(f"lr-find needs 0 < --start < --end and --steps >= 3; got --start {args.start}, "
                           f"--end {args.end}, --steps {args.steps}")
@@ -77,13 +84,8 @@ def _lr_find(args) -> None:
 
 def _overfit(args) -> int:
     from pipeline import overfit  # imports torch and timm: only for this command
-    from pipeline.config import load_params
 
-    params = load_params()
-    if args.fold not in params.folds:
-        raise ConfigError(f"fold {args.fold} is not one of params.yaml's folds {list(params.folds)}")
-    if args.model is not None and args.model not in params.models:
-        raise ConfigError(f"--model {args.model!r} is not one of params.yaml's models {list(params.models)}")
+    params = _params_for(args)
     if args.batches < 1 or args.steps < 1 or args.target <= 0:
         raise ConfigError(f"overfit needs --batches >= 1, --steps >= 1 and --target > 0; got {args.batches}, "
                           f"{args.steps}, {args.target}")

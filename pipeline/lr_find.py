@@ -53,6 +53,24 @@ def _plot(path: Path, curves: pd.DataFrame, found: dict, title: str) -> None:
     save_png(fig, path)
 
 
+def check_ready(paths: Paths, comp_name: str, model: str, fold: int, stages) -> None:
+    """What the stages' starting points need must exist: the fold's head for finetuning, else the features."""
+    needed = paths.fold_model("head", fold) if "finetune" in stages else paths.features
+    if not needed.exists():
+        raise OutputError(f"{needed} does not exist yet; run `dvc repro head@{comp_name}-{model}-{fold}` first.")
+
+
+def stage_start(params: Params, comp_name: str, model: str, fold: int, stage: str, paths: Paths, device):
+    """Where `stage` starts for the fold, through the stage's own setup(): its training loader, network, optimizer
+    and the mixed-precision settings it trains with."""
+    if stage == "head":
+        _, (train_loader, _, _), network, optimizer = head.setup(params, comp_name, model, fold, paths)
+        return train_loader, network, optimizer, {}
+    _, _, (train_loader, _, _), network, optimizer = finetune.setup(params, comp_name, model, fold, paths, device)
+    ft = params.model(comp_name, model).finetune
+    return train_loader, network, optimizer, {"amp": ft.amp, "channels_last": ft.channels_last}
+
+
 def run(params: Params, comp_name: str, fold: int, stages=STAGES, start: float = 1e-7, end: float = 10.0,
         steps: int = 100, root: Path = Path("."), model: str | None = None) -> dict[str, dict]:
     """Run the range test for each of `stages` of `model` (default: the first of params.yaml's models); return
@@ -60,19 +78,10 @@ def run(params: Params, comp_name: str, fold: int, stages=STAGES, start: float =
     model = model or params.models[0]
     paths = Paths(comp_name, root, model)
     device = pick_device(params.device)
-    needed = paths.fold_model("head", fold) if "finetune" in stages else paths.features
-    if not needed.exists():
-        raise OutputError(f"{needed} does not exist yet; run `dvc repro head@{comp_name}-{model}-{fold}` first.")
+    check_ready(paths, comp_name, model, fold, stages)
     found = {}
     for stage in stages:
-        if stage == "head":
-            _, (train_loader, _, _), network, optimizer = head.setup(params, comp_name, model, fold, paths)
-            amp = {}
-        else:
-            _, _, (train_loader, _, _), network, optimizer = finetune.setup(params, comp_name, model, fold, paths,
-                                                                            device)
-            ft = params.model(comp_name, model).finetune
-            amp = {"amp": ft.amp, "channels_last": ft.channels_last}
+        train_loader, network, optimizer, amp = stage_start(params, comp_name, model, fold, stage, paths, device)
         rates, losses = lr_range(network.to(device), train_loader, optimizer, device, start, end, steps, **amp)
         curves = pd.DataFrame({"lr": rates, "loss": losses})
         found[stage] = suggest(rates, losses)

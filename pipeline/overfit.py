@@ -17,12 +17,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipeline import finetune, head
 from pipeline.config import Params
 from pipeline.engine import grad_scaler, pick_device, train_step
-from pipeline.errors import OutputError
 from pipeline.figures import pyplot, save_png
 from pipeline.io import write_csv
+from pipeline.lr_find import check_ready, stage_start
 from pipeline.paths import Paths
 
 STAGES = ("head", "finetune")
@@ -58,20 +57,11 @@ def run(params: Params, comp_name: str, fold: int, stages=STAGES, batches: int =
     model = model or params.models[0]
     paths = Paths(comp_name, root, model)
     device = pick_device(params.device)
-    needed = paths.fold_model("head", fold) if "finetune" in stages else paths.features
-    if not needed.exists():
-        raise OutputError(f"{needed} does not exist yet; run `dvc repro head@{comp_name}-{model}-{fold}` first.")
+    check_ready(paths, comp_name, model, fold, stages)
     found = {}
     for stage in stages:
         torch.manual_seed(0)
-        if stage == "head":
-            _, (train_loader, _, _), network, optimizer = head.setup(params, comp_name, model, fold, paths)
-            amp = {}
-        else:
-            _, _, (train_loader, _, _), network, optimizer = finetune.setup(params, comp_name, model, fold, paths,
-                                                                            device)
-            ft = params.model(comp_name, model).finetune
-            amp = {"amp": ft.amp, "channels_last": ft.channels_last}
+        train_loader, network, optimizer, amp = stage_start(params, comp_name, model, fold, stage, paths, device)
         fixed = list(islice(train_loader, batches))  # drawn once: the same images and augmentations every step
         losses = memorise(network.to(device), fixed, optimizer, device, steps, **amp)
         last = sum(losses[-len(fixed):]) / len(fixed)  # one pass over the fixed batches
