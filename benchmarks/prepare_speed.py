@@ -188,6 +188,9 @@ def main() -> None:
         for label, key in rows:
             runs = " ".join(f"{s:.2f}" for s in timings[key])
             user, system = cpu[key][timings[key].index(min(timings[key]))]
+            if key == "prepare":  # its decoding processes are the forkserver's children, not this process's
+                print(f"  {label:68s} {rate[key]:9.0f} {'-':>9s} {'-':>8s} {runs:>20s}")
+                continue
             print(f"  {label:68s} {rate[key]:9.0f} {user:9.2f} {system:8.2f} {runs:>20s}")
         of_limit = rate["prepare"] / rate["limit"]
         print(f"  prepare / limit: {of_limit:.2f}x; target >= 0.8x: {'ok' if of_limit >= 0.8 else 'MISSED'}")
