@@ -97,7 +97,7 @@ def _overfit(args) -> int:
                    "labels and the input before adding regularisation")
         print(f"{args.comp} {stage}: training loss on {f['rows']} fixed rows {f['first']:.4f} -> {f['last']:.4f} "
               f"in {args.steps} steps; {verdict}. Plot: {f['plot']}")
-    return 0 if all(f["learns"] for f in found.values()) else 2
+    return 0 if all(f["learns"] for f in found.values()) else 3  # (2: argparse's usage errors)
 
 
 def main(argv: list[str] | None = None) -> int:

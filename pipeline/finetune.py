@@ -71,10 +71,11 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     n_workers = loader_workers(ft.num_workers, device, workers.world)
     loader = {"num_workers": n_workers, "persistent_workers": n_workers > 0,
               "pin_memory": device.type == "cuda", "generator": torch.Generator().manual_seed(seed)}
-    if ft.batch_size % workers.world:
+    if ft.batch_size % workers.world or ft.batch_size // workers.world < 2:
         raise ConfigError(f"{params.model_key(comp_name, model, 'finetune')}.batch_size: {ft.batch_size} images "
-                          f"cannot be shared equally by {workers.world} data-parallel processes; use a multiple "
-                          f"of {workers.world}.")
+                          f"cannot be shared equally by {workers.world} data-parallel processes with at least 2 "
+                          f"each (batch norm needs 2); use a multiple of {workers.world}, at least "
+                          f"{2 * workers.world}.")
     rows = SeededRows(len(split.train_rows), (seed, fold), shuffle=True)
     drop_last = len(split.train_rows) > ft.batch_size
     if workers.world > 1:
@@ -198,15 +199,17 @@ class Checkpoint:
     resumes from its last finished epoch: the network, optimizer, schedule, the sampler's epoch and every
     process's random state, which make the resumed run's result that of an uninterrupted one. It is used only
     when its fingerprint matches (params, device type, number of processes, torch, the fold's rows, the start
-    weights and the pipeline's code), and removed once the fold's outputs are written. Rank 0 writes it and
-    decides whether to resume; every process reads it."""
+    weights and the pipeline's code), and removed once the fold's outputs are written. Rank 0 writes it;
+    every process reads it, and all resume only if each found it."""
 
     def __init__(self, out: Path, same_run: dict, workers: Workers, inputs: list[Path]):
         self.path = out.with_name(f".{out.name}.checkpoint.pt")
         self.workers = workers
         digest = hashlib.sha256(json.dumps(same_run, sort_keys=True, default=str).encode())
         for path in inputs:
-            digest.update(path.read_bytes())
+            with open(path, "rb") as f:  # in pieces: a large backbone's weights need not be in memory whole
+                while piece := f.read(1 << 24):
+                    digest.update(piece)
         self.fingerprint = digest.hexdigest()
 
     def save(self, state: dict, epoch: int, history: list[dict]) -> None:
@@ -224,12 +227,11 @@ class Checkpoint:
         os.replace(tmp, self.path)
 
     def resume(self, state: dict) -> list[dict]:
-        """Load the checkpoint into `state` when it belongs to this run; the epochs it holds (or none)."""
-        saved = self._load() if self.workers.main else None
-        if not _decided(saved is not None, self.workers):
+        """Load the checkpoint into `state` when it belongs to this run, as every process finds it (a node whose
+        copy is missing or stale makes all start again); the epochs it holds (or none)."""
+        saved = self._load()
+        if not all(_everyone(saved is not None, self.workers)):
             return []
-        if saved is None:
-            saved = torch.load(self.path, map_location=state["device"], weights_only=False)
         for k in ("network", "optimizer", "scheduler"):
             state[k].load_state_dict(saved[k])
         _rows(state["rows"]).epoch = saved["rows_epoch"]
@@ -263,17 +265,6 @@ def _everyone(value, workers: Workers) -> list:
     values = [None] * workers.world
     td.all_gather_object(values, value)
     return values
-
-
-def _decided(choice: bool, workers: Workers) -> bool:
-    """Rank 0's `choice`, on every process (collective)."""
-    if workers.world == 1:
-        return choice
-    import torch.distributed as td
-
-    box = [choice]
-    td.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _rows(sampler) -> SeededRows:

@@ -64,7 +64,8 @@ def run(params: Params, comp_name: str, fold: int, stages=STAGES, batches: int =
         train_loader, network, optimizer, amp = stage_start(params, comp_name, model, fold, stage, paths, device)
         fixed = list(islice(train_loader, batches))  # drawn once: the same images and augmentations every step
         losses = memorise(network.to(device), fixed, optimizer, device, steps, **amp)
-        last = sum(losses[-len(fixed):]) / len(fixed)  # one pass over the fixed batches
+        tail = losses[-len(fixed):]  # the last pass over the fixed batches
+        last = sum(tail) / len(tail)
         out = paths.reports / f"overfit_{model}_{stage}_fold{fold}"
         write_csv(out.with_suffix(".csv"), pd.DataFrame({"step": range(1, steps + 1), "loss": losses}))
         rows = sum(len(y) for _, y in fixed)

@@ -56,7 +56,10 @@ def decode(data: bytes, size: tuple[int, int], where: str, out: np.ndarray | Non
             shrink = arr.shape[0] >= height and arr.shape[1] >= width
             arr = cv2.resize(arr, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         out = np.empty((height, width, 3), np.uint8) if out is None else out
-        return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=out)
+        rgb = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=out)
+        if not np.shares_memory(rgb, out):  # OpenCV returns a new array, silently, for a dst it cannot use
+            out[...] = rgb
+        return out
     except cv2.error as e:
         raise _unreadable(where, f"OpenCV: {str(e).strip().splitlines()[-1]}") from None
 
@@ -144,6 +147,7 @@ def decode_all(jobs: dict[str, tuple[pd.DataFrame, NpyRows]], raw: Path, workers
                     bar.update(len(members))
             finally:
                 _close_zips()
+                _BLOCK.clear()
             return failed
         # forkserver: fresh processes, not forks of this one, whose OpenCV or torch threads (in a test, or a
         # notebook) may hold locks at the fork that a forked child then waits on forever
@@ -190,8 +194,9 @@ def drop_rows(path: Path, drop: list[int]) -> None:
     src = np.load(path, mmap_mode="r")
     keep = np.setdiff1d(np.arange(len(src)), drop)
     kept = NpyRows(path.with_name("kept-" + path.name), src.dtype, (len(keep), *src.shape[1:]))
-    for start in range(0, len(keep), CHUNK):
-        kept.write(start, src[keep[start : start + CHUNK]])
+    chunk = max(1, min(CHUNK, CHUNK_BYTES // kept.row_bytes))
+    for start in range(0, len(keep), chunk):
+        kept.write(start, src[keep[start : start + chunk]])
     del src
     os.replace(kept.path, path)
 

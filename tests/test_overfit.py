@@ -19,15 +19,17 @@ def test_the_tiny_models_memorise_two_batches_and_a_frozen_learning_rate_does_no
 
 
 def test_the_command_says_whether_it_can_learn_and_exits_non_zero_when_not(pipeline_run, monkeypatch, capsys):
-    root, params, _ = pipeline_run
-    monkeypatch.chdir(root)
     import yaml
 
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(**{"statefarm.head.lr": 1e-7}).to_dict()))
-    assert cli.main(["overfit", "statefarm", "--stage", "head", "--steps", "20"]) == 2
-    out = capsys.readouterr().out
-    assert "did not get below 0.05: check statefarm.head.lr" in out and "fixed rows" in out
-    (root / "params.yaml").write_text(yaml.safe_dump(params.to_dict()))
-    assert cli.main(["overfit", "statefarm", "--stage", "head"]) == 0
-    assert "it can learn: now regularise" in capsys.readouterr().out
-    (root / "params.yaml").unlink()
+    root, params, _ = pipeline_run
+    monkeypatch.chdir(root)
+    try:
+        (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(**{"statefarm.head.lr": 1e-7}).to_dict()))
+        assert cli.main(["overfit", "statefarm", "--stage", "head", "--steps", "20"]) == 3
+        out = capsys.readouterr().out
+        assert "did not get below 0.05: check statefarm.head.lr" in out and "fixed rows" in out
+        (root / "params.yaml").write_text(yaml.safe_dump(params.to_dict()))
+        assert cli.main(["overfit", "statefarm", "--stage", "head"]) == 0
+        assert "it can learn: now regularise" in capsys.readouterr().out
+    finally:  # the session's fixture root: leave no params.yaml for other tests
+        (root / "params.yaml").unlink(missing_ok=True)

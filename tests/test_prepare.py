@@ -91,6 +91,18 @@ def test_skip_unreadable_lists_the_bad_images_drops_train_ones_and_keeps_test_ro
     assert "1 unreadable" not in prepare.summary(cache) and "2 unreadable image(s) skipped" in prepare.summary(cache)
 
 
+def test_skipping_stops_when_a_class_loses_every_image_or_too_many_are_unreadable():
+    train = pd.DataFrame({"label": ["a"] * 195 + ["b"] * 5})
+    indexes = {"train": train, "test": pd.DataFrame({"id": range(100)})}
+    fail = [(row, f"train/{row}.jpg", "cut short") for row in range(195, 200)]  # all of b: 5 of 300 images
+    with pytest.raises(ImageError, match=r"every train image of class\(es\) \['b'\]"):
+        prepare.check_skipped({"train": fail, "test": []}, indexes)
+    many = [(row, f"train/{row}.jpg", "cut short") for row in range(16)]  # 16 of 300: more than 5%
+    with pytest.raises(ImageError, match="16 of 300 images are unreadable"):
+        prepare.check_skipped({"train": many, "test": []}, indexes)
+    prepare.check_skipped({"train": many[:10], "test": [(0, "test/0.jpg", "cut short")]}, indexes)  # a few: fine
+
+
 @pytest.mark.parametrize("victims", ["a whole class", "many images"])
 def test_skip_unreadable_still_stops_on_a_damaged_archive(tmp_path, victims):
     """Skipping is for a few bad frames: a class left without images, or more than 5% unreadable, stops."""
