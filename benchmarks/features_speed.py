@@ -24,9 +24,7 @@ Weights do not change the speed: random ones by default (--pretrained: the shipp
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_statefarm import statefarm_params, write_statefarm_archive  # noqa: E402
+from synthetic_statefarm import work_dir, statefarm_params, write_statefarm_archive  # noqa: E402
 
 from pipeline import download, features, prepare  # noqa: E402
 from pipeline.cache import load_cache  # noqa: E402
@@ -67,10 +65,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timings are the best of this many")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="features-speed-"))
-    work.mkdir(parents=True, exist_ok=True)
     size = tuple(args.size)
-    root = work / "project"
 
     def params(**features_changes):
         fp = {"backbone": args.backbone, "pretrained": args.pretrained, "weights": "package",
@@ -80,7 +75,8 @@ def main() -> None:
         return parse_params(statefarm_params(work / "statefarm.zip", {"prepare": {"image_size": list(size)},
                                                                       "features": fp}), "features_speed params")
 
-    try:
+    with work_dir(args.keep, "features-speed-") as work:
+        root = work / "project"
         frame = (size[1], size[0])  # frames made at the cache's size: only the cache matters here
         made = write_statefarm_archive(work / "statefarm.zip", args.images, size=frame)
         base = params(aug_copies=0)
@@ -140,9 +136,6 @@ def main() -> None:
         shipped = parse_params(statefarm_params(work / "statefarm.zip"), "params.yaml").model("statefarm", "main")
         print(f"  fastest features.num_workers here: {best[1].rsplit(' ', 1)[-1]} "
               f"(params.yaml ships {shipped.features.num_workers})")
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

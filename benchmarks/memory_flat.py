@@ -38,14 +38,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_statefarm import statefarm_params, write_statefarm_archive  # noqa: E402
+from synthetic_statefarm import work_dir, statefarm_params, write_statefarm_archive  # noqa: E402
 
 from pipeline import download  # noqa: E402
 from pipeline.config import parse_params  # noqa: E402
@@ -97,6 +96,9 @@ start = time.perf_counter()
 if stage == "prepare":
     from pipeline import prepare
     prepare.run(params, "statefarm", Path(root))
+    # its decoding processes are the forkserver's children: stopping it reaps them into RUSAGE_CHILDREN
+    from multiprocessing import forkserver
+    forkserver._forkserver._stop()
 elif stage == "features":
     from pipeline import features
     features.run(params, "statefarm", "main", Path(root))
@@ -190,12 +192,10 @@ def main() -> None:
                         help="what `dvc repro` makes before `dvc status` (e.g. prepare@statefarm: faster)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="memory-flat-"))
-    work.mkdir(parents=True, exist_ok=True)
     size = tuple(args.size)
     frame = tuple(args.frame or (max(FRAME[0], size[1]), max(FRAME[1], size[0])))
     sizes = {"baseline": args.baseline_images, "large": args.images}
-    try:
+    with work_dir(args.keep, "memory-flat-") as work:
         archives, results = {}, {}
         for name, n in sizes.items():
             t = time.perf_counter()
@@ -276,9 +276,6 @@ def main() -> None:
               + ("" if noop else " (more than the always-run inputs@ check was reported)"))
         print(f"  dvc status of all of dvc.yaml on {args.images} images: {large['all']:.2f} s (<= 2 s: "
               f"{'ok' if large['all'] <= 2 else 'MISSED'})")
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

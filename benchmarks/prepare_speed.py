@@ -28,7 +28,6 @@ import os
 import resource
 import shutil
 import sys
-import tempfile
 import time
 import zipfile
 from multiprocessing import Pool
@@ -39,7 +38,7 @@ import pandas as pd
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from synthetic_statefarm import statefarm_params, write_statefarm_archive  # noqa: E402
+from synthetic_statefarm import work_dir, statefarm_params, write_statefarm_archive  # noqa: E402
 
 from pipeline import download, prepare  # noqa: E402
 from pipeline.config import parse_params  # noqa: E402
@@ -121,11 +120,9 @@ def main() -> None:
                         help="decode only this many frames in the (slow) naive loop (default: all)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="prepare-speed-"))
-    work.mkdir(parents=True, exist_ok=True)
     size = tuple(args.size)
     cores = len(os.sched_getaffinity(0))
-    try:
+    with work_dir(args.keep, "prepare-speed-") as work:
         t = time.perf_counter()
         made = write_statefarm_archive(work / "statefarm.zip", args.images, size=tuple(args.frame))
         print(f"archive: {made['train']} train + {made['test']} test frames of {args.frame[0]}x{args.frame[1]}, "
@@ -196,9 +193,6 @@ def main() -> None:
         print(f"  prepare / limit: {of_limit:.2f}x; target >= 0.8x: {'ok' if of_limit >= 0.8 else 'MISSED'}")
         print(f"  prepare / naive: {rate['prepare'] / rate['naive']:.2f}x")
         print(f"  limit / naive: {rate['limit'] / rate['naive']:.2f}x (reduced-size decoding + {cores} processes)")
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

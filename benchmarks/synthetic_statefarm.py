@@ -14,9 +14,12 @@ Used by prepare_speed.py, features_speed.py and memory_flat.py (imported from th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
+import shutil
+import tempfile
 import zipfile
 from importlib import resources
 from multiprocessing import Pool
@@ -127,6 +130,18 @@ def write_statefarm_archive(path: Path, images: int, size: tuple[int, int] = (64
         add("driver_imgs_list.csv", listing.to_csv(index=False).encode())
         add("sample_submission.csv", sample.to_csv(index=False).encode())
     return {"train": n_train, "test": n_test, "mean_jpeg_bytes": nbytes / total, "zip_bytes": path.stat().st_size}
+
+
+@contextlib.contextmanager
+def work_dir(keep: Path | None, prefix: str):
+    """A benchmark's working folder: `keep` (created, left in place) or a temporary one removed afterwards."""
+    work = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _update(base: dict, changes: dict) -> dict:
