@@ -8,6 +8,7 @@ uncompressed size against zip bombs.
 from __future__ import annotations
 
 import posixpath
+import re
 import shutil
 import stat
 import zipfile
@@ -18,9 +19,11 @@ import pandas as pd
 
 from pipeline.competitions import Competition
 from pipeline.errors import ArchiveError
+from pipeline.paths import EXTRACTED
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EXAMPLES = 5
+
 
 
 @dataclass
@@ -90,7 +93,8 @@ def _walk(path: Path, shown: str, out: Path, listing: Listing, max_bytes: int) -
                 continue
             lower = name.lower()
             if lower.endswith(".zip") or lower.endswith(".csv"):
-                target = out / posixpath.basename(name)
+                target = out / EXTRACTED / posixpath.basename(name)
+                target.parent.mkdir(exist_ok=True)
                 if target.exists():
                     raise ArchiveError(f"{shown} holds {posixpath.basename(name)!r} twice; expected it once.")
                 _extract(zf, info, target, shown)
@@ -126,6 +130,11 @@ def _examples(items) -> str:
 
 
 def _layout_hint(comp: Competition) -> str:
+    if comp.pixels:
+        h, w = comp.pixels
+        return (f"Expected the layout of Kaggle's {comp.slug}.zip: {comp.train_pattern} (a {comp.labels_label!r} "
+                f"column, then {h * w} pixel columns) and {comp.test_pattern} ({h * w} pixel columns), plus "
+                "sample_submission.csv.")
     return (
         f"Expected the layout of Kaggle's {comp.slug}.zip: train images matching '{comp.train_pattern}' and test "
         f"images matching '{comp.test_pattern}' (optionally below 'imgs/' or inside nested zips), plus "
@@ -135,11 +144,28 @@ def _layout_hint(comp: Competition) -> str:
 
 
 def build_index(comp: Competition, listing: Listing, shown: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and test index frames from an archive's listing, checked against the competition's CSVs."""
+    """Train and test index frames (id, label, group, container, member / id, container, member) from an
+    archive's listing, checked against the competition's CSVs."""
+    if comp.pixels:
+        train, test = _pixel_index(comp, listing, shown)
+    else:
+        train, test = _image_index(comp, listing, shown)
+    train = _attach_labels(comp, train, listing, shown)
+    unknown = sorted(set(train["label"]) - set(comp.classes))
+    if unknown:
+        raise ArchiveError(f"{shown} labels train images with {len(unknown)} class(es) that {comp.title} does not "
+                           f"have: {_examples(map(str, unknown))}; its classes are {', '.join(comp.classes)}. "
+                           "Check the competition's record in pipeline/competitions.py.")
+    test = _order_like_sample(comp, test, listing, shown)
+    return train.sort_values("id", kind="stable").reset_index(drop=True), test
+
+
+def _image_index(comp: Competition, listing: Listing, shown: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     train_rows, test_rows = [], []
+    with_label = "label" in re.compile(comp.train_pattern).groupindex
     for norm, (container, member) in listing.images.items():
         if m := comp.match_train(norm):
-            train_rows.append((m["id"], m["label"], container, member))
+            train_rows.append((m["id"], m["label"] if with_label else None, container, member))
         elif m := comp.match_test(norm):
             test_rows.append((m["id"], container, member))
     if not train_rows or not test_rows:
@@ -149,47 +175,82 @@ def build_index(comp: Competition, listing: Listing, shown: str) -> tuple[pd.Dat
             f"{len(train_rows)} train and {len(test_rows)} test images (images seen: {found}). {_layout_hint(comp)}"
         )
     train = pd.DataFrame(train_rows, columns=["id", "label", "container", "member"])
-    test = pd.DataFrame(test_rows, columns=["id", "container", "member"])
-    train = _attach_groups(comp, train, listing, shown)
-    test = _order_like_sample(comp, test, listing, shown)
-    return train.sort_values("id", kind="stable").reset_index(drop=True), test
+    if train["id"].duplicated().any():
+        raise ArchiveError(f"{shown} holds several train images with the id(s) "
+                           f"{_examples(train.loc[train['id'].duplicated(), 'id'])}; an id must name one image. "
+                           f"Check train_pattern in {comp.name}'s record (pipeline/competitions.py).")
+    return train, pd.DataFrame(test_rows, columns=["id", "container", "member"])
 
 
-def _read_csv(listing: Listing, name: str, shown: str, comp: Competition, columns: list[str]) -> pd.DataFrame:
+def _pixel_index(comp: Competition, listing: Listing, shown: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of pixel CSVs as images: the member is the row's number in its CSV (prepare reads the pixels)."""
+    h, w = comp.pixels
+    frames = {}
+    for split, name in (("train", comp.train_pattern), ("test", comp.test_pattern)):
+        label = [comp.labels_label] if split == "train" else []
+        columns = label + [f"pixel{k}" for k in range(h * w)]
+        head = _read_csv(listing, name, shown, comp, columns, nrows=0)
+        if list(head.columns) != columns:
+            raise ArchiveError(f"{name} in {shown} has columns {_examples(head.columns)}; expected "
+                               f"{', '.join(columns[:3])}, ..., pixel{h * w - 1} ({h}x{w} images). {_layout_hint(comp)}")
+        labels = pd.read_csv(listing.csvs[name], usecols=label or ["pixel0"], dtype=str)
+        container = listing.csvs[name].relative_to(listing.csvs[name].parent.parent).as_posix()
+        frames[split] = pd.DataFrame({"id": [str(k + 1) for k in range(len(labels))], "container": container,
+                                      "member": [str(k) for k in range(len(labels))]})
+        if split == "train":
+            frames[split].insert(1, "label", labels[comp.labels_label].to_numpy())
+    return frames["train"], frames["test"]
+
+
+def _read_csv(listing: Listing, name: str, shown: str, comp: Competition, columns: list[str],
+              nrows: int | None = None) -> pd.DataFrame:
     if name not in listing.csvs:
         raise ArchiveError(f"{shown} has no {name}. {_layout_hint(comp)}")
     try:
-        df = pd.read_csv(listing.csvs[name], dtype=str)
+        df = pd.read_csv(listing.csvs[name], dtype=str, nrows=nrows)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ArchiveError(f"{name} in {shown} cannot be read as CSV ({e}); download the archive again.") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ArchiveError(f"{name} in {shown} lacks column(s) {missing}; found {list(df.columns)}.")
+        raise ArchiveError(f"{name} in {shown} lacks column(s) {_examples(missing)}; found {_examples(df.columns)}.")
     return df
 
 
-def _attach_groups(comp: Competition, train: pd.DataFrame, listing: Listing, shown: str) -> pd.DataFrame:
+def _attach_labels(comp: Competition, train: pd.DataFrame, listing: Listing, shown: str) -> pd.DataFrame:
+    """Labels and groups from `labels_file` (each listed image checked to exist, and to be listed once, with the
+    label its path gives when it gives one); without one, each image is its own group."""
     if comp.labels_file is None:
         train["group"] = train["id"]
         return train
-    listed = _read_csv(listing, comp.labels_file, shown, comp, [comp.group_column, "classname", "img"])
-    listed_keys = set(zip(listed["classname"], listed["img"]))
-    found_keys = set(zip(train["label"], train["id"]))
-    missing = listed_keys - found_keys
+    columns = [comp.labels_id, comp.labels_label] + ([comp.group_column] if comp.group_column else [])
+    listed = _read_csv(listing, comp.labels_file, shown, comp, columns)
+    twice = listed[comp.labels_id].duplicated()
+    if twice.any():
+        raise ArchiveError(f"{comp.labels_file} in {shown} lists {_examples(listed.loc[twice, comp.labels_id])} more "
+                           "than once; download the archive again.")
+    listed = listed.set_index(comp.labels_id)
+    ids = set(train["id"])
+    missing = set(listed.index) - ids
     if missing:
         raise ArchiveError(
             f"{comp.labels_file} lists {len(missing)} image(s) missing from {shown}: "
-            f"{_examples(f'train/{c}/{i}' for c, i in missing)}. The archive is incomplete; download it again."
+            f"{_examples(missing)}. The archive is incomplete; download it again."
         )
-    unlisted = found_keys - listed_keys
+    unlisted = ids - set(listed.index)
     if unlisted:
         raise ArchiveError(
             f"{shown} holds {len(unlisted)} train image(s) that {comp.labels_file} does not list, so their "
-            f"{comp.group_column} is unknown: {_examples(f'train/{c}/{i}' for c, i in unlisted)}. "
-            "Download the archive again."
+            f"label or {comp.group_column or 'group'} is unknown: {_examples(unlisted)}. Download the archive again."
         )
-    groups = dict(zip(zip(listed["classname"], listed["img"]), listed[comp.group_column]))
-    train["group"] = [groups[k] for k in zip(train["label"], train["id"])]
+    rows = listed.loc[train["id"]]
+    given = rows[comp.labels_label].to_numpy()
+    if train["label"].notna().all():
+        differ = train["label"].to_numpy() != given
+        if differ.any():
+            raise ArchiveError(f"{comp.labels_file} gives {int(differ.sum())} train image(s) another class than "
+                               f"their path: {_examples(train.loc[differ, 'id'])}. Download the archive again.")
+    train["label"] = given
+    train["group"] = rows[comp.group_column].to_numpy() if comp.group_column else train["id"].to_numpy()
     return train
 
 

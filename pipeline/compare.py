@@ -161,30 +161,34 @@ def _made_by(row, runs: list[Run]) -> str:
 def submissions(root: Path, comp_name: str) -> pd.DataFrame:
     path = root / "submissions" / "scores.csv"
     if not path.is_file():
-        return pd.DataFrame(columns=["commit", "experiment", "cv_logloss", "public_score", "private_score"])
+        return pd.DataFrame(columns=["commit", "experiment", "cv_logloss", "cv", "public_score", "private_score"])
     scores = pd.read_csv(path, dtype=str)
     scores = scores[scores["competition"] == comp_name].copy()
-    for c in ("cv_logloss", "public_score", "private_score"):
-        scores[c] = pd.to_numeric(scores[c], errors="coerce")
+    for c in ("cv_logloss", "cv_score", "public_score", "private_score"):
+        scores[c] = pd.to_numeric(scores[c], errors="coerce") if c in scores else float("nan")
+    # `cv`: the CV score in the leaderboard's metric (rows recorded before `cv_score` existed: their log loss)
+    logloss = get_competition(comp_name).metric == "logloss"
+    scores["cv"] = scores["cv_score"].fillna(scores["cv_logloss"]) if logloss else scores["cv_score"]
     return scores
 
 
 def plot_cv_vs_leaderboard(scores: pd.DataFrame, comp_name: str, out: Path) -> Path | None:
-    """CV log loss against the public leaderboard, one point per scored submission: does CV predict it?"""
-    scored = scores.dropna(subset=["cv_logloss", "public_score"])
+    """CV score against the public leaderboard, one point per scored submission: does CV predict it?"""
+    scored = scores.dropna(subset=["cv", "public_score"])
     if scored.empty:
         return None
     fig, ax = pyplot().subplots(figsize=(5.5, 5))
-    ax.scatter(scored["cv_logloss"], scored["public_score"])
+    ax.scatter(scored["cv"], scored["public_score"])
     for _, r in scored.iterrows():
         label = r.get("experiment") if isinstance(r.get("experiment"), str) and r.get("experiment") else str(r["commit"])[:7]
-        ax.annotate(label[:16], (r["cv_logloss"], r["public_score"]),
+        ax.annotate(label[:16], (r["cv"], r["public_score"]),
                     fontsize=7, xytext=(3, 3), textcoords="offset points")
-    lo = min(scored["cv_logloss"].min(), scored["public_score"].min())
-    hi = max(scored["cv_logloss"].max(), scored["public_score"].max())
+    lo = min(scored["cv"].min(), scored["public_score"].min())
+    hi = max(scored["cv"].max(), scored["public_score"].max())
     ax.plot([lo, hi], [lo, hi], ":", color="grey", label="CV = leaderboard")
-    ax.set_xlabel("CV log loss (metrics/<comp>.json)")
-    ax.set_ylabel("public leaderboard log loss")
+    name = get_competition(comp_name).metric
+    ax.set_xlabel(f"CV {name} (metrics/<comp>.json)")
+    ax.set_ylabel(f"public leaderboard {name}")
     ax.set_title(f"{comp_name}: does CV predict the leaderboard? ({len(scored)} submissions)", fontsize=10)
     ax.legend(fontsize=8)
     return save_png(fig, out)
@@ -238,12 +242,12 @@ def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Pa
     if len(scores):
         shown = scores.assign(run=[_made_by(row, [base, *runs]) for _, row in scores.iterrows()])
         out.append("\nKaggle submissions (submissions/scores.csv); `run` names the compared run that made it:")
-        out.append(shown[["run", "time", "commit", "experiment", "cv_logloss", "public_score", "private_score"]]
+        out.append(shown[["run", "time", "commit", "experiment", "cv_logloss", "cv", "public_score", "private_score"]]
                    .assign(commit=shown["commit"].str.replace(r"^(\w{12})\w*", r"\1", regex=True))
                    .fillna("").to_string(index=False))
         picture = plot_cv_vs_leaderboard(scores, comp_name, Paths(comp_name, root).reports / "cv_vs_leaderboard.png")
         if picture is not None:
-            scored = scores.dropna(subset=["cv_logloss", "public_score"])
-            corr = (f"; correlation {scored['cv_logloss'].corr(scored['public_score']):.2f}" if len(scored) >= 3 else "")
+            scored = scores.dropna(subset=["cv", "public_score"])
+            corr = (f"; correlation {scored['cv'].corr(scored['public_score']):.2f}" if len(scored) >= 3 else "")
             out.append(f"CV against public leaderboard over {len(scored)} scored submissions{corr}: {picture}")
     return "\n".join(out)

@@ -367,6 +367,13 @@ def _check_model(name: str, cp, errors: list[str], key: str | None = None) -> No
                 errors.append(f"{key}.{section}.augment.hflip: must be 0 because {why}; got {hflip}")
         if "hflip" in cp.finetune.tta:
             errors.append(f"{key}.finetune.tta: must not contain 'hflip' because {why}")
+    if comp.channels == 1:
+        for section in ("features", "finetune"):
+            aug = getattr(cp, section).augment
+            for colour in ("channel_shuffle", "rgb_shift"):
+                if getattr(aug, colour) > 0:
+                    errors.append(f"{key}.{section}.augment.{colour}: must be 0 because {comp.title}'s images are "
+                                  f"greyscale (one channel); got {getattr(aug, colour)}")
     for view in cp.finetune.tta:
         if view not in TTA_VIEWS:
             allowed = ", ".join(repr(v) for v in TTA_VIEWS)
@@ -429,6 +436,11 @@ def _merged(base: dict, patch: dict) -> dict:
 def _check_competition(name: str, cp: CompetitionParams, errors: list[str]) -> None:
     """Cross-field checks that need the competition's facts."""
     _check_model(name, cp, errors)
+    comp = COMPETITIONS[name]
+    if comp.metric != "logloss" and cp.ensemble.calibration not in ("auto", "none"):
+        errors.append(f"{name}.ensemble.calibration: must be 'auto' or 'none' because {comp.title} is scored by "
+                      f"{comp.metric}, which calibration does not change (it serves log loss); got "
+                      f"{cp.ensemble.calibration!r}")
     source = cp.data.source
     if source not in ("demo", "kaggle") and not source.endswith(".zip"):
         errors.append(f"{name}.data.source: must be 'demo', 'kaggle' or a path to a .zip; got {source!r}")

@@ -15,6 +15,7 @@ predictions in `submissions/<comp>_oof.csv` (with each row's group and fold), wh
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +24,16 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 
-from pipeline.competitions import get_competition
+from pipeline.competitions import Competition, get_competition
 from pipeline.config import Params
 from pipeline.cache import encode_labels, load_cache
 from pipeline.io import read_json, write_csv, write_json
 from pipeline.outputs import load_oof, load_test, train_rows
 from pipeline.paths import Paths
-from pipeline.scoring import KAGGLE_EPS, scores
+from pipeline.scoring import KAGGLE_EPS, metric, scores
 from pipeline.stage import stage_main
-from pipeline.submission import FLOAT_FORMAT, make_submission, read_sample, submission_probs, validate_submission
+from pipeline.submission import (FLOAT_FORMAT, decide, make_submission, read_sample, submission_probs,
+                                 validate_submission)
 
 STAGES = ("head", "finetune")
 
@@ -115,18 +117,50 @@ def kind_weights(kind: str, preds: dict[str, np.ndarray], labels: np.ndarray) ->
 
 @dataclass(frozen=True)
 class Choice:
-    """An ensemble kind with its fitted weights, and a calibration with its fitted value."""
+    """An ensemble kind with its fitted weights, a calibration with its fitted value, and for a label submission
+    of two classes the threshold on P(second class) fitted for the metric."""
 
     kind: str
     weights: dict
     method: str
     value: float | None
+    threshold: float | None = None
 
     def apply(self, preds: dict[str, np.ndarray]) -> np.ndarray:
         return calibrate(self.method, self.value, log_combine(preds, self.weights))
 
     def __str__(self) -> str:
-        return f"{self.kind}+{self.method}"
+        return f"{self.kind}+{self.method}" + (f"@{self.threshold:.3g}" if self.threshold is not None else "")
+
+
+def thresholded(comp: Competition) -> bool:
+    """Whether the competition's submission is a label decided by a fitted threshold: a binary problem scored
+    on labels (accuracy or F1), where the best cut of P(second class) need not be 0.5."""
+    return comp.submission == "label" and comp.num_classes == 2 and comp.metric in ("accuracy", "f1_micro", "f1_macro")
+
+
+def fit_threshold(name: str, probs: np.ndarray, labels: np.ndarray) -> float:
+    """The cut of P(second class) that maximises metric `name` on these rows (the midpoint between the two
+    predictions where the best score starts, so a tiny shift does not flip a row)."""
+    p = np.sort(np.unique(probs[:, 1]))
+    cuts = np.concatenate([[0.0], (p[1:] + p[:-1]) / 2, [1.0]]) if len(p) > 1 else np.array([0.5])
+    values = [metric(name, probs, labels, decide(probs, t)) for t in cuts]
+    return float(cuts[int(np.argmax(values))])
+
+
+def with_threshold(comp: Competition, choice: Choice, probs: np.ndarray, labels: np.ndarray) -> Choice:
+    """`choice` with its threshold fitted on (probs, labels) when the competition needs one."""
+    if not thresholded(comp):
+        return choice
+    return dataclasses.replace(choice, threshold=fit_threshold(comp.metric, probs, labels))
+
+
+def evaluate(comp: Competition, probs: np.ndarray, labels: np.ndarray, threshold: float | None = None) -> dict:
+    """Log loss, accuracy and the competition's metric (its labels decided as the submission decides them)."""
+    predicted = decide(probs, threshold)
+    out = {**scores(probs, labels), "accuracy": metric("accuracy", probs, labels, predicted)}
+    out[comp.metric] = metric(comp.metric, probs, labels, predicted)
+    return out
 
 
 def fit_choice(kind: str, method: str, preds: dict[str, np.ndarray], labels: np.ndarray) -> Choice:
@@ -164,8 +198,17 @@ def choose(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, ki
     return fit_choice(kind, method, oof, labels)
 
 
-def cross_fitted(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, kinds, methods):
-    """Each fold's rows predicted by the kind, weights and calibration chosen and fitted on the other folds only.
+def choose_all(comp: Competition, oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, kinds,
+               methods) -> Choice:
+    """`choose`, then the threshold (where the competition needs one) fitted on the same rows."""
+    c = choose(oof, labels, folds, kinds, methods)
+    return with_threshold(comp, c, c.apply(oof), labels)
+
+
+def cross_fitted(comp: Competition, oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, kinds,
+                 methods):
+    """Each fold's rows predicted by the kind, weights, calibration and threshold chosen and fitted on the other
+    folds only.
 
     So the reported score is what the whole procedure (choose, fit, apply) gives on rows it never saw.
     Returns the predictions and each fold's choice.
@@ -174,7 +217,7 @@ def cross_fitted(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarr
     choices = {}
     for k in np.unique(folds):
         rest, held = folds != k, folds == k
-        c = choose({m: p[rest] for m, p in oof.items()}, labels[rest], folds[rest], kinds, methods)
+        c = choose_all(comp, {m: p[rest] for m, p in oof.items()}, labels[rest], folds[rest], kinds, methods)
         out[held] = c.apply({m: p[held] for m, p in oof.items()})
         choices[str(k)] = c
     return out, choices
@@ -234,8 +277,8 @@ def _rounded(d: dict) -> dict:
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def per_fold(folds: list[int], ids: np.ndarray, honest: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
-             choices: dict, members: dict[str, np.ndarray]) -> dict:
+def per_fold(comp: Competition, folds: list[int], ids: np.ndarray, honest: np.ndarray, labels: np.ndarray,
+             fold_of: np.ndarray, choices: dict, members: dict[str, np.ndarray]) -> dict:
     """Each fold's cross-fitted ensemble score and choice, beside each member's own score (`<model>/<stage>_...`),
     and a hash of its rows' ids: two runs' fold scores are paired only when their folds hold the same rows."""
     out = {}
@@ -244,17 +287,20 @@ def per_fold(folds: list[int], ids: np.ndarray, honest: np.ndarray, labels: np.n
         rows_md5 = hashlib.md5("\n".join(sorted(map(str, ids[rows]))).encode()).hexdigest()
         own = {f"{member}_{m}": v for member, p in members.items() for m, v in scores(p[rows], labels[rows]).items()
                if m in ("logloss", "accuracy")}
-        out[str(k)] = _rounded({**scores(honest[rows], labels[rows]), "rows": int(rows.sum()),
+        held = evaluate(comp, honest[rows], labels[rows], choices[str(k)].threshold)
+        out[str(k)] = _rounded({**held, "rows": int(rows.sum()),
                                 "rows_md5": rows_md5, "choice": str(choices[str(k)]),
                                 "weights": _rounded(choices[str(k)].weights), **own})
     return out
 
 
-def per_group(groups: np.ndarray, honest: np.ndarray, labels: np.ndarray, fold_of: np.ndarray) -> dict:
+def per_group(comp: Competition, groups: np.ndarray, honest: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
+              choices: dict) -> dict:
     """Each group's (State Farm: driver's) cross-fitted score: which drivers are hard, and whether a change
     helps on most of them or on one."""
     return {
-        str(g): _rounded({**scores(honest[rows], labels[rows]), "rows": int(rows.sum()),
+        str(g): _rounded({**evaluate(comp, honest[rows], labels[rows], choices[str(fold_of[rows][0])].threshold),
+                          "rows": int(rows.sum()),
                           "fold": int(fold_of[rows][0])})
         for g in sorted(set(groups)) for rows in [groups == g]
     }
@@ -275,24 +321,34 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     if ep.neighbours:  # fixed k and weight: nothing is chosen on the rows they are scored on
         smooth_members(oof, test, paths, fold_of, ep.neighbours, ep.neighbour_weight)
     kinds = KINDS if ep.members == "auto" else (ep.members,)
-    methods = ("none", "temperature", "clip") if ep.calibration == "auto" else (ep.calibration,)
+    # calibration serves log loss only: a metric of labels or of ranks is blind to it
+    methods = (("none", "temperature", "clip") if ep.calibration == "auto" and comp.metric == "logloss"
+               else ("none",) if ep.calibration == "auto" else (ep.calibration,))
 
-    honest, fold_choices = cross_fitted(oof, labels, fold_of, kinds, methods)
-    final_choice = choose(oof, labels, fold_of, kinds, methods)  # for the submission: fitted on every row
+    honest, fold_choices = cross_fitted(comp, oof, labels, fold_of, kinds, methods)
+    final_choice = choose_all(comp, oof, labels, fold_of, kinds, methods)  # for the submission: every row
 
     _, test_index = load_cache(paths.cache, "test")
     sample = read_sample(comp, paths.raw)
     final = final_choice.apply(test)
-    sub = make_submission(comp, test_index["id"], final)
+    sub = make_submission(comp, test_index["id"], final, final_choice.threshold)
     validate_submission(comp, sub, sample, str(paths.submission))
     write_csv(paths.submission, sub, float_format=FLOAT_FORMAT)
-    # Top level: a few flat keys, small enough to commit, so `dvc metrics diff main` works in any clone.
-    metrics = {**scores(honest, labels)}
+    # Top level: a few flat keys, small enough to commit, so `dvc metrics diff main` works in any clone. The
+    # honest rows' labels are decided by each fold's own threshold.
+    predicted = np.empty(len(labels), dtype=int)
+    for k, c in fold_choices.items():
+        predicted[fold_of == int(k)] = decide(honest[fold_of == int(k)], c.threshold)
+    metrics = {**scores(honest, labels), "metric": comp.metric, "accuracy": metric("accuracy", honest, labels, predicted),
+               comp.metric: metric(comp.metric, honest, labels, predicted)}
     if paths.demo_answers.is_file():  # the demo knows its test labels: report the "leaderboard" score too
         answers = pd.read_csv(paths.demo_answers, dtype=str).set_index("id").loc[test_index["id"], "label"]
-        written = submission_probs(comp, sub)  # what Kaggle would score: the clipped values in the file
-        demo = scores(written, encode_labels(answers.reset_index(drop=True), comp.classes))
-        metrics.update(demo_test_logloss=demo["logloss"], demo_test_accuracy=demo["accuracy"])
+        written = submission_probs(comp, sub)  # what Kaggle would score: the clipped values (or labels) in the file
+        truth = encode_labels(answers.reset_index(drop=True), comp.classes)
+        if comp.submission != "label":  # a file of labels has no log loss
+            metrics["demo_test_logloss"] = scores(written, truth)["logloss"]
+        metrics["demo_test_accuracy"] = metric("accuracy", written, truth)
+        metrics[f"demo_test_{comp.metric}"] = metric(comp.metric, written, truth)
     metrics = _rounded({**metrics, "member": final_choice.kind, "calibration": final_choice.method,
                         "source": read_json(paths.raw / "summary.json")["source"], "test_rows": len(sub)})
     _, train_index = load_cache(paths.cache, "train")
@@ -301,8 +357,9 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         "calibration_value": final_choice.value,
         "weights": _rounded(final_choice.weights),
         "members_logloss": _rounded({m: scores(p, labels)["logloss"] for m, p in oof.items()}),
-        "folds": per_fold(list(params.folds), ids, honest, labels, fold_of, fold_choices, own),
-        "groups": per_group(train_index["group"].astype(str).to_numpy(), honest, labels, fold_of)
+        "threshold": final_choice.threshold,
+        "folds": per_fold(comp, list(params.folds), ids, honest, labels, fold_of, fold_choices, own),
+        "groups": per_group(comp, train_index["group"].astype(str).to_numpy(), honest, labels, fold_of, fold_choices)
         if comp.group_column else {},
     }
     # The cross-fitted out-of-fold predictions themselves, for the report's confusion matrix and image grids.
@@ -318,8 +375,11 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
 
 
 def summary(result: dict) -> str:
-    demo = (f"; demo test log loss {result['demo_test_logloss']:.4f}" if "demo_test_logloss" in result else "")
-    return (f"CV log loss {result['logloss']:.4f}, accuracy {result['accuracy']:.4f} ({result['member']}, "
+    name = result["metric"]
+    demo = "".join(f"; demo test {key} {result[f'demo_test_{key}']:.4f}" for key in dict.fromkeys(("logloss", name))
+                   if f"demo_test_{key}" in result)
+    extra = f", {name} {result[name]:.4f}" if name not in ("logloss", "accuracy") else ""
+    return (f"CV log loss {result['logloss']:.4f}, accuracy {result['accuracy']:.4f}{extra} ({result['member']}, "
             f"{result['calibration']}){demo}")
 
 

@@ -49,10 +49,10 @@ def extract(backbone, dataset, out: NpyRows, fp, device, desc: str, seed=None, f
         start += len(f)
 
 
-def feature_shape(backbone, image_size: tuple[int, int], device) -> tuple[int, ...]:
+def feature_shape(backbone, image_size: tuple[int, int], channels: int, device) -> tuple[int, ...]:
     """The shape of one image's features: (D,) pooled, or a cut backbone's (C, H, W) at this image size."""
     with torch.no_grad():
-        return tuple(backbone(torch.zeros(1, 3, *image_size, device=device)).shape[1:])
+        return tuple(backbone(torch.zeros(1, channels, *image_size, device=device)).shape[1:])
 
 
 def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> Path:
@@ -64,14 +64,15 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
     caches = {split: image_rows(paths.cache, split) for split in ("test", "train")}
     size = tuple(fp.image_size or caches["train"].shape[1:3])
     key = params.model_key(comp_name, model, "features")
-    backbone = create_trunk(fp, key=key, image_size=size).to(device).eval()
+    channels = caches["train"].shape[3]  # 1 for greyscale images
+    backbone = create_trunk(fp, key=key, image_size=size, in_chans=channels).to(device).eval()
     if fp.channels_last and device.type == "cuda":
         backbone = backbone.to(memory_format=torch.channels_last)
-    mean, std = normalisation(backbone)
+    mean, std = normalisation(backbone, channels)
     resize = size if fp.image_size else None
     plain = build_transform(size=resize)
     with atomic_dir(paths.features) as out:
-        shape = feature_shape(backbone, size, device)
+        shape = feature_shape(backbone, size, channels, device)
         for split, images in caches.items():
             rows = NpyRows(out / f"{split}.npy", np.float16, (len(images), *shape))
             extract(backbone, ImageDataset(images, np.arange(len(images)), plain), rows, fp, device,

@@ -42,7 +42,8 @@ def load_start(params: Params, comp_name: str, model: str, fold: int, paths: Pat
     mp = params.model(comp_name, model)
     comp = get_competition(comp_name)
     # weights come from the features stage's file, not the hub
-    backbone = create_trunk(mp.features, pretrained=False, key=params.model_key(comp_name, model, "features"))
+    backbone = create_trunk(mp.features, pretrained=False, key=params.model_key(comp_name, model, "features"),
+                            in_chans=comp.channels)
     backbone.load_state_dict(load_file(paths.features / "backbone.safetensors"))
     head = head_for(tuple(read_json(paths.features / "meta.json")["shape"]), comp.num_classes, mp.head)
     if mp.finetune.init == "head":

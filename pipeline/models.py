@@ -15,14 +15,17 @@ from pipeline.weights import package_state_dict
 
 
 def create_backbone(fp: FeaturesParams, pretrained: bool | None = None, key: str = "features",
-                    image_size: tuple[int, int] | None = None) -> nn.Module:
+                    image_size: tuple[int, int] | None = None, in_chans: int = 3) -> nn.Module:
     """The timm model named in `features.backbone`, without its classifier (outputs pooled features).
 
     With `pretrained`, weights come from where `features.weights` says: the Hugging Face hub (online), an
     installed weights package (offline), or `weights_file` (offline), always loaded by timm itself. `key` is the
     params section, named in errors; `image_size` (height, width) is checked against models that take one size.
+    With `in_chans` 1 (greyscale images), timm sums pretrained first-layer filters over the colour channels.
     """
     import timm  # here: the head stage needs only torch (timm's import costs seconds per stage)
+
+    import pipeline.vgg  # noqa: F401  (registers the from-scratch backbones with timm)
 
     name = fp.backbone
     pretrained = fp.pretrained if pretrained is None else pretrained
@@ -32,7 +35,10 @@ def create_backbone(fp: FeaturesParams, pretrained: bool | None = None, key: str
         raise ModelError(f"{key}.backbone: timm has no model {name!r}.{hint}")
     overlay = _weights_overlay(fp, key) if pretrained else None
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay)
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay,
+                                  in_chans=in_chans)
+    except pipeline.vgg.NoPretrainedWeightsError as e:
+        raise ModelError(f"{key}.backbone {name!r}: {e}") from None
     except Exception as e:  # the hub's errors come from several libraries (httpx, requests, huggingface_hub)
         where = {"hub": "the Hugging Face hub", "file": fp.weights_file, "package": "the weights package"}
         offline = " Offline, use weights: package or weights: file." if fp.weights == "hub" else ""
@@ -87,7 +93,7 @@ class Trunk(nn.Module):
     normalisation runs on the device instead of in every loader worker. (Buffers not saved: the weights files
     hold only the network.)"""
 
-    def __init__(self, model: nn.Module, cut: int, key: str = "features"):
+    def __init__(self, model: nn.Module, cut: int, key: str = "features", channels: int = 3):
         super().__init__()
         levels = len(getattr(model, "feature_info", []) or [])
         if cut >= levels:
@@ -98,7 +104,7 @@ class Trunk(nn.Module):
         self.model, self.cut = model, cut
         self.num_features = model.num_features if cut < 0 else model.feature_info[cut]["num_chs"]
         self.pretrained_cfg = model.pretrained_cfg  # timm's data config reads it
-        mean, std = normalisation(model)
+        mean, std = normalisation(model, channels)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
 
@@ -120,9 +126,9 @@ class Trunk(nn.Module):
 
 
 def create_trunk(fp: FeaturesParams, pretrained: bool | None = None, key: str = "features",
-                 image_size: tuple[int, int] | None = None) -> Trunk:
-    """`create_backbone` cut where `features.cut` says."""
-    return Trunk(create_backbone(fp, pretrained, key, image_size), fp.cut, key)
+                 image_size: tuple[int, int] | None = None, in_chans: int = 3) -> Trunk:
+    """`create_backbone` cut where `features.cut` says, for images of `in_chans` channels."""
+    return Trunk(create_backbone(fp, pretrained, key, image_size, in_chans), fp.cut, key, in_chans)
 
 
 def create_head(in_features: int, num_classes: int, hidden: int, dropout: float,
@@ -189,8 +195,12 @@ def head_for(feature_shape: tuple[int, ...], num_classes: int, hp) -> nn.Sequent
                        hp.conv_channels if spatial else None, hp.conv_dropout)
 
 
-def normalisation(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean and std the backbone was trained with (timm's data config)."""
+def normalisation(backbone: nn.Module, channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the backbone was trained with (timm's data config); for greyscale input, their averages
+    over the colour channels (as timm sums the first layer's filters over them)."""
     import timm
     cfg = timm.data.resolve_model_data_config(backbone)
-    return tuple(cfg["mean"]), tuple(cfg["std"])
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    if channels == 1 and len(mean) != 1:
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    return mean, std

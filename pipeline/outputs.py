@@ -75,7 +75,7 @@ def fold_outputs(stage: str):
 
 def load_oof(comp: Competition, dirs: list[Path], ids: np.ndarray) -> np.ndarray:
     """Stitch the folds' out-of-fold predictions into one (N, C) array in the order of `ids`."""
-    frames = pd.concat([pd.read_csv(d / "oof.csv", dtype={"id": str}) for d in dirs]).set_index("id")
+    frames = pd.concat([pd.read_csv(d / "oof.csv", dtype={"id": str, "label": str}) for d in dirs]).set_index("id")
     missing = set(ids) - set(frames.index)
     if missing or frames.index.duplicated().any():
         raise ValueError(

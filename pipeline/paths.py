@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+EXTRACTED = "files"
+"""Folder of `raw` where download extracts the archive's CSVs and nested zips (beside our own index CSVs, which
+may share a name with Kaggle's: Digit Recognizer's `train.csv`)."""
+
 
 @dataclass(frozen=True)
 class Paths:

@@ -1,8 +1,8 @@
-"""Stage `prepare@<comp>`: `data/<comp>/raw/` -> `data/<comp>/cache/`, every JPEG decoded exactly once.
+"""Stage `prepare@<comp>`: `data/<comp>/raw/` -> `data/<comp>/cache/`, every image decoded exactly once.
 
-Outputs: `train.npy` and `test.npy`, uint8 arrays of shape (N, height, width, 3) in the row order of
-`train.csv` / `test.csv` (copied beside them), `skipped.csv` and `meta.json`. Later stages read these
-memory-mapped and never touch a JPEG again. Images are resized to `prepare.image_size` without cropping (the whole
+Outputs: `train.npy` and `test.npy`, uint8 arrays of shape (N, height, width, channels: 3, or 1 for greyscale
+competitions) in the row order of `train.csv` / `test.csv` (copied beside them), `skipped.csv` and `meta.json`.
+Later stages read these and never touch a JPEG, PNG or pixel CSV again. Images are resized to `prepare.image_size` without cropping (the whole
 frame matters), decoding at reduced size where the JPEG allows it, by `prepare.num_workers` processes that each
 read their own images from the archive. An unreadable image stops the stage with its name, or with
 `prepare.skip_unreadable` is listed in `skipped.csv`.
@@ -23,6 +23,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
 from pipeline.errors import ArchiveError, ImageError
 from pipeline.io import NpyRows, atomic_dir, write_csv, write_json
@@ -32,11 +33,12 @@ from pipeline.stage import stage_main
 CHUNK = 256
 
 
-def decode(data: bytes, size: tuple[int, int], where: str, out: np.ndarray | None = None) -> np.ndarray:
-    """Image bytes -> uint8 (height, width, 3) RGB in `out` (new when None), decoded at 1/2, 1/4 or 1/8 scale in
-    the DCT domain (libjpeg's scaled decoding, through OpenCV) whenever the image is at least that much larger
-    than `size`, then resized with area averaging. EXIF orientation is ignored, as Kaggle's labels were made on
-    the stored pixels."""
+def decode(data: bytes, size: tuple[int, int], where: str, out: np.ndarray | None = None,
+           channels: int = 3) -> np.ndarray:
+    """Image bytes (JPEG or PNG) -> uint8 (height, width, channels) in `out` (new when None): RGB, or grey with 1
+    channel. A JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scaled decoding, through
+    OpenCV) whenever the image is at least that much larger than `size`, then resized with area averaging. EXIF
+    orientation is ignored, as Kaggle's labels were made on the stored pixels."""
     import cv2  # here: a worker process imports it once; the stage's other imports need it not
 
     height, width = size
@@ -46,22 +48,45 @@ def decode(data: bytes, size: tuple[int, int], where: str, out: np.ndarray | Non
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise _unreadable(where, e) from None
     factor = max((f for f in (8, 4, 2) if full_w // f >= width and full_h // f >= height), default=1)
-    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
+    if channels == 1:
+        flag = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                8: cv2.IMREAD_REDUCED_GRAYSCALE_8}[factor]
+    else:
+        flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
     try:
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
         if arr is None:  # OpenCV's answer to a truncated or corrupt image
             raise _unreadable(where, "the image data is cut short or corrupt")
-        if arr.shape[:2] != (height, width):  # area averaging to shrink; it would be blocky when enlarging
-            shrink = arr.shape[0] >= height and arr.shape[1] >= width
-            arr = cv2.resize(arr, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        out = np.empty((height, width, 3), np.uint8) if out is None else out
+        arr = _resized(arr, height, width)
+        out = np.empty((height, width, channels), np.uint8) if out is None else out
+        if channels == 1:
+            out[..., 0] = arr
+            return out
         rgb = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=out)
         if not np.shares_memory(rgb, out):  # OpenCV returns a new array, silently, for a dst it cannot use
             out[...] = rgb
         return out
     except cv2.error as e:
         raise _unreadable(where, f"OpenCV: {str(e).strip().splitlines()[-1]}") from None
+
+
+def _resized(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area averaging to shrink; linear to enlarge (area would be blocky)."""
+    import cv2
+
+    if arr.shape[:2] == (height, width):
+        return arr
+    shrink = arr.shape[0] >= height and arr.shape[1] >= width
+    return cv2.resize(arr, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def pixel_row(values: np.ndarray, shape: tuple[int, int], size: tuple[int, int], out: np.ndarray) -> np.ndarray:
+    """One CSV row of pixel values (Digit Recognizer's `pixel0..pixel783`) -> its (height, width, 1) image in
+    `out`: the row reshaped to `shape` and given the channel dimension every image has (the lesson's "expand
+    dims"), resized to `size` when that differs."""
+    out[...] = _resized(values.reshape(shape), *size)[..., np.newaxis]
+    return out
 
 
 def _unreadable(where: str, why) -> ImageError:
@@ -71,6 +96,8 @@ def _unreadable(where: str, why) -> ImageError:
 
 _ZIPS: dict[str, zipfile.ZipFile] = {}
 """Archives this process has open, by path: each decoding process opens its own once and keeps it."""
+_PIXELS: dict[str, np.ndarray] = {}
+"""Pixel CSVs this process has read, by path: (rows, height * width) uint8."""
 _BLOCK: dict[str, np.ndarray] = {}
 """This process's decoding buffer: reused from chunk to chunk."""
 CHUNK_BYTES = 32 << 20
@@ -94,16 +121,35 @@ def _read(raw: Path, container: str, member: str) -> bytes:
         ) from None
 
 
+def _pixels(raw: Path, container: str) -> np.ndarray:
+    key = str(raw / container)
+    if key not in _PIXELS:
+        frame = pd.read_csv(key, dtype=str)
+        values = frame[[c for c in frame.columns if c.startswith("pixel")]]
+        try:
+            pixels = values.to_numpy(dtype=np.int64)
+        except (TypeError, ValueError) as e:
+            raise ImageError(f"{container} holds pixel values that are not integers ({e}); the archive is damaged: "
+                             "download it again.") from None
+        if pixels.min(initial=0) < 0 or pixels.max(initial=0) > 255:
+            raise ImageError(f"{container} holds pixel values outside 0-255 (from {pixels.min()} to {pixels.max()});"
+                             " expected 8-bit greyscale. Download the archive again.")
+        _PIXELS[key] = pixels.astype(np.uint8)
+    return _PIXELS[key]
+
+
 def _close_zips() -> None:
+    _PIXELS.clear()
     while _ZIPS:
         _ZIPS.popitem()[1].close()
 
 
-def decode_rows(raw: Path, rows: NpyRows, start: int, members: list[tuple[str, str]], skip: bool
-                ) -> list[tuple[int, str, str]]:
+def decode_rows(raw: Path, rows: NpyRows, start: int, members: list[tuple[str, str]], skip: bool,
+                pixels: tuple[int, int] | None = None) -> list[tuple[int, str, str]]:
     """Decode `members` (container, member) into rows `start`... of `rows`. One decoding process's work: it
     reads the archive itself, so no image's bytes pass between processes. Returns the unreadable ones as (row,
-    file, error) when `skip` (their rows stay black); otherwise the first one raises."""
+    file, error) when `skip` (their rows stay black); otherwise the first one raises. With `pixels` (height,
+    width), containers are pixel CSVs and members their row numbers."""
     import cv2
 
     cv2.setNumThreads(0)  # one process per core already: no OpenCV threads
@@ -115,7 +161,10 @@ def decode_rows(raw: Path, rows: NpyRows, start: int, members: list[tuple[str, s
     for i, (container, member) in enumerate(members):
         where = f"{container}:{member}"
         try:
-            decode(_read(raw, container, member), rows.shape[1:3], where, out=block[i])
+            if pixels:
+                pixel_row(_pixels(raw, container)[int(member)], pixels, rows.shape[1:3], block[i])
+            else:
+                decode(_read(raw, container, member), rows.shape[1:3], where, out=block[i], channels=rows.shape[3])
         except ImageError as e:
             if not skip:
                 raise
@@ -126,7 +175,7 @@ def decode_rows(raw: Path, rows: NpyRows, start: int, members: list[tuple[str, s
 
 
 def decode_all(jobs: dict[str, tuple[pd.DataFrame, NpyRows]], raw: Path, workers: int, skip: bool,
-               desc: str) -> dict[str, list[tuple[int, str, str]]]:
+               desc: str, pixels: tuple[int, int] | None = None) -> dict[str, list[tuple[int, str, str]]]:
     """Decode the images of each job's index (container, member) into its rows file, row for row, with `workers`
     processes (0: one per core) sharing one queue of chunks; returns each job's unreadable images (see
     `decode_rows`)."""
@@ -143,7 +192,7 @@ def decode_all(jobs: dict[str, tuple[pd.DataFrame, NpyRows]], raw: Path, workers
         if workers == 1:  # no processes to start: what tests and tiny archives use
             try:
                 for name, rows, start, members in chunks:
-                    failed[name] += decode_rows(raw, rows, start, members, skip)
+                    failed[name] += decode_rows(raw, rows, start, members, skip, pixels)
                     bar.update(len(members))
             finally:
                 _close_zips()
@@ -154,7 +203,7 @@ def decode_all(jobs: dict[str, tuple[pd.DataFrame, NpyRows]], raw: Path, workers
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["pipeline.prepare"])
         with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context) as pool:
-            futures = {pool.submit(decode_rows, raw, rows, start, members, skip): (name, len(members))
+            futures = {pool.submit(decode_rows, raw, rows, start, members, skip, pixels): (name, len(members))
                        for name, rows, start, members in chunks}
             try:
                 for done in as_completed(futures):
@@ -202,14 +251,17 @@ def drop_rows(path: Path, drop: list[int]) -> None:
 
 
 def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
+    comp = get_competition(comp_name)
     prep = params.comp(comp_name).prepare
     paths = Paths(comp_name, root)
     with atomic_dir(paths.cache) as out:
-        indexes = {split: pd.read_csv(paths.raw / f"{split}.csv", dtype={"id": str, "group": str})
+        indexes = {split: pd.read_csv(paths.raw / f"{split}.csv", dtype={"id": str, "label": str, "group": str})
                    for split in ("train", "test")}
-        jobs = {split: (index, NpyRows(out / f"{split}.npy", np.uint8, (len(index), *prep.image_size, 3)))
+        jobs = {split: (index, NpyRows(out / f"{split}.npy", np.uint8, (len(index), *prep.image_size, comp.channels)))
                 for split, index in indexes.items()}
-        failed = decode_all(jobs, paths.raw, prep.num_workers, prep.skip_unreadable, f"{comp_name} decode")
+        # pixel CSVs are read whole by each process: one process reads one CSV once
+        workers = 1 if comp.pixels else prep.num_workers
+        failed = decode_all(jobs, paths.raw, workers, prep.skip_unreadable, f"{comp_name} decode", comp.pixels)
         check_skipped(failed, indexes)
         skipped = []
         for split, index in indexes.items():

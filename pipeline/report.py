@@ -104,6 +104,14 @@ def reliability_figure(comp: Competition, oof: pd.DataFrame, out: Path) -> Path:
     return _save(fig, out)
 
 
+def show(ax, image: np.ndarray) -> None:
+    """A cached image (height, width, 3 or 1 channels) as it is: greyscale ones in grey, not false colour."""
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image)
+
+
 def image_grid(images: np.ndarray, rows: np.ndarray, titles: list[str], title: str, out: Path) -> Path:
     plt = pyplot()
     cols = min(len(rows), 4) or 1
@@ -112,7 +120,7 @@ def image_grid(images: np.ndarray, rows: np.ndarray, titles: list[str], title: s
     for ax in axes.flat:
         ax.axis("off")
     for ax, r, t in zip(axes.flat, rows, titles):
-        ax.imshow(images[r])
+        show(ax, images[r])
         ax.set_title(t, fontsize=7)
     fig.suptitle(title, fontsize=10)
     return _save(fig, out)
@@ -231,7 +239,7 @@ def gradcam_figure(model, images: np.ndarray, rows: np.ndarray, comp: Competitio
     cams = (cams / cams.flatten(1).max(dim=1).values.clamp_min(1e-8)[:, None, None]).detach().numpy()
     fig, axes = plt.subplots(1, len(rows), figsize=(3 * len(rows), 2.8), squeeze=False)
     for ax, r, cam, p in zip(axes[0], rows, cams, pred.tolist()):
-        ax.imshow(images[r])
+        show(ax, images[r])
         ax.imshow(cam, cmap="jet", alpha=0.4)
         ax.set_title(f"predicted {comp.classes[p]}", fontsize=8)
         ax.axis("off")
@@ -264,7 +272,7 @@ def activations_figure(model, images: np.ndarray, rows: np.ndarray, meta: dict, 
     fig, axes = plt.subplots(len(rows), len(levels) + 1, figsize=(1.9 * (len(levels) + 1), 1.9 * len(rows)),
                              squeeze=False)
     for i, r in enumerate(rows):
-        axes[i, 0].imshow(images[r])
+        show(axes[i, 0], images[r])
         for j, a in enumerate(levels, start=1):
             axes[i, j].imshow(a[i].float().abs().mean(dim=0).numpy(), cmap="viridis")
             if i == 0:
@@ -288,7 +296,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     comp = get_competition(comp_name)
     paths = Paths(comp_name, root, params.models[0])
     metrics, cv = read_json(paths.metrics), read_json(paths.cv)
-    oof = pd.read_csv(paths.oof, dtype={"id": str, "group": str})
+    oof = pd.read_csv(paths.oof, dtype={"id": str, "label": str, "group": str})
     images, index = load_cache(paths.cache, "train")
     row_of = dict(zip(index["id"], range(len(index))))
     out_dir = paths.reports

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, log_loss
+from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
 KAGGLE_EPS = 1e-15
 
@@ -16,3 +16,25 @@ def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         "logloss": float(log_loss(labels, p, labels=np.arange(probs.shape[1]))),
         "accuracy": float(accuracy_score(labels, probs.argmax(axis=1))),
     }
+
+
+HIGHER_IS_BETTER = {"logloss": False, "accuracy": True, "roc_auc": True, "f1_micro": True, "f1_macro": True}
+
+
+def metric(name: str, probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray | None = None) -> float:
+    """Kaggle's metric `name` (see competitions.METRICS) of probabilities (N, C), and for the metrics of labels
+    (accuracy, F1) the `predicted` classes (default: each row's most probable). ROC AUC of two classes ranks
+    P(second class); of more, it averages one class against the rest (NaN when a class is absent from `labels`)."""
+    if name == "logloss":
+        return scores(probs, labels)["logloss"]
+    if name == "roc_auc":
+        if len(np.unique(labels)) < probs.shape[1]:
+            return float("nan")
+        if probs.shape[1] == 2:
+            return float(roc_auc_score(labels, probs[:, 1]))
+        return float(roc_auc_score(labels, probs / probs.sum(axis=1, keepdims=True), multi_class="ovr"))
+    predicted = probs.argmax(axis=1) if predicted is None else predicted
+    if name == "accuracy":
+        return float(accuracy_score(labels, predicted))
+    average = {"f1_micro": "micro", "f1_macro": "macro"}[name]
+    return float(f1_score(labels, predicted, labels=np.arange(probs.shape[1]), average=average, zero_division=0))

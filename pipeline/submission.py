@@ -9,23 +9,29 @@ import pandas as pd
 
 from pipeline.competitions import Competition
 from pipeline.errors import SubmissionError
+from pipeline.paths import EXTRACTED
 
 
 def read_sample(comp: Competition, raw: Path) -> pd.DataFrame:
     """The competition's sample_submission.csv, ids as strings (as Kaggle compares them)."""
-    return pd.read_csv(raw / "sample_submission.csv", dtype={comp.id_column: str})
+    return pd.read_csv(raw / EXTRACTED / "sample_submission.csv", dtype={comp.id_column: str})
 
 
 WRITE_EPS = 1e-8
 FLOAT_FORMAT = "%.8g"  # with WRITE_EPS: no probability is ever written as 0 or 1
 
 
-def make_submission(comp: Competition, ids, probs: np.ndarray) -> pd.DataFrame:
-    """Class probabilities (N, C) -> the competition's submission frame.
+def make_submission(comp: Competition, ids, probs: np.ndarray, threshold: float | None = None) -> pd.DataFrame:
+    """Class probabilities (N, C) -> the competition's submission frame: probabilities, or for a `label`
+    submission each row's class (`decide`, with `threshold` for a binary problem).
 
     Probabilities are kept within [1e-8, 1 - 1e-8]: Kaggle clips at 1e-15, so a written 0 on a true class would
     cost ~34.5 where 1e-8 costs ~18.4; a value rounded to 0 or 1 by the CSV format would do the same.
     """
+    if comp.submission == "label":
+        sub = pd.DataFrame({comp.id_column: list(ids)})
+        sub[comp.submission_columns[0]] = np.asarray(comp.classes)[decide(probs, threshold)]
+        return sub
     probs = np.clip(probs, WRITE_EPS, 1 - WRITE_EPS)
     if not comp.binary:
         probs = probs / probs.sum(axis=1, keepdims=True)
@@ -38,8 +44,19 @@ def make_submission(comp: Competition, ids, probs: np.ndarray) -> pd.DataFrame:
     return sub
 
 
+def decide(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Each row's predicted class: the most probable, or for two classes with `threshold`, the second class
+    where its probability reaches the threshold."""
+    if threshold is not None and probs.shape[1] == 2:
+        return (probs[:, 1] >= threshold).astype(int)
+    return probs.argmax(axis=1)
+
+
 def submission_probs(comp: Competition, sub: pd.DataFrame) -> np.ndarray:
-    """A submission frame's probabilities as (N, C), inverting `make_submission`."""
+    """A submission frame's probabilities as (N, C), inverting `make_submission` (a label is probability 1)."""
+    if comp.submission == "label":
+        lookup = {c: i for i, c in enumerate(comp.classes)}
+        return np.eye(comp.num_classes)[sub[comp.submission_columns[0]].astype(str).map(lookup).to_numpy()]
     values = sub[list(comp.submission_columns)].to_numpy(dtype=np.float64)
     return np.hstack([1 - values, values]) if comp.binary else values
 
@@ -53,6 +70,12 @@ def validate_submission(comp: Competition, sub: pd.DataFrame, sample: pd.DataFra
         problems.append(f"{len(sub)} rows, expected {len(sample)} (one per test image)")
     elif list(sub[comp.id_column].astype(str)) != list(sample[comp.id_column].astype(str)):
         problems.append(f"the {comp.id_column!r} column does not list sample_submission.csv's ids in its order")
+    elif comp.submission == "label":
+        given = sub[comp.submission_columns[0]].astype(str)
+        unknown = sorted(set(given) - set(comp.classes))
+        if unknown:
+            problems.append(f"{comp.submission_columns[0]!r} holds {len(unknown)} value(s) that are not classes "
+                            f"({', '.join(unknown[:5])}); expected one of {', '.join(comp.classes)}")
     else:
         values = sub[list(comp.submission_columns)].to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():

@@ -25,11 +25,13 @@ from pipeline import kaggle_api
 from pipeline.competitions import get_competition
 from pipeline.errors import PipelineError
 from pipeline.io import read_json, write_csv
-from pipeline.paths import Paths
+from pipeline.paths import EXTRACTED, Paths
 from pipeline.submission import read_sample, validate_submission
 
 SCORES_COLUMNS = ["time", "competition", "commit", "experiment", "cv_logloss", "public_score", "private_score",
-                  "status", "message", "ref"]
+                  "status", "message", "ref", "metric", "cv_score"]
+"""`cv_score` is the CV score in the competition's metric (what Kaggle's public score measures); `cv_logloss`
+the CV log loss, for every competition."""
 DONE = ("COMPLETE", "ERROR")
 
 
@@ -63,7 +65,7 @@ def checked_submission(comp_name: str, root: Path) -> Path:
     """The competition's submission file, validated against sample_submission.csv."""
     comp = get_competition(comp_name)
     paths = Paths(comp_name, root)
-    for needed in (paths.submission, paths.raw / "sample_submission.csv"):
+    for needed in (paths.submission, paths.raw / EXTRACTED / "sample_submission.csv"):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} does not exist; create it with `dvc repro ensemble@{comp_name}`.")
     sub = pd.read_csv(paths.submission, dtype={comp.id_column: str})
@@ -178,14 +180,17 @@ def run(comp_name: str, message: str | None = None, wait: bool = False, root: Pa
         raise SubmitRefused(f"{path} was not submitted: " + "; and ".join(problems)
                             + ". Nothing was sent; `pipeline submit --force` sends it anyway.")
     metrics_file = Paths(comp_name, root).metrics
-    cv = read_json(metrics_file)["logloss"] if metrics_file.is_file() else None
+    metrics = read_json(metrics_file) if metrics_file.is_file() else {}
+    cv, cv_score = metrics.get("logloss"), metrics.get(comp.metric)
     commit, experiment = provenance(root)
     if message is None:
-        message = f"{comp_name} cv_logloss={cv:.5f} {commit[:12]}" if cv is not None else f"{comp_name} {commit[:12]}"
+        message = (f"{comp_name} cv_{comp.metric}={cv_score:.5f} {commit[:12]}" if cv_score is not None
+                   else f"{comp_name} {commit[:12]}")
     ref = kaggle_api.submit_file(comp.slug, path, message)
     row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": comp_name,
            "commit": commit, "experiment": experiment, "cv_logloss": cv, "public_score": None,
-           "private_score": None, "status": "PENDING", "message": message, "ref": ref}
+           "private_score": None, "status": "PENDING", "message": message, "ref": ref, "metric": comp.metric,
+           "cv_score": cv_score}
     failure = None
     if wait:
         scored = wait_for_score(comp.slug, ref, poll_seconds, timeout)

@@ -33,9 +33,11 @@ def scores_table(params: Params, root: Path) -> pd.DataFrame:
         m = read_json(paths.metrics) if paths.metrics.is_file() else {}
         rows.append({
             "competition": comp,
+            "metric": m.get("metric", "logloss") if m else "-",
+            "CV score": _num(m.get(m.get("metric", "logloss"))),
             "CV log loss": _num(m.get("logloss")),
             "accuracy": _num(m.get("accuracy")),
-            "demo test log loss": _num(m.get("demo_test_logloss")),
+            "demo test score": _num(m.get(f"demo_test_{m.get('metric', 'logloss')}")),
             "chosen": f"{m.get('member')}+{m.get('calibration')}" if m else "-",
             "source": m.get("source", "-"),
             "submission": str(paths.submission.relative_to(root)) if paths.submission.is_file() else "(none)",

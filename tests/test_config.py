@@ -8,15 +8,28 @@ from pipeline.errors import ConfigError
 
 def test_shipped_params_load_and_use_the_demo_offline():
     params = load_params(REPO / "params.yaml")
-    assert params.competitions == ("dogscats", "statefarm")
+    assert params.competitions == ("dogscats", "statefarm", "digits")
     assert params.folds == (0, 1, 2, 3, 4)
     for comp in params.competitions:
-        cp = params.comp(comp)
-        assert cp.data.source == "demo"
+        assert params.comp(comp).data.source == "demo"
+    for comp in ("dogscats", "statefarm"):
         # the lesson's recipe, offline: ImageNet weights from an installed package, not the hub
+        cp = params.comp(comp)
         assert cp.features.pretrained and cp.features.weights == "package"
+    # and its MNIST: a from-scratch CNN, no flips
+    digits = params.comp("digits")
+    assert digits.features.backbone == "vgg_lesson" and not digits.features.pretrained
+    assert digits.finetune.augment.hflip == 0 == digits.features.augment.hflip
     assert params.comp("statefarm").finetune.augment.hflip == 0 == params.comp("statefarm").features.augment.hflip
     assert "hflip" not in params.comp("statefarm").finetune.tta
+
+
+def test_greyscale_and_non_logloss_competitions_refuse_what_cannot_apply():
+    raw = tiny_raw()
+    raw["digits"] = {"finetune": {"augment": {"rgb_shift": 0.1}}, "ensemble": {"calibration": "temperature"}}
+    msg = _error(raw)
+    assert "digits.finetune.augment.rgb_shift: must be 0 because Digit Recognizer's images are greyscale" in msg
+    assert "digits.ensemble.calibration: must be 'auto' or 'none' because Digit Recognizer is scored by accuracy" in msg
 
 
 def _error(raw) -> str:

@@ -62,7 +62,7 @@ def test_download_indexes_every_image_and_orders_test_like_the_sample(tmp_path, 
     comp = get_competition(comp_name)
     train = pd.read_csv(raw / "train.csv", dtype=str)
     test = pd.read_csv(raw / "test.csv", dtype=str)
-    sample = pd.read_csv(raw / "sample_submission.csv", dtype=str)
+    sample = pd.read_csv(raw / "files" / "sample_submission.csv", dtype=str)
     assert list(test["id"]) == list(sample[comp.id_column])
     assert set(train["label"]) == set(comp.classes)
     assert not train["id"].duplicated().any()
@@ -70,7 +70,7 @@ def test_download_indexes_every_image_and_orders_test_like_the_sample(tmp_path, 
         with zipfile.ZipFile(raw / container) as zf:
             zf.getinfo(member)
     if comp.group_column:
-        listed = pd.read_csv(raw / "driver_imgs_list.csv", dtype=str)
+        listed = pd.read_csv(raw / "files" / "driver_imgs_list.csv", dtype=str)
         assert dict(zip(listed["img"], listed["subject"])) == dict(zip(train["id"], train["group"]))
     assert not list(tmp_path.glob("data/*/.*tmp*"))
 
@@ -112,7 +112,7 @@ def test_missing_listed_image_is_named(tmp_path):
     files = _statefarm_files(tmp_path)
     victim = next(k for k in files if k.startswith("imgs/train/c3/"))
     del files[victim]
-    _expect(tmp_path, "statefarm", files, "driver_imgs_list.csv lists 1 image(s) missing", victim[len("imgs/"):],
+    _expect(tmp_path, "statefarm", files, "driver_imgs_list.csv lists 1 image(s) missing", victim.split("/")[-1],
             "download it again")
 
 

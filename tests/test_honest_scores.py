@@ -2,6 +2,7 @@
 ensemble chooses nothing on the rows it reports, and the same params on the same CPU give the same outputs,
 whatever the number of DataLoader workers."""
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -93,12 +94,39 @@ def test_ensemble_chooses_and_fits_its_weights_without_the_rows_it_scores(kinds)
     folds = np.arange(n) % 5
     oof = _members(rng, labels, c)
     methods = ("none", "temperature", "clip")
-    base, _ = ensemble.cross_fitted(oof, labels, folds, kinds, methods)
+    comp = get_competition("statefarm")
+    base, _ = ensemble.cross_fitted(comp, oof, labels, folds, kinds, methods)
     moved = labels.copy()
     moved[folds == 2] = rng.permutation(moved[folds == 2])
-    again, _ = ensemble.cross_fitted(oof, moved, folds, kinds, methods)
+    again, _ = ensemble.cross_fitted(comp, oof, moved, folds, kinds, methods)
     np.testing.assert_array_equal(base[folds == 2], again[folds == 2])
     assert not np.array_equal(base[folds != 2], again[folds != 2]), "other folds' fits did see fold 2's labels"
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "f1_macro"])
+def test_a_folds_threshold_is_fitted_without_its_labels(metric):
+    """A binary competition scored on labels: each fold's labels are decided by a threshold fitted on the other
+    folds, so they do not move when that fold's labels do; and the fitted threshold beats 0.5 where the
+    members' probabilities are biased."""
+    comp = dataclasses.replace(get_competition("dogscats"), submission="label", metric=metric)
+    rng = np.random.default_rng(3)
+    n = 400
+    labels = rng.integers(2, size=n)
+    folds = np.arange(n) % 5
+    p_dog = np.clip(0.15 + 0.4 * labels + rng.normal(0, 0.12, n), 0.01, 0.99)  # biased low: 0.5 is a bad cut
+    oof = {"m/head": np.stack([1 - p_dog, p_dog], axis=1)}
+    honest, choices = ensemble.cross_fitted(comp, oof, labels, folds, ("head",), ("none",))
+    moved = labels.copy()
+    moved[folds == 2] = 1 - moved[folds == 2]
+    _, again = ensemble.cross_fitted(comp, oof, moved, folds, ("head",), ("none",))
+    assert choices["2"].threshold == again["2"].threshold
+    assert any(choices[k].threshold != again[k].threshold for k in ("0", "1", "3", "4")), "fold 2's labels unseen"
+    from pipeline.scoring import metric as score
+    from pipeline.submission import decide
+    fitted = np.concatenate([decide(honest[folds == k], choices[str(k)].threshold) for k in range(5)])
+    order = np.concatenate([np.flatnonzero(folds == k) for k in range(5)])
+    assert score(metric, honest[order], labels[order], fitted) > score(metric, honest, labels) + 0.05  # vs 0.5
+    assert all(0.25 < c.threshold < 0.45 for c in choices.values())
 
 
 def test_fitted_weights_are_a_convex_combination_that_drops_a_useless_member():

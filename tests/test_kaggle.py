@@ -51,7 +51,7 @@ def file_gets(server) -> int:
 def test_download_from_kaggle_then_rerun_fetches_nothing(fake, tmp_path):
     root = tmp_path / "root"
     raw = download.run(kaggle_params(), "statefarm", root)
-    assert len(pd.read_csv(raw / "train.csv")) == len(pd.read_csv(raw / "driver_imgs_list.csv"))
+    assert len(pd.read_csv(raw / "train.csv")) == len(pd.read_csv(raw / "files" / "driver_imgs_list.csv"))
     assert (Paths("statefarm", root).download / f"{SF.slug}.zip").read_bytes() == fake.archives[SF.slug]
     assert file_gets(fake) == 1
     n_requests = len(fake.requests)
@@ -84,7 +84,7 @@ def test_older_statefarm_layout_from_kaggle(fake, tmp_path):
             zf.writestr(name, data)
     fake.archives[SF.slug] = outer.getvalue()
     raw = download.run(kaggle_params(), "statefarm", tmp_path / "root")
-    assert (raw / "imgs.zip").exists() and len(pd.read_csv(raw / "test.csv")) > 0
+    assert (raw / "files" / "imgs.zip").exists() and len(pd.read_csv(raw / "test.csv")) > 0
 
 
 def _download_error(tmp_path, exc=KaggleError) -> str:
