@@ -105,7 +105,12 @@ def _walk(path: Path, shown: str, out: Path, listing: Listing, max_bytes: int) -
             elif lower.endswith(IMAGE_SUFFIXES):
                 if rel is None:
                     raise ArchiveError(f"internal: image container {path} is outside {out}")
-                listing.images[_normalise(name)] = (rel, name)
+                norm = _normalise(name)
+                if norm in listing.images:
+                    raise ArchiveError(f"{shown} holds the image {norm!r} twice (also in "
+                                       f"{listing.images[norm][0]}); each image's path must be unique. Download the "
+                                       "archive again.")
+                listing.images[norm] = (rel, name)
     for target, nested_shown in nested:
         _walk(target, nested_shown, out, listing, max_bytes)
 
@@ -151,6 +156,10 @@ def build_index(comp: Competition, listing: Listing, shown: str) -> tuple[pd.Dat
     else:
         train, test = _image_index(comp, listing, shown)
     train = _attach_labels(comp, train, listing, shown)
+    blank = train["label"].isna() | (train["label"].astype(str).str.strip() == "")
+    if blank.any():
+        raise ArchiveError(f"{int(blank.sum())} train image(s) in {shown} have no label: "
+                           f"{_examples(train.loc[blank, 'id'])}. The archive is damaged; download it again.")
     unknown = sorted(set(train["label"]) - set(comp.classes))
     if unknown:
         raise ArchiveError(f"{shown} labels train images with {len(unknown)} class(es) that {comp.title} does not "
@@ -193,7 +202,7 @@ def _pixel_index(comp: Competition, listing: Listing, shown: str) -> tuple[pd.Da
         if list(head.columns) != columns:
             raise ArchiveError(f"{name} in {shown} has columns {_examples(head.columns)}; expected "
                                f"{', '.join(columns[:3])}, ..., pixel{h * w - 1} ({h}x{w} images). {_layout_hint(comp)}")
-        labels = pd.read_csv(listing.csvs[name], usecols=label or ["pixel0"], dtype=str)
+        labels = pd.read_csv(listing.csvs[name], usecols=label or ["pixel0"], dtype=str, keep_default_na=False)
         container = listing.csvs[name].relative_to(listing.csvs[name].parent.parent).as_posix()
         frames[split] = pd.DataFrame({"id": [str(k + 1) for k in range(len(labels))], "container": container,
                                       "member": [str(k) for k in range(len(labels))]})
@@ -207,7 +216,7 @@ def _read_csv(listing: Listing, name: str, shown: str, comp: Competition, column
     if name not in listing.csvs:
         raise ArchiveError(f"{shown} has no {name}. {_layout_hint(comp)}")
     try:
-        df = pd.read_csv(listing.csvs[name], dtype=str, nrows=nrows)
+        df = pd.read_csv(listing.csvs[name], dtype=str, nrows=nrows, keep_default_na=False)  # 'NA' is a label too
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ArchiveError(f"{name} in {shown} cannot be read as CSV ({e}); download the archive again.") from None
     missing = [c for c in columns if c not in df.columns]
@@ -222,7 +231,9 @@ def _attach_labels(comp: Competition, train: pd.DataFrame, listing: Listing, sho
     if comp.labels_file is None:
         train["group"] = train["id"]
         return train
-    columns = [comp.labels_id, comp.labels_label] + ([comp.group_column] if comp.group_column else [])
+    from_paths = train["label"].notna().all()  # the pattern gave them: the file need only hold groups
+    columns = [comp.labels_id] + ([] if from_paths else [comp.labels_label]) + (
+        [comp.group_column] if comp.group_column else [])
     listed = _read_csv(listing, comp.labels_file, shown, comp, columns)
     twice = listed[comp.labels_id].duplicated()
     if twice.any():
@@ -231,6 +242,12 @@ def _attach_labels(comp: Competition, train: pd.DataFrame, listing: Listing, sho
     listed = listed.set_index(comp.labels_id)
     ids = set(train["id"])
     missing = set(listed.index) - ids
+    if missing and not set(listed.index) & ids:
+        raise ArchiveError(
+            f"no id in {comp.labels_file}'s {comp.labels_id!r} column matches a train image's id: listed e.g. "
+            f"{_examples(list(listed.index)[:2])}, found e.g. {_examples(sorted(ids)[:2])}. Make train_pattern's "
+            f"id group spell ids as {comp.labels_file} does (with or without the file extension), or set labels_id "
+            f"in {comp.name}'s record (pipeline/competitions.py).")
     if missing:
         raise ArchiveError(
             f"{comp.labels_file} lists {len(missing)} image(s) missing from {shown}: "
@@ -243,13 +260,13 @@ def _attach_labels(comp: Competition, train: pd.DataFrame, listing: Listing, sho
             f"label or {comp.group_column or 'group'} is unknown: {_examples(unlisted)}. Download the archive again."
         )
     rows = listed.loc[train["id"]]
-    given = rows[comp.labels_label].to_numpy()
-    if train["label"].notna().all():
-        differ = train["label"].to_numpy() != given
+    if from_paths and comp.labels_label in rows:
+        differ = train["label"].to_numpy() != rows[comp.labels_label].to_numpy()
         if differ.any():
             raise ArchiveError(f"{comp.labels_file} gives {int(differ.sum())} train image(s) another class than "
                                f"their path: {_examples(train.loc[differ, 'id'])}. Download the archive again.")
-    train["label"] = given
+    if not from_paths:
+        train["label"] = rows[comp.labels_label].to_numpy()
     train["group"] = rows[comp.group_column].to_numpy() if comp.group_column else train["id"].to_numpy()
     return train
 
@@ -257,6 +274,12 @@ def _attach_labels(comp: Competition, train: pd.DataFrame, listing: Listing, sho
 def _order_like_sample(comp: Competition, test: pd.DataFrame, listing: Listing, shown: str) -> pd.DataFrame:
     sample = _read_csv(listing, "sample_submission.csv", shown, comp, [comp.id_column])
     ids, sample_ids = set(test["id"]), set(sample[comp.id_column])
+    if ids and not ids & sample_ids:
+        raise ArchiveError(
+            f"no test image's id is in sample_submission.csv's {comp.id_column!r} column: found e.g. "
+            f"{_examples(sorted(ids)[:2])}, listed e.g. {_examples(sorted(sample_ids)[:2])}. Make test_pattern's id "
+            f"group spell ids as sample_submission.csv does (with or without the file extension), in "
+            f"{comp.name}'s record (pipeline/competitions.py).")
     if ids - sample_ids:
         raise ArchiveError(
             f"{len(ids - sample_ids)} test image(s) in {shown} have no row in sample_submission.csv: "

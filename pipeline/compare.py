@@ -26,6 +26,7 @@ from pipeline.competitions import get_competition
 from pipeline.errors import ConfigError, OutputError
 from pipeline.figures import pyplot, save_png
 from pipeline.paths import Paths
+from pipeline.scoring import HIGHER_IS_BETTER
 
 WORKSPACE = "workspace"
 
@@ -76,8 +77,9 @@ def load_run(root: Path, comp_name: str, rev: str) -> Run:
     return Run(rev, commit, _read(root, commit, paths.cv, rev), _read(root, commit, paths.metrics, rev))
 
 
-def fold_verdict(diffs: np.ndarray, weights: np.ndarray, repeats: int = 1) -> str:
-    """The fold-paired change of log loss, and whether it stands out from the noise.
+def fold_verdict(diffs: np.ndarray, weights: np.ndarray, repeats: int = 1, higher_is_better: bool = False) -> str:
+    """The fold-paired change of the score (log loss unless said otherwise), and whether it stands out from the
+    noise.
 
     Cross-validation's fold differences are correlated (each pair of training sets shares most rows), so the
     naive standard error is too small: the corrected resampled t-test (Nadeau & Bengio, 2003) scales the variance
@@ -100,7 +102,8 @@ def fold_verdict(diffs: np.ndarray, weights: np.ndarray, repeats: int = 1) -> st
     t = abs(mean) / se if se > 0 else math.inf
     needed = float(stats.t.ppf(0.975, n - 1))
     if t >= needed:
-        judged = f"likely {'better' if mean < 0 else 'worse'}: {t:.1f} corrected standard errors from zero"
+        better = mean > 0 if higher_is_better else mean < 0
+        judged = f"likely {'better' if better else 'worse'}: {t:.1f} corrected standard errors from zero"
     else:
         judged = (f"not distinguishable from noise: {t:.1f} corrected standard errors from zero, {needed:.1f} needed; "
                   "repeat with other seeds (`dvc exp run -S seed=...`) before deciding")
@@ -119,18 +122,23 @@ def same_folds(a: Run, b: Run) -> bool:
     return set(fa) == set(fb) and all(fa[k].get("rows_md5") == fb[k].get("rows_md5") is not None for k in fa)
 
 
-def paired_table(base: Run, runs: list[Run], key: str, extra: tuple[str, ...], label: str) -> pd.DataFrame:
-    """Rows of cv.json's `key` (folds or groups) present in every run: each run's log loss, and its change
-    against the baseline."""
+def paired_table(base: Run, runs: list[Run], key: str, extra: tuple[str, ...], label: str,
+                 score: str = "logloss") -> pd.DataFrame:
+    """Rows of cv.json's `key` (folds or groups) present in every run with a `score` (the competition's metric):
+    each run's score, and its change against the baseline."""
+    def value(r: Run, k: str) -> float:
+        v = r.cv[key][k].get(score)
+        return math.nan if v is None else float(v)  # e.g. ROC AUC of a group of one class
+
     common = [k for k in base.cv[key] if all(k in r.cv[key] for r in runs)]
     rows = []
     for k in common:
-        row = {label: k, **{c: base.cv[key][k][c] for c in extra}, base.name: base.cv[key][k]["logloss"]}
+        row = {label: k, **{c: base.cv[key][k][c] for c in extra}, base.name: value(base, k)}
         for r in runs:
-            row[r.name] = r.cv[key][k]["logloss"]
-            row[f"change {r.name}"] = r.cv[key][k]["logloss"] - base.cv[key][k]["logloss"]
+            row[r.name] = value(r, k)
+            row[f"change {r.name}"] = value(r, k) - value(base, k)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).dropna() if rows else pd.DataFrame(rows)
 
 
 def _num(value) -> str:
@@ -205,10 +213,14 @@ def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Pa
             resolve(root, rev)
     base = load_run(root, comp_name, baseline)
     runs = [load_run(root, comp_name, e) for e in experiments]
-    out = [f"{comp_name}: cross-validated log loss (lower is better) against baseline {baseline!r}"]
-    overall = pd.DataFrame([{"run": r.name, "log loss": _num(r.metrics.get("logloss")),
+    score, higher = comp.metric, HIGHER_IS_BETTER[comp.metric]
+    name = "log loss" if score == "logloss" else score
+    out = [f"{comp_name}: cross-validated {name} ({'higher' if higher else 'lower'} is better) against baseline "
+           f"{baseline!r}"]
+    overall = pd.DataFrame([{"run": r.name, **({} if score == "logloss" else {score: _num(r.metrics.get(score))}),
+                             "log loss": _num(r.metrics.get("logloss")),
                              "accuracy": _num(r.metrics.get("accuracy")),
-                             "demo test log loss": _num(r.metrics.get("demo_test_logloss")),
+                             f"demo test {name}": _num(r.metrics.get(f"demo_test_{score}")),
                              "chosen": f"{r.metrics.get('member')}+{r.metrics.get('calibration')}"}
                             for r in [base, *runs]])
     out.append(overall.to_string(index=False))
@@ -219,16 +231,17 @@ def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Pa
             out.append(f"\n{r.name}'s folds hold other rows than {base.name}'s (the seed or the folds changed): its "
                        "per-fold scores cannot be paired; compare the overall score, or per group below.")
     if paired:
-        folds = paired_table(base, paired, "folds", ("rows",), "fold")
+        folds = paired_table(base, paired, "folds", ("rows",), "fold", score)
         out.append("\nPer fold (each change paired on the same rows):")
         out.append(_table(folds))
         weights = folds["rows"].to_numpy(dtype=float)
         for r in paired:
-            out.append(f"  {r.name}: " + fold_verdict(folds[f"change {r.name}"].to_numpy(), weights))
+            out.append(f"  {r.name}: " + fold_verdict(folds[f"change {r.name}"].to_numpy(), weights,
+                                                      higher_is_better=higher))
 
     if comp.group_column and base.cv.get("groups"):
         noun = comp.group_noun
-        groups = paired_table(base, runs, "groups", ("fold", "rows"), noun)
+        groups = paired_table(base, runs, "groups", ("fold", "rows"), noun, score)
         out.append(f"\nPer {noun} ({comp.group_column}; each {noun}'s rows are scored by the fold that held them out):")
         if len(groups):
             out.append(_table(groups))

@@ -114,13 +114,16 @@ class Competition:
         if self.pixels and self.channels != 1:
             problems.append("pixels (images as CSV rows) are greyscale: set channels to 1")
         if not self.pixels:
-            try:
-                groups = re.compile(self.train_pattern).groupindex
-            except re.error as e:
-                groups, _ = {}, problems.append(f"train_pattern is not a regex ({e})")
-            if "id" not in groups:
-                problems.append("train_pattern needs an (?P<id>...) group")
-            if "label" not in groups and not self.labels_file:
+            groups = {}
+            for key in ("train_pattern", "test_pattern"):
+                try:
+                    groups[key] = re.compile(getattr(self, key)).groupindex
+                except re.error as e:
+                    groups[key] = {}
+                    problems.append(f"{key} is not a regex ({e})")
+                if "id" not in groups[key]:
+                    problems.append(f"{key} needs an (?P<id>...) group")
+            if "label" not in groups["train_pattern"] and not self.labels_file:
                 problems.append("train_pattern needs a (?P<label>...) group, or labels_file must give the labels")
         if self.group_column and not self.labels_file:
             problems.append("group_column is a column of labels_file, which is not set")

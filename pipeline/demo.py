@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.competitions import Competition
 from pipeline.config import DemoParams
+from pipeline.errors import ConfigError
 from pipeline.io import write_csv
 
 _ZIP_DATE = (2016, 4, 5, 0, 0, 0)  # fixed, so the same params give byte-identical archives
@@ -179,6 +180,9 @@ def write_demo_archive(comp: Competition, demo: DemoParams, seed: int, path: Pat
     The test labels, which Kaggle keeps secret, go to `answers` (outside the archive) when given: with them the
     ensemble reports the demo's true test score beside the CV score, offline.
     """
+    if comp.name not in _BUILDERS:
+        raise ConfigError(f"{comp.name}.data.source: there is no demo archive of {comp.title} (the demo generator "
+                          f"knows {', '.join(_BUILDERS)} only); set it to the path of {comp.slug}.zip, or 'kaggle'.")
     rng = np.random.default_rng([seed, sum(comp.name.encode())])
     files, test_labels = _BUILDERS[comp.name](comp, demo, rng)
     if answers is not None:

@@ -140,12 +140,27 @@ def thresholded(comp: Competition) -> bool:
 
 
 def fit_threshold(name: str, probs: np.ndarray, labels: np.ndarray) -> float:
-    """The cut of P(second class) that maximises metric `name` on these rows (the midpoint between the two
-    predictions where the best score starts, so a tiny shift does not flip a row)."""
-    p = np.sort(np.unique(probs[:, 1]))
-    cuts = np.concatenate([[0.0], (p[1:] + p[:-1]) / 2, [1.0]]) if len(p) > 1 else np.array([0.5])
-    values = [metric(name, probs, labels, decide(probs, t)) for t in cuts]
-    return float(cuts[int(np.argmax(values))])
+    """The cut of P(second class) that maximises metric `name` (accuracy or F1) on these rows: every cut between
+    two distinct predictions is scored at once from cumulative counts (O(N log N)), and of the best cuts the
+    middle one of the first run is taken, so the cut sits well inside the gap instead of at its edge."""
+    p, y = probs[:, 1], np.asarray(labels)
+    order = np.argsort(p, kind="stable")
+    ps, ys = p[order], y[order]
+    values = np.unique(ps)
+    cuts = np.concatenate([[0.0], (values[1:] + values[:-1]) / 2, [1.0]])
+    first = np.searchsorted(ps, cuts, side="left")  # rows first.. are predicted positive
+    n, pos = len(ys), int(ys.sum())
+    tp = pos - np.concatenate([[0], np.cumsum(ys)])[first]
+    fp = (n - first) - tp
+    fn, tn = pos - tp, (n - pos) - fp
+    if name in ("accuracy", "f1_micro"):  # micro-F1 of one label per row is accuracy
+        score = (tp + tn) / n
+    else:  # macro-F1 over the classes present in the truth or the predictions
+        f1s = [np.where(d > 0, 2 * t / np.maximum(d, 1), np.nan) for t, d in ((tp, 2 * tp + fp + fn), (tn, 2 * tn + fn + fp))]
+        score = np.nanmean(np.stack(f1s), axis=0)
+    best = np.flatnonzero(score >= np.nanmax(score) - 1e-12)
+    run = best[: np.argmax(np.diff(np.append(best, best[-1] + 2)) > 1) + 1]  # the first run of equal best cuts
+    return float(cuts[run[len(run) // 2]])
 
 
 def with_threshold(comp: Competition, choice: Choice, probs: np.ndarray, labels: np.ndarray) -> Choice:
@@ -273,8 +288,9 @@ def smooth_members(oof: dict, test: dict, paths: Paths, fold_of: np.ndarray, k: 
 
 
 def _rounded(d: dict) -> dict:
-    """Scores to 6 decimals: the committed metrics files then diff cleanly between runs."""
-    return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
+    """Scores to 6 decimals: the committed metrics files then diff cleanly between runs. A score that does not
+    exist on these rows (ROC AUC of rows of one class) is null: JSON has no NaN."""
+    return {k: (None if v != v else round(v, 6)) if isinstance(v, float) else v for k, v in d.items()}
 
 
 def per_fold(comp: Competition, folds: list[int], ids: np.ndarray, honest: np.ndarray, labels: np.ndarray,
@@ -290,6 +306,7 @@ def per_fold(comp: Competition, folds: list[int], ids: np.ndarray, honest: np.nd
         held = evaluate(comp, honest[rows], labels[rows], choices[str(k)].threshold)
         out[str(k)] = _rounded({**held, "rows": int(rows.sum()),
                                 "rows_md5": rows_md5, "choice": str(choices[str(k)]),
+                                "threshold": choices[str(k)].threshold,
                                 "weights": _rounded(choices[str(k)].weights), **own})
     return out
 
@@ -366,6 +383,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     oof_df = pd.DataFrame(honest, columns=list(comp.classes))
     oof_df.insert(0, "fold", fold_of)
     oof_df.insert(0, "group", train_index["group"].astype(str).to_numpy())
+    oof_df.insert(0, "predicted", np.asarray(comp.classes)[predicted])  # as decided for the metric (threshold)
     oof_df.insert(0, "label", np.asarray(comp.classes)[labels])
     oof_df.insert(0, "id", ids)
     write_csv(paths.oof, oof_df)

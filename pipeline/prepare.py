@@ -124,10 +124,9 @@ def _read(raw: Path, container: str, member: str) -> bytes:
 def _pixels(raw: Path, container: str) -> np.ndarray:
     key = str(raw / container)
     if key not in _PIXELS:
-        frame = pd.read_csv(key, dtype=str)
-        values = frame[[c for c in frame.columns if c.startswith("pixel")]]
+        columns = [c for c in pd.read_csv(key, nrows=0).columns if c.startswith("pixel")]
         try:
-            pixels = values.to_numpy(dtype=np.int64)
+            pixels = pd.read_csv(key, usecols=columns, dtype=np.int64).to_numpy()
         except (TypeError, ValueError) as e:
             raise ImageError(f"{container} holds pixel values that are not integers ({e}); the archive is damaged: "
                              "download it again.") from None

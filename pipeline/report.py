@@ -30,6 +30,7 @@ from pipeline.data import build_transform
 from pipeline.figures import pyplot, save_png
 from pipeline.io import atomic_dir, read_json, write_text
 from pipeline.paths import Paths
+from pipeline.scoring import HIGHER_IS_BETTER
 from pipeline.stage import stage_main
 
 GRID = 8  # images per grid
@@ -64,7 +65,10 @@ def confusion_figure(comp: Competition, oof: pd.DataFrame, out: Path) -> Path:
 
     plt = pyplot()
     truth = oof["label"].to_numpy()
-    pred = np.asarray(comp.classes)[oof[list(comp.classes)].to_numpy().argmax(axis=1)]
+    if "predicted" in oof:  # the ensemble's decision (a fitted threshold, where the metric has one)
+        pred = oof["predicted"].to_numpy()
+    else:
+        pred = np.asarray(comp.classes)[oof[list(comp.classes)].to_numpy().argmax(axis=1)]
     cm = confusion_matrix(truth, pred, labels=list(comp.classes))
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = comp.num_classes
@@ -303,8 +307,11 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     with atomic_dir(out_dir / "figures") as figs:
         parts = [f"<h1>{html.escape(comp.title)}</h1>"]
         summary = {k: v for k, v in metrics.items()}
-        parts.append("<h2>Scores</h2><p>Cross-validated: each fold's rows get the member and calibration chosen on "
-                     "the other folds. Lower log loss is better.</p>" + _table(pd.DataFrame([summary])))
+        higher = HIGHER_IS_BETTER[comp.metric]
+        parts.append("<h2>Scores</h2><p>Cross-validated: each fold's rows get the member, calibration and threshold "
+                     f"chosen on the other folds. {comp.title} is scored by {comp.metric} ("
+                     f"{'higher' if higher else 'lower'} is better); lower log loss is better.</p>"
+                     + _table(pd.DataFrame([summary])))
         folds = pd.DataFrame([{"fold": k, **{c: v for c, v in f.items() if c not in ("rows_md5", "weights")}}
                               for k, f in cv["folds"].items()])
         weights = pd.DataFrame([{"fitted on": "every fold (the submission)", **cv.get("weights", {})}]
@@ -318,7 +325,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         if cv.get("groups"):
             groups = pd.DataFrame([{comp.group_noun: g, **v} for g, v in cv["groups"].items()])
             parts.append(f"<h3>Per {comp.group_noun}, hardest first</h3>"
-                         + _table(groups.sort_values("logloss", ascending=False)))
+                         + _table(groups.sort_values(comp.metric, ascending=higher)))
 
         parts.append("<h2>Learning curves</h2>")
         curves_png = paths.plots / "learning_curves.png"

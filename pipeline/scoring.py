@@ -19,6 +19,7 @@ def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 HIGHER_IS_BETTER = {"logloss": False, "accuracy": True, "roc_auc": True, "f1_micro": True, "f1_macro": True}
+"""Which way each metric improves (compare's verdicts)."""
 
 
 def metric(name: str, probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray | None = None) -> float:
@@ -37,4 +38,6 @@ def metric(name: str, probs: np.ndarray, labels: np.ndarray, predicted: np.ndarr
     if name == "accuracy":
         return float(accuracy_score(labels, predicted))
     average = {"f1_micro": "micro", "f1_macro": "macro"}[name]
-    return float(f1_score(labels, predicted, labels=np.arange(probs.shape[1]), average=average, zero_division=0))
+    # the classes in the truth or the predictions, as Kaggle and scikit-learn count them: a class absent from
+    # both (a fold without it) is not a class scored 0
+    return float(f1_score(labels, predicted, labels=np.union1d(labels, predicted), average=average, zero_division=0))

@@ -68,7 +68,8 @@ def checked_submission(comp_name: str, root: Path) -> Path:
     for needed in (paths.submission, paths.raw / EXTRACTED / "sample_submission.csv"):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} does not exist; create it with `dvc repro ensemble@{comp_name}`.")
-    sub = pd.read_csv(paths.submission, dtype={comp.id_column: str})
+    sub = pd.read_csv(paths.submission, dtype={comp.id_column: str, **dict.fromkeys(comp.submission_columns, str)}
+                      if comp.submission == "label" else {comp.id_column: str}, keep_default_na=False)
     validate_submission(comp, sub, read_sample(comp, paths.raw), str(paths.submission))
     return paths.submission
 
@@ -225,8 +226,11 @@ def leaderboard(comp_name: str, root: Path = Path(".")) -> pd.DataFrame:
     path = scores_path(root)
     if path.is_file():
         ours = pd.read_csv(path, dtype=str)
-        ours = ours[ours["competition"] == comp_name][["ref", "cv_logloss", "commit"]].drop_duplicates("ref", keep="last")
+        if "cv_score" not in ours:  # recorded before cv_score existed
+            ours["cv_score"] = ours["cv_logloss"] if comp.metric == "logloss" else None
+        ours = ours[ours["competition"] == comp_name][["ref", "cv_logloss", "cv_score", "commit"]].drop_duplicates(
+            "ref", keep="last")
         board = board.merge(ours, on="ref", how="left")
     else:
-        board[["cv_logloss", "commit"]] = None
+        board[["cv_logloss", "cv_score", "commit"]] = None
     return board

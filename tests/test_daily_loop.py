@@ -53,6 +53,10 @@ def test_verdict_calls_a_consistent_gain_real_and_a_small_scattered_one_noise():
     rows = np.full(5, 100.0)
     real = compare.fold_verdict(np.array([-0.05, -0.06, -0.055, -0.05, -0.045]), rows)
     assert "likely better" in real and "lower on 5/5 folds" in real
+    # accuracy, F1, ROC AUC: a consistent rise is the gain
+    gain = np.array([0.05, 0.06, 0.055, 0.05, 0.045])
+    assert "likely better" in compare.fold_verdict(gain, rows, higher_is_better=True)
+    assert "likely worse" in compare.fold_verdict(gain, rows)
     noise = compare.fold_verdict(np.array([0.002, -0.01, 0.012, -0.004, 0.003]), rows)
     assert "not distinguishable from noise" in noise and "2.8 needed" in noise  # t(0.975, 4) = 2.78
     # one fold driving a large mean is no consistent gain, though the naive t (2.4) would call it one

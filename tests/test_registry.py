@@ -4,6 +4,7 @@ through every stage with no new code, and Digit Recognizer runs from its demo ar
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import os
 import zipfile
@@ -76,7 +77,7 @@ def shapes_archive(path, rng, per_class=6, test=7):
     return _zip(path, files)
 
 
-def cells_archive(path, rng, per_class=9, test=6):
+def cells_archive(path, rng, per_class=9, test=6, column="sick", value=0.5):
     train, rows = {}, []
     for n in range(2 * per_class):
         label = CELLS.classes[n % 2]
@@ -88,7 +89,7 @@ def cells_archive(path, rng, per_class=9, test=6):
     test_files = {f"test/x{i}.png": _encode(rng.integers(0, 255, (36, 36), dtype=np.uint8), "PNG")
                   for i in range(test)}
     labels = pd.DataFrame(rows, columns=["image", "diagnosis", "patient"])
-    sample = pd.DataFrame({"image": [f"x{i}" for i in range(test)], "sick": 0.5})
+    sample = pd.DataFrame({"image": [f"x{i}" for i in range(test)], column: value})
     return _zip(path, {"train.zip": _zip(None, train), "test.zip": _zip(None, test_files),
                        "train_labels.csv": labels.to_csv(index=False).encode(),
                        "sample_submission.csv": sample.to_csv(index=False).encode()})
@@ -190,6 +191,31 @@ def test_labels_in_a_csv_greyscale_nested_zips_and_a_binary_roc_auc_submission(t
     assert metrics["metric"] == "roc_auc" and metrics["roc_auc"] == pytest.approx(auc, abs=1e-6)
     train = pd.read_csv(paths.raw / "train.csv", dtype=str).set_index("id")
     assert train.loc["c001", "label"] == "sick" and train.loc["c001", "group"] == "p1", "labels from the CSV"
+
+
+def test_a_binary_label_submission_is_decided_by_each_folds_threshold(tmp_path, registered):
+    comp = registered(dataclasses.replace(CELLS, name="cells_label", submission="label", metric="f1_macro",
+                                          submission_columns=("diagnosis",)))
+    archive = cells_archive(tmp_path / "cell-screen.zip", np.random.default_rng(2), column="diagnosis",
+                            value="healthy")
+    params = _params("cells_label", tiny_section(str(archive), (32, 32)))
+    root = tmp_path / "root"
+    root.mkdir()
+    result = run_all(params, "cells_label", root)
+    paths = Paths("cells_label", root)
+    sub = pd.read_csv(paths.submission, dtype=str)
+    validate_submission(comp, sub, read_sample(comp, paths.raw))
+    assert set(sub["diagnosis"]) <= {"healthy", "sick"}
+    assert all(0 <= f["choice"].count("@") <= 1 for f in result["folds"].values())
+    assert result["threshold"] is not None and 0 <= result["threshold"] <= 1
+    # each fold's rows are decided by that fold's own threshold, and scored as decided
+    oof = pd.read_csv(paths.oof, dtype=str)
+    for k, fold in result["folds"].items():
+        rows = oof[oof["fold"] == k]
+        cut = fold["threshold"]
+        decided = np.where(rows["sick"].astype(float) >= cut, "sick", "healthy")
+        assert (rows["predicted"].to_numpy() == decided).all()
+        assert fold["f1_macro"] == pytest.approx(f1_score(rows["label"], decided, average="macro"), abs=1e-6)
 
 
 def test_digit_recognizer_runs_offline_from_its_demo_with_the_from_scratch_cnn(tmp_path):
