@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import tempfile
 import time
 import zipfile
@@ -35,8 +34,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
 
-from pipeline import download, ensemble, features, finetune, folds, head, prepare
 from pipeline.config import parse_params
+from pipeline.inprocess import run_competition
 
 REPO = Path(__file__).resolve().parents[1]
 COMP = "digits"
@@ -79,20 +78,6 @@ def params_for(archive: Path, models: int):
     return parse_params(raw, "benchmark params")
 
 
-def run_pipeline(params, root: Path) -> dict:
-    quiet = contextlib.redirect_stdout(io.StringIO())
-    with quiet:
-        download.run(params, COMP, root)
-        folds.run(params, COMP, root)
-        prepare.run(params, COMP, root)
-        for model in params.models:
-            features.run(params, COMP, model, root)
-            for k in params.folds:
-                head.run(params, COMP, model, k, root)
-                finetune.run(params, COMP, model, k, root)
-        return ensemble.run(params, COMP, root)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, choices=(1, 2), default=1)
@@ -106,13 +91,9 @@ def main() -> None:
         params = params_for(tmp / "digit-recognizer.zip", args.models)
         root = tmp / "root"
         root.mkdir()
-        cwd = os.getcwd()
-        os.chdir(root)  # dvclive looks for a DVC repo in the working directory
         start = time.time()
-        try:
-            result = run_pipeline(params, root)
-        finally:
-            os.chdir(cwd)
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = run_competition(params, COMP, root)["ensemble"]
         seconds = time.time() - start
         sub = pd.read_csv(root / "submissions" / f"{COMP}.csv")
         accuracy = float((sub.sort_values("ImageId")["Label"].to_numpy() == truth).mean())

@@ -22,14 +22,13 @@ import io
 import math
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from pipeline import download, ensemble, features, finetune, folds, head, prepare
 from pipeline.config import parse_params
+from pipeline.inprocess import run_competition
 from pipeline.cache import encode_labels
 from pipeline.scoring import scores
 from pipeline.photos import write_photo_archive
@@ -59,26 +58,8 @@ def params_with(changes: dict, archive: Path):
 
 
 def run_pipeline(params, root: Path) -> dict[str, float]:
-    """Every stage's run() in order; returns wall seconds per stage."""
-    times = {}
-    for name, stage in (("download", download), ("folds", folds), ("prepare", prepare)):
-        start = time.perf_counter()
-        stage.run(params, COMP, root)
-        times[name] = time.perf_counter() - start
-    start = time.perf_counter()
-    for model in params.models:
-        features.run(params, COMP, model, root)
-    times["features"] = time.perf_counter() - start
-    for name, stage in (("head", head), ("finetune", finetune)):
-        start = time.perf_counter()
-        for model in params.models:
-            for k in params.folds:
-                stage.run(params, COMP, model, k, root)
-        times[name] = time.perf_counter() - start
-    start = time.perf_counter()
-    ensemble.run(params, COMP, root)
-    times["ensemble"] = time.perf_counter() - start
-    return times
+    """Every stage's run() in order; returns wall seconds per kind of stage."""
+    return run_competition(params, COMP, root)["seconds"]
 
 
 def test_score(root: Path, answers: Path) -> dict[str, float]:

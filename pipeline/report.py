@@ -300,7 +300,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     comp = get_competition(comp_name)
     paths = Paths(comp_name, root, params.models[0])
     metrics, cv = read_json(paths.metrics), read_json(paths.cv)
-    oof = pd.read_csv(paths.oof, dtype={"id": str, "label": str, "group": str})
+    oof = pd.read_csv(paths.oof, dtype={"id": str, "label": str, "predicted": str, "group": str})
     images, index = load_cache(paths.cache, "train")
     row_of = dict(zip(index["id"], range(len(index))))
     out_dir = paths.reports

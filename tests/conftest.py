@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import download, ensemble, features, finetune, folds, head, prepare
+from pipeline.inprocess import run_competition
 from pipeline.config import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,9 +48,8 @@ TINY = {
 }
 
 
-def tiny_raw(**changes) -> dict:
-    """The tiny params as a plain mapping; `changes` maps dotted keys to new values."""
-    raw = copy.deepcopy(TINY)
+def with_changes(raw: dict, **changes) -> dict:
+    """`raw` (a params mapping, changed in place) with `changes`: dotted keys to new values."""
     for dotted, value in changes.items():
         node = raw
         *parents, last = dotted.split(".")
@@ -58,6 +57,11 @@ def tiny_raw(**changes) -> dict:
             node = node.setdefault(key, {})
         node[last] = value
     return raw
+
+
+def tiny_raw(**changes) -> dict:
+    """The tiny params as a plain mapping; `changes` maps dotted keys to new values."""
+    return with_changes(copy.deepcopy(TINY), **changes)
 
 
 def tiny_params(**changes):
@@ -76,22 +80,12 @@ def pipeline_run(tmp_path_factory):
     """Every stage's run(), both competitions, all folds, once per test session on tiny data."""
     root = tmp_path_factory.mktemp("pipeline")
     params = tiny_params()
-    cwd = os.getcwd()
-    os.chdir(root)
     results = {}
-    try:
-        for comp in params.competitions:
-            download.run(params, comp, root)
-            folds.run(params, comp, root)
-            prepare.run(params, comp, root)
-            for model in params.models:
-                features.run(params, comp, model, root)
-                for k in params.folds:
-                    results[comp, model, "head", k] = head.run(params, comp, model, k, root)
-                    results[comp, model, "finetune", k] = finetune.run(params, comp, model, k, root)
-            results[comp, "ensemble"] = ensemble.run(params, comp, root)
-    finally:
-        os.chdir(cwd)
+    for comp in params.competitions:
+        done = run_competition(params, comp, root)
+        results.update({(comp, model, stage, k): v for key, v in done.items()
+                        if isinstance(key, tuple) and len(key) == 3 for stage, model, k in [key]})
+        results[comp, "ensemble"] = done["ensemble"]
     return root, params, results
 
 

@@ -165,19 +165,11 @@ def test_log_average_keeps_the_confidence_of_agreeing_models():
 def test_same_params_same_cpu_same_outputs(pipeline_run, tmp_path, monkeypatch):
     """The whole tiny pipeline again, from the archive: byte-identical folds and features, identical predictions
     and submission."""
-    from pipeline import download, features, folds, prepare
+    from pipeline.inprocess import run_competition
 
     root, params, _ = pipeline_run
-    monkeypatch.chdir(tmp_path)
     comp = "dogscats"
-    for stage in (download, folds, prepare):
-        stage.run(params, comp, tmp_path)
-    for model in params.models:
-        features.run(params, comp, model, tmp_path)
-        for k in params.folds:
-            head.run(params, comp, model, k, tmp_path)
-            finetune.run(params, comp, model, k, tmp_path)
-    ensemble.run(params, comp, tmp_path)
+    run_competition(params, comp, tmp_path)
     a, b = Paths(comp, root), Paths(comp, tmp_path)
     assert a.folds.read_bytes() == b.folds.read_bytes()
     for name in ("train.npy", "test.npy", "train_aug.npy"):

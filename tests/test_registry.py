@@ -3,10 +3,10 @@ through every stage with no new code, and Digit Recognizer runs from its demo ar
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
-import os
 import zipfile
 
 import numpy as np
@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 
-from conftest import _STAGE
-from pipeline import download, ensemble, features, finetune, folds, head, prepare
+from conftest import _STAGE, with_changes
+from pipeline import curves, download, prepare, report
+from pipeline.inprocess import run_competition
 from pipeline.competitions import COMPETITIONS, Competition
 from pipeline.config import parse_params
 from pipeline.errors import ArchiveError, ConfigError
@@ -109,29 +110,15 @@ def tiny_section(source: str, size, **changes) -> dict:
     section["prepare"] = {"image_size": list(size), "num_workers": 1}
     section["features"]["aug_copies"] = 0
     section["models"] = {"main": {}}
-    for dotted, value in changes.items():
-        *keys, last = dotted.split(".")
-        node = section
-        for k in keys:
-            node = node.setdefault(k, {})
-        node[last] = value
-    return section
+    return with_changes(section, **changes)
 
 
-def run_all(params, name, root):
-    cwd = os.getcwd()
-    os.chdir(root)  # dvclive looks for a DVC repo in the working directory
-    try:
-        download.run(params, name, root)
-        folds.run(params, name, root)
-        prepare.run(params, name, root)
-        features.run(params, name, "main", root)
-        for k in params.folds:
-            head.run(params, name, "main", k, root)
-            finetune.run(params, name, "main", k, root)
-        return ensemble.run(params, name, root)
-    finally:
-        os.chdir(cwd)
+def run_all(tmp_path, name: str, section: dict) -> tuple[dict, Paths]:
+    """Every stage of competition `name` with params `section`, in a fresh folder; its result and paths."""
+    params = _params(name, section)
+    root = tmp_path / "root"
+    root.mkdir()
+    return run_competition(params, name, root)["ensemble"], Paths(name, root)
 
 
 def _params(name: str, section: dict):
@@ -152,11 +139,7 @@ def registered(monkeypatch):
 def test_a_fourth_layout_runs_end_to_end_from_its_registry_entry(tmp_path, registered):
     comp = registered(SHAPES)
     archive = shapes_archive(tmp_path / "shape-sorter.zip", np.random.default_rng(0))
-    params = _params("shapes", tiny_section(str(archive), (32, 40)))
-    root = tmp_path / "root"
-    root.mkdir()
-    result = run_all(params, "shapes", root)
-    paths = Paths("shapes", root)
+    result, paths = run_all(tmp_path, "shapes", tiny_section(str(archive), (32, 40)))
     sub = pd.read_csv(paths.submission, dtype=str)
     validate_submission(comp, sub, read_sample(comp, paths.raw))
     assert list(sub.columns) == ["id", "shape"] and set(sub["shape"]) <= set(comp.classes)
@@ -174,11 +157,7 @@ def test_a_fourth_layout_runs_end_to_end_from_its_registry_entry(tmp_path, regis
 def test_labels_in_a_csv_greyscale_nested_zips_and_a_binary_roc_auc_submission(tmp_path, registered):
     comp = registered(CELLS)
     archive = cells_archive(tmp_path / "cell-screen.zip", np.random.default_rng(1))
-    params = _params("cells", tiny_section(str(archive), (32, 32)))
-    root = tmp_path / "root"
-    root.mkdir()
-    run_all(params, "cells", root)
-    paths = Paths("cells", root)
+    _, paths = run_all(tmp_path, "cells", tiny_section(str(archive), (32, 32)))
     assert np.load(paths.cache / "train.npy").shape == (18, 32, 32, 1), "greyscale: one channel"
     folds_csv = pd.read_csv(paths.folds, dtype=str)
     assert folds_csv.groupby("group")["fold"].nunique().max() == 1, "a patient's images stay in one fold"
@@ -198,11 +177,7 @@ def test_a_binary_label_submission_is_decided_by_each_folds_threshold(tmp_path, 
                                           submission_columns=("diagnosis",)))
     archive = cells_archive(tmp_path / "cell-screen.zip", np.random.default_rng(2), column="diagnosis",
                             value="healthy")
-    params = _params("cells_label", tiny_section(str(archive), (32, 32)))
-    root = tmp_path / "root"
-    root.mkdir()
-    result = run_all(params, "cells_label", root)
-    paths = Paths("cells_label", root)
+    result, paths = run_all(tmp_path, "cells_label", tiny_section(str(archive), (32, 32)))
     sub = pd.read_csv(paths.submission, dtype=str)
     validate_submission(comp, sub, read_sample(comp, paths.raw))
     assert set(sub["diagnosis"]) <= {"healthy", "sick"}
@@ -222,17 +197,18 @@ def test_digit_recognizer_runs_offline_from_its_demo_with_the_from_scratch_cnn(t
     section = tiny_section("demo", (28, 28), **{
         "data.demo": {"train_per_class": 4, "test": 6}, "features.backbone": "vgg_lesson",
         "head.epochs": 2, "finetune.epochs": 1, "finetune.backbone_lr_ratio": 1.0})
-    params = _params("digits", section)
-    root = tmp_path / "root"
-    root.mkdir()
-    result = run_all(params, "digits", root)
-    paths = Paths("digits", root)
+    result, paths = run_all(tmp_path, "digits", section)
     assert np.load(paths.cache / "train.npy").shape == (40, 28, 28, 1), "the CSV's rows, given a channel"
     sub = pd.read_csv(paths.submission, dtype=str)
     assert list(sub.columns) == ["ImageId", "Label"] and list(sub["ImageId"]) == [str(i) for i in range(1, 7)]
     assert set(sub["Label"]) <= set("0123456789")
     assert result["metric"] == "accuracy" and 0 <= result["demo_test_accuracy"] <= 1
     assert "demo_test_logloss" not in result, "a file of labels has no log loss"
+    params = _params("digits", section)
+    with contextlib.chdir(paths.root):  # the pictures too: greyscale images, labels that look like numbers
+        curves.run(params, "digits", paths.root)
+        page = report.run(params, "digits", paths.root)
+    assert "scored by accuracy (higher is better)" in page.read_text()
 
 
 def test_pixels_in_the_csv_become_the_cached_image_row_for_row(tmp_path):
