@@ -201,7 +201,8 @@ def _pixel_index(comp: Competition, listing: Listing, shown: str) -> tuple[pd.Da
         head = _read_csv(listing, name, shown, comp, columns, nrows=0)
         if list(head.columns) != columns:
             raise ArchiveError(f"{name} in {shown} has columns {_examples(head.columns)}; expected "
-                               f"{', '.join(columns[:3])}, ..., pixel{h * w - 1} ({h}x{w} images). {_layout_hint(comp)}")
+                               f"{', '.join(columns[:3])}, ..., pixel{h * w - 1} ({h}x{w} images). "
+                               + _layout_hint(comp))
         labels = pd.read_csv(listing.csvs[name], usecols=label or ["pixel0"], dtype=str, keep_default_na=False)
         container = listing.csvs[name].relative_to(listing.csvs[name].parent.parent).as_posix()
         frames[split] = pd.DataFrame({"id": [str(k + 1) for k in range(len(labels))], "container": container,

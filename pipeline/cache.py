@@ -16,7 +16,8 @@ def load_cache(cache: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
     """The memory-mapped uint8 images of `split` and their index (same row order)."""
     try:
         images = np.load(cache / f"{split}.npy", mmap_mode="r")
-        index = pd.read_csv(cache / f"{split}.csv", dtype={"id": str, "label": str, "group": str})
+        index = pd.read_csv(cache / f"{split}.csv", dtype={"id": str, "label": str, "group": str},
+                            keep_default_na=False)
     except (OSError, ValueError) as e:
         raise OutputError(f"the image cache {cache} cannot be read ({e}); re-run `dvc repro prepare@<comp>`.") from None
     if len(images) != len(index):
@@ -34,7 +35,7 @@ def image_rows(cache: Path, split: str) -> NpyReader:
 def load_folds(path: Path, train_index: pd.DataFrame, cache: Path | None = None) -> np.ndarray:
     """Each cached train row's fold, checked to be in the cache's row order. The folds list every train image;
     the ones prepare dropped as unreadable (its `skipped.csv` in `cache`) are left out, and only those."""
-    folds = pd.read_csv(path, dtype={"id": str, "label": str, "group": str})
+    folds = pd.read_csv(path, dtype={"id": str, "label": str, "group": str}, keep_default_na=False)
     skipped = cache / "skipped.csv" if cache is not None else None
     if skipped is not None and skipped.is_file():
         listed = pd.read_csv(skipped, dtype={"id": str})

@@ -22,8 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("submit", help="upload submissions/<comp>.csv and record it in submissions/scores.csv")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
-    p.add_argument("-m", "--message", help="submission description (default: the CV score in the competition's metric and the "
-                                                "git commit)")
+    p.add_argument("-m", "--message", help="submission description (default: the CV score in the competition's "
+                                                "metric and the git commit)")
     p.add_argument("--wait", action="store_true", help="poll until Kaggle has scored it, and record the score")
     p.add_argument("--force", action="store_true",
                    help="submit even a file made from demo data or outputs older than their params or code")

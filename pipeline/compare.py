@@ -232,6 +232,11 @@ def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Pa
                        "per-fold scores cannot be paired; compare the overall score, or per group below.")
     if paired:
         folds = paired_table(base, paired, "folds", ("rows",), "fold", score)
+        if folds.empty:
+            out.append(f"\nNo fold has a {name} in every run (outputs of an older version?): compare the overall "
+                       "scores above.")
+            paired = []
+    if paired:
         out.append("\nPer fold (each change paired on the same rows):")
         out.append(_table(folds))
         weights = folds["rows"].to_numpy(dtype=float)

@@ -119,7 +119,7 @@ class Competition:
                 try:
                     groups[key] = re.compile(getattr(self, key)).groupindex
                 except re.error as e:
-                    groups[key] = {}
+                    groups[key] = {"id": 0, "label": 0}  # one problem per pattern
                     problems.append(f"{key} is not a regex ({e})")
                 if "id" not in groups[key]:
                     problems.append(f"{key} needs an (?P<id>...) group")

@@ -360,7 +360,9 @@ def _check_model(name: str, cp, errors: list[str], key: str | None = None) -> No
     competition's facts; `key` prefixes the keys named (default: the competition's name)."""
     comp, key = COMPETITIONS[name], key or name
     if not comp.hflip_keeps_label:
-        why = f"a horizontal flip changes {comp.title}'s labels (e.g. 'texting, right' becomes 'texting, left')"
+        why = f"a horizontal flip changes {comp.title}'s labels" + (
+            " (e.g. 'texting, right' becomes 'texting, left')" if "texting, right" in comp.class_descriptions
+            else " (a mirrored image is another class, or none)")
         for section in ("features", "finetune"):
             hflip = getattr(cp, section).augment.hflip
             if hflip > 0:

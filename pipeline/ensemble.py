@@ -147,7 +147,7 @@ def fit_threshold(name: str, probs: np.ndarray, labels: np.ndarray) -> float:
     order = np.argsort(p, kind="stable")
     ps, ys = p[order], y[order]
     values = np.unique(ps)
-    cuts = np.concatenate([[0.0], (values[1:] + values[:-1]) / 2, [1.0]])
+    cuts = np.concatenate([[0.0], (values[1:] + values[:-1]) / 2, [np.nextafter(max(1.0, values[-1]), np.inf)]])
     first = np.searchsorted(ps, cuts, side="left")  # rows first.. are predicted positive
     n, pos = len(ys), int(ys.sum())
     tp = pos - np.concatenate([[0], np.cumsum(ys)])[first]
@@ -156,7 +156,8 @@ def fit_threshold(name: str, probs: np.ndarray, labels: np.ndarray) -> float:
     if name in ("accuracy", "f1_micro"):  # micro-F1 of one label per row is accuracy
         score = (tp + tn) / n
     else:  # macro-F1 over the classes present in the truth or the predictions
-        f1s = [np.where(d > 0, 2 * t / np.maximum(d, 1), np.nan) for t, d in ((tp, 2 * tp + fp + fn), (tn, 2 * tn + fn + fp))]
+        f1s = [np.where(d > 0, 2 * t / np.maximum(d, 1), np.nan)
+               for t, d in ((tp, 2 * tp + fp + fn), (tn, 2 * tn + fn + fp))]
         score = np.nanmean(np.stack(f1s), axis=0)
     best = np.flatnonzero(score >= np.nanmax(score) - 1e-12)
     run = best[: np.argmax(np.diff(np.append(best, best[-1] + 2)) > 1) + 1]  # the first run of equal best cuts
@@ -304,10 +305,10 @@ def per_fold(comp: Competition, folds: list[int], ids: np.ndarray, honest: np.nd
         own = {f"{member}_{m}": v for member, p in members.items() for m, v in scores(p[rows], labels[rows]).items()
                if m in ("logloss", "accuracy")}
         held = evaluate(comp, honest[rows], labels[rows], choices[str(k)].threshold)
-        out[str(k)] = _rounded({**held, "rows": int(rows.sum()),
-                                "rows_md5": rows_md5, "choice": str(choices[str(k)]),
-                                "threshold": choices[str(k)].threshold,
-                                "weights": _rounded(choices[str(k)].weights), **own})
+        out[str(k)] = {**_rounded({**held, "rows": int(rows.sum()),
+                                   "rows_md5": rows_md5, "choice": str(choices[str(k)]),
+                                   "weights": _rounded(choices[str(k)].weights), **own}),
+                       "threshold": choices[str(k)].threshold}  # exact: it reproduces the fold's decisions
     return out
 
 
@@ -356,7 +357,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     predicted = np.empty(len(labels), dtype=int)
     for k, c in fold_choices.items():
         predicted[fold_of == int(k)] = decide(honest[fold_of == int(k)], c.threshold)
-    metrics = {**scores(honest, labels), "metric": comp.metric, "accuracy": metric("accuracy", honest, labels, predicted),
+    metrics = {**scores(honest, labels), "metric": comp.metric,
+               "accuracy": metric("accuracy", honest, labels, predicted),
                comp.metric: metric(comp.metric, honest, labels, predicted)}
     if paths.demo_answers.is_file():  # the demo knows its test labels: report the "leaderboard" score too
         answers = pd.read_csv(paths.demo_answers, dtype=str).set_index("id").loc[test_index["id"], "label"]

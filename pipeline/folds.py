@@ -50,7 +50,8 @@ def assign_folds(train: pd.DataFrame, n_splits: int, seed: int, grouped: bool) -
 def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     comp = get_competition(comp_name)
     paths = Paths(comp_name, root)
-    train = pd.read_csv(paths.raw / "train.csv", dtype={"id": str, "label": str, "group": str})
+    train = pd.read_csv(paths.raw / "train.csv", dtype={"id": str, "label": str, "group": str},
+                        keep_default_na=False)
     folds = train[["id", "label", "group"]].copy()
     folds["fold"] = assign_folds(train, params.n_splits, params.seed, grouped=comp.group_column is not None)
     write_csv(paths.folds, folds)

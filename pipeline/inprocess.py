@@ -19,6 +19,7 @@ def run_competition(params: Params, comp_name: str, root: Path = Path(".")) -> d
     Returns each stage's result, keyed by the stage's name (`download`, `folds`, `prepare`, `ensemble`),
     `("features", model)` or `(stage, model, fold)`, and under `seconds` the wall time of each kind of stage.
     """
+    root = Path(root).resolve()  # the stages are given it after the chdir
     results, seconds = {}, defaultdict(float)
 
     def timed(kind: str, key, call) -> None:

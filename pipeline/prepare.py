@@ -254,7 +254,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     prep = params.comp(comp_name).prepare
     paths = Paths(comp_name, root)
     with atomic_dir(paths.cache) as out:
-        indexes = {split: pd.read_csv(paths.raw / f"{split}.csv", dtype={"id": str, "label": str, "group": str})
+        indexes = {split: pd.read_csv(paths.raw / f"{split}.csv", dtype={"id": str, "label": str, "group": str},
+                                      keep_default_na=False)
                    for split in ("train", "test")}
         jobs = {split: (index, NpyRows(out / f"{split}.npy", np.uint8, (len(index), *prep.image_size, comp.channels)))
                 for split, index in indexes.items()}

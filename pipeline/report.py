@@ -65,10 +65,7 @@ def confusion_figure(comp: Competition, oof: pd.DataFrame, out: Path) -> Path:
 
     plt = pyplot()
     truth = oof["label"].to_numpy()
-    if "predicted" in oof:  # the ensemble's decision (a fitted threshold, where the metric has one)
-        pred = oof["predicted"].to_numpy()
-    else:
-        pred = np.asarray(comp.classes)[oof[list(comp.classes)].to_numpy().argmax(axis=1)]
+    pred = np.asarray(comp.classes)[decided(comp, oof)[2]]
     cm = confusion_matrix(truth, pred, labels=list(comp.classes))
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     n = comp.num_classes
@@ -130,13 +127,20 @@ def image_grid(images: np.ndarray, rows: np.ndarray, titles: list[str], title: s
     return _save(fig, out)
 
 
+def decided(comp: Competition, oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The out-of-fold probabilities, true classes and predicted classes: as the ensemble decided them (its
+    `predicted` column: a fitted threshold, where the metric has one), else the most probable."""
+    probs = oof[list(comp.classes)].to_numpy()
+    truth = pd.Index(comp.classes).get_indexer(oof["label"])
+    pred = pd.Index(comp.classes).get_indexer(oof["predicted"]) if "predicted" in oof else probs.argmax(axis=1)
+    return probs, truth, pred
+
+
 def extremes(comp: Competition, oof: pd.DataFrame) -> dict[str, np.ndarray]:
     """Row positions in `oof` of the most confidently wrong, the most uncertain and the most confidently right
     predictions, most extreme first."""
-    probs = oof[list(comp.classes)].to_numpy()
-    truth = pd.Index(comp.classes).get_indexer(oof["label"])
-    pred = probs.argmax(axis=1)
-    p_pred, p_true = probs.max(axis=1), probs[np.arange(len(probs)), truth]
+    probs, truth, pred = decided(comp, oof)
+    p_pred, p_true = probs[np.arange(len(probs)), pred], probs[np.arange(len(probs)), truth]
     wrong, right = np.flatnonzero(pred != truth), np.flatnonzero(pred == truth)
     return {
         "confidently_wrong": wrong[np.argsort(-p_pred[wrong], kind="stable")][:GRID],
@@ -151,10 +155,8 @@ def _described(name: str, described: dict) -> str:
 
 def grids(comp: Competition, oof: pd.DataFrame, images: np.ndarray, row_of: dict, figs: Path) -> list[tuple]:
     """Grids of the images `extremes` picks, with label and prediction."""
-    probs = oof[list(comp.classes)].to_numpy()
-    truth = pd.Index(comp.classes).get_indexer(oof["label"])
-    pred = probs.argmax(axis=1)
-    p_pred, p_true = probs.max(axis=1), probs[np.arange(len(probs)), truth]
+    probs, truth, pred = decided(comp, oof)
+    p_pred, p_true = probs[np.arange(len(probs)), pred], probs[np.arange(len(probs)), truth]
     chosen = extremes(comp, oof)
     described = dict(zip(comp.classes, comp.class_descriptions))
     shown = []
@@ -300,7 +302,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     comp = get_competition(comp_name)
     paths = Paths(comp_name, root, params.models[0])
     metrics, cv = read_json(paths.metrics), read_json(paths.cv)
-    oof = pd.read_csv(paths.oof, dtype={"id": str, "label": str, "predicted": str, "group": str})
+    oof = pd.read_csv(paths.oof, dtype={"id": str, "label": str, "predicted": str, "group": str},
+                      keep_default_na=False)
     images, index = load_cache(paths.cache, "train")
     row_of = dict(zip(index["id"], range(len(index))))
     out_dir = paths.reports

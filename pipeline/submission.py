@@ -14,7 +14,8 @@ from pipeline.paths import EXTRACTED
 
 def read_sample(comp: Competition, raw: Path) -> pd.DataFrame:
     """The competition's sample_submission.csv, ids as strings (as Kaggle compares them)."""
-    return pd.read_csv(raw / EXTRACTED / "sample_submission.csv", dtype={comp.id_column: str})
+    return pd.read_csv(raw / EXTRACTED / "sample_submission.csv", dtype={comp.id_column: str},
+                       keep_default_na=False)
 
 
 WRITE_EPS = 1e-8
@@ -77,7 +78,7 @@ def validate_submission(comp: Competition, sub: pd.DataFrame, sample: pd.DataFra
             problems.append(f"{comp.submission_columns[0]!r} holds {len(unknown)} value(s) that are not classes "
                             f"({', '.join(unknown[:5])}); expected one of {', '.join(comp.classes)}")
     else:
-        values = sub[list(comp.submission_columns)].to_numpy(dtype=np.float64)
+        values = sub[list(comp.submission_columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():
             problems.append("some probabilities are missing or not finite")
         elif (values < 0).any() or (values > 1).any():

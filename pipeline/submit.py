@@ -68,8 +68,9 @@ def checked_submission(comp_name: str, root: Path) -> Path:
     for needed in (paths.submission, paths.raw / EXTRACTED / "sample_submission.csv"):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} does not exist; create it with `dvc repro ensemble@{comp_name}`.")
-    sub = pd.read_csv(paths.submission, dtype={comp.id_column: str, **dict.fromkeys(comp.submission_columns, str)}
-                      if comp.submission == "label" else {comp.id_column: str}, keep_default_na=False)
+    labels = comp.submission == "label"  # a class may be spelt 'NA' or '01': read labels as written
+    sub = pd.read_csv(paths.submission, dtype={comp.id_column: str, **(dict.fromkeys(comp.submission_columns, str)
+                                                                       if labels else {})}, keep_default_na=not labels)
     validate_submission(comp, sub, read_sample(comp, paths.raw), str(paths.submission))
     return paths.submission
 
@@ -226,8 +227,10 @@ def leaderboard(comp_name: str, root: Path = Path(".")) -> pd.DataFrame:
     path = scores_path(root)
     if path.is_file():
         ours = pd.read_csv(path, dtype=str)
-        if "cv_score" not in ours:  # recorded before cv_score existed
-            ours["cv_score"] = ours["cv_logloss"] if comp.metric == "logloss" else None
+        if "cv_score" not in ours:  # rows recorded before cv_score existed: their log loss, where that is the metric
+            ours["cv_score"] = None
+        if comp.metric == "logloss":
+            ours["cv_score"] = ours["cv_score"].fillna(ours["cv_logloss"])
         ours = ours[ours["competition"] == comp_name][["ref", "cv_logloss", "cv_score", "commit"]].drop_duplicates(
             "ref", keep="last")
         board = board.merge(ours, on="ref", how="left")

@@ -176,6 +176,7 @@ def test_submit_cli_uploads_exactly_the_file_and_records_the_score(fake, tmp_pat
     scores = pd.read_csv(root / "submissions" / "scores.csv", dtype=str)
     row = scores.iloc[-1]
     assert row["competition"] == "dogscats" and float(row["cv_logloss"]) == 0.25
+    assert row["metric"] == "logloss" and float(row["cv_score"]) == 0.25, "the CV score in Kaggle's metric"
     assert float(row["public_score"]) == 0.12345 and float(row["private_score"]) == 0.23456
     assert row["status"] == "COMPLETE" and row["ref"] == str(fake.submissions[0]["ref"])
     head = sh(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
