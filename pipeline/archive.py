@@ -137,8 +137,9 @@ def _examples(items) -> str:
 def _layout_hint(comp: Competition) -> str:
     if comp.pixels:
         h, w = comp.pixels
+        test_id = f"a {comp.pixels_id!r} column, then " if comp.pixels_id else ""
         return (f"Expected the layout of Kaggle's {comp.slug}.zip: {comp.train_pattern} (a {comp.labels_label!r} "
-                f"column, then {h * w} pixel columns) and {comp.test_pattern} ({h * w} pixel columns), plus "
+                f"column, then {h * w} pixel columns) and {comp.test_pattern} ({test_id}{h * w} pixel columns), plus "
                 "sample_submission.csv.")
     return (
         f"Expected the layout of Kaggle's {comp.slug}.zip: train images matching '{comp.train_pattern}' and test "
@@ -192,11 +193,12 @@ def _image_index(comp: Competition, listing: Listing, shown: str) -> tuple[pd.Da
 
 
 def _pixel_index(comp: Competition, listing: Listing, shown: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows of pixel CSVs as images: the member is the row's number in its CSV (prepare reads the pixels)."""
+    """Rows of pixel CSVs as images: the member is the row's number in its CSV (prepare reads the pixels). A test
+    image's id is its `pixels_id` column, or its row number from 1 (Digit Recognizer's ImageId)."""
     h, w = comp.pixels
     frames = {}
     for split, name in (("train", comp.train_pattern), ("test", comp.test_pattern)):
-        label = [comp.labels_label] if split == "train" else []
+        label = [comp.labels_label] if split == "train" else [comp.pixels_id] if comp.pixels_id else []
         columns = label + [f"pixel{k}" for k in range(h * w)]
         head = _read_csv(listing, name, shown, comp, columns, nrows=0)
         if list(head.columns) != columns:
@@ -205,8 +207,14 @@ def _pixel_index(comp: Competition, listing: Listing, shown: str) -> tuple[pd.Da
                                + _layout_hint(comp))
         labels = pd.read_csv(listing.csvs[name], usecols=label or ["pixel0"], dtype=str, keep_default_na=False)
         container = listing.csvs[name].relative_to(listing.csvs[name].parent.parent).as_posix()
-        frames[split] = pd.DataFrame({"id": [str(k + 1) for k in range(len(labels))], "container": container,
+        ids = (labels[comp.pixels_id].to_numpy() if split == "test" and comp.pixels_id
+               else [str(k + 1) for k in range(len(labels))])
+        frames[split] = pd.DataFrame({"id": ids, "container": container,
                                       "member": [str(k) for k in range(len(labels))]})
+        if frames[split]["id"].duplicated().any():
+            raise ArchiveError(f"{name} in {shown} gives several rows the id(s) "
+                               f"{_examples(frames[split].loc[frames[split]['id'].duplicated(), 'id'])}; an id must "
+                               "name one image. Download the archive again.")
         if split == "train":
             frames[split].insert(1, "label", labels[comp.labels_label].to_numpy())
     return frames["train"], frames["test"]

@@ -70,6 +70,9 @@ class Competition:
     """3 for colour, 1 for greyscale: the decoded cache's and the network's input channels."""
     pixels: tuple[int, int] | None = None
     """(height, width) of images stored as CSV rows of pixel values (`pixel0`, `pixel1`, ...), row-major."""
+    pixels_id: str | None = None
+    """With `pixels`: the test CSV's column of ids before the pixels (Kannada MNIST's `id`); None: a test row's id
+    is its row number from 1 (Digit Recognizer's ImageId)."""
 
     @property
     def num_classes(self) -> int:
@@ -111,6 +114,8 @@ class Competition:
             problems.append("roc_auc ranks probabilities; a 'label' submission has none")
         if self.metric == "logloss" and self.submission == "label":
             problems.append("logloss scores probabilities; a 'label' submission has none")
+        if self.pixels_id and not self.pixels:
+            problems.append("pixels_id is a column of a pixel CSV: set pixels too, or drop it")
         if self.pixels and self.channels != 1:
             problems.append("pixels (images as CSV rows) are greyscale: set channels to 1")
         if not self.pixels:

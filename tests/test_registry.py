@@ -228,6 +228,38 @@ def test_pixels_in_the_csv_become_the_cached_image_row_for_row(tmp_path):
         assert index["label"][row] == str(line["label"])
 
 
+# Pixels in a CSV with ids of their own: Kannada MNIST's test.csv starts with an `id` column, from 0.
+KANNADA = Competition(
+    name="kannada", slug="Kannada-MNIST", title="Kannada MNIST", classes=tuple("0123456789"),
+    class_descriptions=tuple("0123456789"), train_pattern="train.csv", test_pattern="test.csv", id_column="id",
+    submission_columns=("label",), submission="label", metric="accuracy", hflip_keeps_label=False, channels=1,
+    pixels=(28, 28), pixels_id="id",
+)
+
+
+def test_pixel_csvs_whose_test_rows_carry_their_own_ids(tmp_path, registered):
+    comp = registered(KANNADA)
+    rng = np.random.default_rng(4)
+    pixels = [f"pixel{k}" for k in range(784)]
+    train = pd.DataFrame(rng.integers(0, 256, (30, 784)), columns=pixels)
+    train.insert(0, "label", np.arange(30) % 10)
+    test = pd.DataFrame(rng.integers(0, 256, (5, 784)), columns=pixels)
+    test.insert(0, "id", [3, 0, 4, 1, 2])  # not in the sample's order
+    sample = pd.DataFrame({"id": range(5), "label": 0})
+    archive = _zip(tmp_path / "Kannada-MNIST.zip", {name: frame.to_csv(index=False).encode() for name, frame in
+                                                    (("train.csv", train), ("test.csv", test),
+                                                     ("sample_submission.csv", sample))})
+    result, paths = run_all(tmp_path, "kannada", tiny_section(str(archive), (28, 28)))
+    sub = pd.read_csv(paths.submission, dtype=str)
+    validate_submission(comp, sub, read_sample(comp, paths.raw))
+    cache, index = np.load(paths.cache / "test.npy"), pd.read_csv(paths.cache / "test.csv", dtype=str)
+    assert list(index["id"]) == ["0", "1", "2", "3", "4"], "in the sample's order"
+    for row, image_id in enumerate(index["id"]):
+        line = test[test["id"] == int(image_id)][pixels].to_numpy().reshape(28, 28)
+        np.testing.assert_array_equal(cache[row, :, :, 0], line)
+    assert result["metric"] == "accuracy"
+
+
 def test_a_registry_entry_with_inconsistent_facts_is_refused(registered):
     with pytest.raises(ConfigError, match="a 'label' submission has 1 column"):
         registered(Competition(name="bad", slug="bad", title="Bad", classes=("a", "b"), class_descriptions=("a", "b"),
