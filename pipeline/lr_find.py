@@ -60,6 +60,23 @@ def check_ready(paths: Paths, comp_name: str, model: str, fold: int, stages) -> 
         raise OutputError(f"{needed} does not exist yet; run `dvc repro head@{comp_name}-{model}-{fold}` first.")
 
 
+def stage_starts(params: Params, comp_name: str, fold: int, stages, root: Path, model: str | None,
+                 seed: int | None = None):
+    """For each of `stages` of `model` (default: the first of params.yaml's models), after checking the fold is
+    ready: (stage, paths, device, train loader, network, optimizer, mixed-precision settings), the stage started
+    as `stage_start` starts it (after `torch.manual_seed(seed)` when given)."""
+    import torch
+
+    model = model or params.models[0]
+    paths = Paths(comp_name, root, model)
+    device = pick_device(params.device)
+    check_ready(paths, comp_name, model, fold, stages)
+    for stage in stages:
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield (stage, paths, device, *stage_start(params, comp_name, model, fold, stage, paths, device))
+
+
 def stage_start(params: Params, comp_name: str, model: str, fold: int, stage: str, paths: Paths, device):
     """Where `stage` starts for the fold, through the stage's own setup(): its training loader, network, optimizer
     and the mixed-precision settings it trains with."""
@@ -75,13 +92,10 @@ def run(params: Params, comp_name: str, fold: int, stages=STAGES, start: float =
         steps: int = 100, root: Path = Path("."), model: str | None = None) -> dict[str, dict]:
     """Run the range test for each of `stages` of `model` (default: the first of params.yaml's models); return
     each one's suggestion (and write plot and curve)."""
-    model = model or params.models[0]
-    paths = Paths(comp_name, root, model)
-    device = pick_device(params.device)
-    check_ready(paths, comp_name, model, fold, stages)
     found = {}
-    for stage in stages:
-        train_loader, network, optimizer, amp = stage_start(params, comp_name, model, fold, stage, paths, device)
+    for stage, paths, device, train_loader, network, optimizer, amp in stage_starts(params, comp_name, fold, stages,
+                                                                                     root, model):
+        model = paths.model
         rates, losses = lr_range(network.to(device), train_loader, optimizer, device, start, end, steps, **amp)
         curves = pd.DataFrame({"lr": rates, "loss": losses})
         found[stage] = suggest(rates, losses)

@@ -18,11 +18,10 @@ import pandas as pd
 import torch
 
 from pipeline.config import Params
-from pipeline.engine import grad_scaler, pick_device, train_step
+from pipeline.engine import grad_scaler, train_step
 from pipeline.figures import pyplot, save_png
 from pipeline.io import write_csv
-from pipeline.lr_find import check_ready, stage_start
-from pipeline.paths import Paths
+from pipeline.lr_find import stage_starts
 
 STAGES = ("head", "finetune")
 
@@ -54,14 +53,10 @@ def run(params: Params, comp_name: str, fold: int, stages=STAGES, batches: int =
         target: float = 0.05, root: Path = Path("."), model: str | None = None) -> dict[str, dict]:
     """The overfitting check for each of `stages` of `model` (default: the first of params.yaml's models): each
     stage's first and last loss, whether the last is below `target`, and its plot."""
-    model = model or params.models[0]
-    paths = Paths(comp_name, root, model)
-    device = pick_device(params.device)
-    check_ready(paths, comp_name, model, fold, stages)
     found = {}
-    for stage in stages:
-        torch.manual_seed(0)
-        train_loader, network, optimizer, amp = stage_start(params, comp_name, model, fold, stage, paths, device)
+    for stage, paths, device, train_loader, network, optimizer, amp in stage_starts(params, comp_name, fold, stages,
+                                                                                     root, model, seed=0):
+        model = paths.model
         fixed = list(islice(train_loader, batches))  # drawn once: the same images and augmentations every step
         losses = memorise(network.to(device), fixed, optimizer, device, steps, **amp)
         tail = losses[-len(fixed):]  # the last pass over the fixed batches
