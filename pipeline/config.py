@@ -164,6 +164,12 @@ class FinetuneParams:
     warmup: float = field(default=0.2, metadata=_range(0.0, 0.9, "fraction of steps spent warming up"))
     weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0, "AdamW weight decay"))
     batch_size: int = field(default=32, metadata=_range(2, 4096, "images per step (batch norm needs 2)"))
+    batch_norm: str = field(
+        default="auto",
+        metadata=_choice("auto", "frozen", "train", doc="the backbone's batch norm statistics: frozen (the running "
+                         "ones the head's features were computed with), train (each batch's, the running ones "
+                         "updated); auto: frozen for pretrained weights, train for random ones"),
+    )
     augment: AugmentParams = AugmentParams()
     tta: tuple[str, ...] = field(default=("identity",), metadata={"doc": "views averaged at prediction"})
     num_workers: int = field(default=-1, metadata=_range(-1, 256, "DataLoader worker processes for every loader "

@@ -105,6 +105,8 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
         network = network.to(memory_format=torch.channels_last)
     groups, frozen = backbone_groups(network.backbone, ft)
     network.freeze(frozen)
+    if ft.batch_norm == "frozen" or (ft.batch_norm == "auto" and mp.features.pretrained):
+        network.fix_statistics()
     optimizer = torch.optim.AdamW(groups + [{"params": network.head.parameters(), "lr": ft.lr}],
                                   weight_decay=ft.weight_decay)
     return split, meta, (train_loader, val_loader, test_loader), network, optimizer

@@ -164,6 +164,7 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.head = head
         self.frozen: list[nn.Module] = []
+        self.fixed_statistics: list[nn.Module] = []
 
     def freeze(self, modules: list[nn.Module]) -> None:
         """Keep `modules` as they are: no gradients, and eval mode even while the rest trains (batch norm's running
@@ -173,9 +174,16 @@ class Classifier(nn.Module):
         self.frozen = list(modules)
         self.train(self.training)
 
+    def fix_statistics(self) -> None:
+        """Keep the backbone's batch norm layers in eval mode while the rest trains: they normalise with the
+        running statistics the head's features were computed with, not with each small augmented batch's, which
+        would change every feature the head learnt from at the first step. Their scales and shifts still train."""
+        self.fixed_statistics = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.train(self.training)
+
     def train(self, mode: bool = True):
         super().train(mode)
-        for m in self.frozen:
+        for m in self.frozen + self.fixed_statistics:
             m.eval()
         return self
 
