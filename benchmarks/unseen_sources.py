@@ -19,7 +19,6 @@ finetuning fix of issue 17 was chosen on the demo); see benchmarks/RESULTS.md fo
 
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipeline.demo import _zip_bytes
 from pipeline.photos import (_TEST_BACKGROUNDS, _TRAIN_BACKGROUNDS, _background, _driver_looks, _jpeg, _light,
                              _look, _paste_face, _soft_mask)
 
@@ -81,12 +81,6 @@ def _write_zip(target, files: dict[str, bytes]) -> None:
             info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, files[name])
-
-
-def _zip_bytes(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    _write_zip(buf, files)
-    return buf.getvalue()
 
 
 def _save(path: Path, answers: Path, files: dict[str, bytes], test_rows: list[tuple[str, str]]) -> Path:
