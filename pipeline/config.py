@@ -148,6 +148,9 @@ class FinetuneParams:
     """Full finetuning of backbone plus trained head, with augmentation."""
 
     epochs: int = field(default=8, metadata=_range(1, 10_000, "training epochs"))
+    min_steps: int = field(default=0, metadata=_range(0, 1_000_000, "at least this many optimizer steps: a small "
+                                                                      "fold trains for more epochs (each a full "
+                                                                      "pass) until it has them"))
     lr: float = field(default=3e-3, metadata=_range(1e-7, 10.0, "peak learning rate of the head"))
     backbone_lr_ratio: float = field(default=0.3, metadata=_range(0.0, 1.0, "backbone lr as a fraction of lr"))
     layer_decay: float = field(default=1.0, metadata=_range(0.01, 1.0, "each earlier layer group of the backbone "

@@ -6,6 +6,7 @@ and the same pictures as PNGs in `reports/<comp>/figures/` (`dvc plots show` ren
   and the members' weights; per group where the competition has groups (State Farm: per driver, hardest first);
 - learning curves, with a one-line reading per fold: under-fitting (training loss above validation) or over-fitting
   (validation far above training, or rising at the end), as the lesson teaches to read them;
+- finetuning against the head it starts from, per fold: did it pay, or was the head's start lost;
 - the confusion matrix with the classes' descriptions, and a reliability (calibration) curve;
 - the most confidently wrong, the most uncertain and the most confidently right validation images (the course's
   "look at your data"), from the cross-fitted out-of-fold predictions;
@@ -30,6 +31,7 @@ from pipeline.data import build_transform
 from pipeline.figures import pyplot, save_png
 from pipeline.io import atomic_dir, read_json, write_text
 from pipeline.paths import Paths
+from pipeline.readings import diagnose, finetune_health
 from pipeline.scoring import HIGHER_IS_BETTER
 from pipeline.stage import stage_main
 
@@ -38,26 +40,6 @@ GRID = 8  # images per grid
 
 def _save(fig, out: Path) -> Path:
     return save_png(fig, out, dpi=90)
-
-
-def diagnose(history: list[dict]) -> str:
-    """One line reading a fold's learning curve the lesson's way (training loss includes dropout and
-    augmentation, so it sitting above validation means the model could fit more)."""
-    last = history[-1]
-    train, val = last.get("train_loss"), last["logloss"]
-    if train is None:
-        return "no training epochs"
-    vals = [h["logloss"] for h in history[1:]]
-    if len(vals) >= 2 and vals[-1] > min(vals) * 1.05:
-        return (f"over-fitting: validation rose from its low {min(vals):.3f} to {vals[-1]:.3f} by the last epoch; "
-                "fewer epochs, more dropout or augmentation")
-    if train > val:
-        return (f"under-fitting: training loss {train:.3f} is above validation {val:.3f}; train longer, or use less "
-                "dropout or augmentation")
-    if val > 2 * train and val - train > 0.1:
-        return (f"over-fitting: validation {val:.3f} is over twice the training loss {train:.3f}; more dropout, "
-                "augmentation or data")
-    return f"fitting well: training {train:.3f}, validation {val:.3f}, still falling or flat at the end"
 
 
 def confusion_figure(comp: Competition, oof: pd.DataFrame, out: Path) -> Path:
@@ -334,13 +316,21 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         curves_png = paths.plots / "learning_curves.png"
         if curves_png.is_file():
             parts.append(_img(curves_png))
-        readings = []
+        readings, health = [], []
         for model in params.models:
-            for stage in ("head", "finetune"):
-                for k in params.folds:
-                    history = read_json(paths.of(model).fold_model(stage, k) / "params.json")["history"]
-                    readings.append({"model": model, "stage": stage, "fold": k, "reading": diagnose(history)})
+            history = {(stage, k): read_json(paths.of(model).fold_model(stage, k) / "params.json")["history"]
+                       for stage in ("head", "finetune") for k in params.folds}
+            readings += [{"model": model, "stage": stage, "fold": k, "reading": diagnose(h)}
+                         for (stage, k), h in history.items()]
+            health += [{"model": model, "fold": k, **finetune_health(history["head", k], history["finetune", k])}
+                       for k in params.folds]
         parts.append(_table(pd.DataFrame(readings)))
+        health = pd.DataFrame(health)
+        wins = (health["finetune_logloss"] < health["head_logloss"]).sum()
+        parts.append(f"<h3>Finetuning against its head: better on {wins} of {len(health)} folds</h3><p>Validation "
+                     "log loss of the head (finetuning's epoch 0) and of the finetuned network, and the head's last "
+                     "training loss against finetuning's first: far above it, the head's start was lost.</p>"
+                     + _table(health))
 
         parts.append("<h2>Errors</h2>")
         parts.append(_img(confusion_figure(comp, oof, figs / "confusion.png")))

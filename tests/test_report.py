@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import curves, report
+from pipeline import curves, readings, report
 from pipeline.io import read_json
 from pipeline.paths import Paths
 
@@ -51,18 +51,41 @@ def test_report_is_one_self_contained_page_with_every_section(pipeline_run, comp
     assert len(re.findall(r"under-fitting|over-fitting|fitting well", text)) == 2 * len(params.folds) * len(params.models)
     for member in ("main/head", "main/finetune", "cut/head", "cut/finetune"):  # every member's fold scores
         assert f"{member}_logloss" in text
+    # the finetune health check: one row per model and fold, and the count of folds finetuning won
+    won = [h for h in page.headings if h.startswith("Finetuning against its head: better on ")]
+    assert won and won[0].endswith(f" of {len(params.folds) * len(params.models)} folds")
+    assert len(re.findall(r"finetuning paid|finetuning lost|the start was lost", text)) == len(params.folds) * len(params.models)
 
 
 def test_diagnosis_reads_curves_as_the_lesson_teaches():
     under = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 1.2, "logloss": 0.9}]
-    assert report.diagnose(under).startswith("under-fitting")
+    assert readings.diagnose(under).startswith("under-fitting")
     rising = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 0.5, "logloss": 0.6},
               {"epoch": 2, "train_loss": 0.3, "logloss": 0.8}]
-    assert report.diagnose(rising).startswith("over-fitting: validation rose")
+    assert readings.diagnose(rising).startswith("over-fitting: validation rose")
     gap = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 0.1, "logloss": 0.5}]
-    assert report.diagnose(gap).startswith("over-fitting: validation 0.500 is over twice")
+    assert readings.diagnose(gap).startswith("over-fitting: validation 0.500 is over twice")
     good = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 0.4, "logloss": 0.45}]
-    assert report.diagnose(good).startswith("fitting well")
+    assert readings.diagnose(good).startswith("fitting well")
+
+
+def _curve(head_train, vals, first_train):
+    head = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": head_train, "logloss": vals[0]}]
+    tune = [{"epoch": 0, "logloss": vals[0]}] + [{"epoch": i + 1, "train_loss": first_train if i == 0 else 0.2,
+                                                  "logloss": v} for i, v in enumerate(vals[1:])]
+    return head, tune
+
+
+def test_finetune_health_reads_the_switch_from_head_to_network():
+    """Issue 17's failure (the first epoch's training loss 1.48 against the head's 0.14), a kept start that did
+    not pay, and one that did."""
+    lost = readings.finetune_health(*_curve(0.14, [0.54, 0.88, 0.85], 1.48))
+    assert lost["reading"].startswith("the start was lost") and "batch norm" in lost["reading"]
+    assert (lost["head_logloss"], lost["finetune_logloss"], lost["first_train_loss"]) == (0.54, 0.85, 1.48)
+    kept = readings.finetune_health(*_curve(0.14, [0.54, 0.50, 0.56], 0.31))
+    assert kept["reading"].startswith("finetuning lost to its head (0.560 against 0.540)")
+    paid = readings.finetune_health(*_curve(0.14, [0.54, 0.45, 0.42], 0.31))
+    assert paid["reading"] == "finetuning paid: 0.540 (the head) -> 0.420"
 
 
 def test_grids_pick_the_right_extremes(pipeline_run):

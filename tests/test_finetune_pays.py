@@ -1,0 +1,63 @@
+"""What keeps finetuning and the ensemble paying on small data (issue 17): a fold too small for its epochs trains
+for `finetune.min_steps` steps, and the ensemble takes a fitted calibration or weights only when they beat the
+simpler choice by more than noise."""
+
+import shutil
+
+import numpy as np
+from scipy.special import softmax
+
+from conftest import tiny_params
+from pipeline import ensemble, finetune
+from pipeline.config import FinetuneParams
+from pipeline.io import read_json
+from pipeline.outputs import fold_split
+from pipeline.competitions import get_competition
+from pipeline.paths import Paths
+from test_honest_scores import COMP, copy_upstream
+
+
+def test_planned_epochs_reach_min_steps_only_where_epochs_fall_short():
+    ft = FinetuneParams(epochs=3, min_steps=30)
+    assert finetune.planned_epochs(ft, 3) == 10  # 112 images in batches of 32: 3 steps an epoch
+    assert finetune.planned_epochs(ft, 7) == 5  # rounded up: at least 30 steps
+    assert finetune.planned_epochs(ft, 600) == 3  # a full-size fold keeps its epochs
+    assert finetune.planned_epochs(FinetuneParams(epochs=3, min_steps=0), 3) == 3
+
+
+def test_a_small_fold_trains_for_min_steps(pipeline_run, tmp_path, monkeypatch):
+    """The stage itself: its learning curve has as many epochs as min_steps asks for, on the fixed schedule."""
+    root, _, _ = pipeline_run
+    params = tiny_params(**{f"{COMP}.finetune.epochs": 1, f"{COMP}.finetune.min_steps": 7})
+    paths = copy_upstream(root, tmp_path)
+    shutil.copytree(Paths(COMP, root).fold_model("head", 1), paths.fold_model("head", 1))
+    monkeypatch.chdir(tmp_path)
+    finetune.run(params, COMP, "main", 1, tmp_path)
+    train_rows = len(fold_split(paths, get_competition(COMP), 1).train_rows)
+    steps = train_rows // 8  # batch_size 8, the last short batch dropped
+    history = read_json(paths.fold_model("finetune", 1) / "params.json")["history"]
+    assert history[-1]["epoch"] == -(-7 // steps) > 1
+
+
+def _row_losses(rng, n, gap, noise):
+    """Two candidates' row losses: the fitted one lower by `gap` on average, with `noise` per row."""
+    simple, jitter = rng.exponential(0.3, size=n), rng.normal(0, noise, n)
+    return {("finetune", "none"): simple, ("finetune", "temperature"): simple - gap + jitter - jitter.mean()}
+
+
+def test_a_gain_within_noise_keeps_the_simpler_choice():
+    rng = np.random.default_rng(0)
+    assert ensemble.simplest_within_noise(_row_losses(rng, 100, 0.01, 0.3)) == ("finetune", "none")
+    # the same gain measured on enough rows is real
+    assert ensemble.simplest_within_noise(_row_losses(rng, 100_000, 0.01, 0.3)) == ("finetune", "temperature")
+
+
+def test_a_real_miscalibration_is_still_fixed():
+    """Members twice too confident, on 1,000 rows: the temperature's gain is far beyond noise."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(4, size=1000)
+    logits = rng.normal(size=(1000, 4)) + 1.5 * np.eye(4)[labels]
+    p = softmax(3 * logits, axis=1)  # the Bayes posterior is softmax(1.5 * logits): twice too confident
+    choice = ensemble.choose({"a/head": p, "a/finetune": p}, labels, np.arange(1000) % 5, ensemble.KINDS,
+                             ("none", "temperature"))
+    assert choice.method == "temperature" and choice.value > 1.5, choice.value
