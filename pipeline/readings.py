@@ -40,7 +40,7 @@ def finetune_health(head: list[dict], finetune: list[dict]) -> dict:
                    "high a learning rate at the switch (finetune.lr, warmup)")
     elif last >= start:
         reading = (f"finetuning lost to its head ({last:.3f} against {start:.3f}) though the start was kept: too "
-                   "few steps to improve (finetune.min_steps, epochs), or over-fitting (augmentation, lr)")
+                   "few steps to improve (finetune.min_steps, epochs), or it overfits (more augmentation, lower lr)")
     else:
         reading = f"finetuning paid: {start:.3f} (the head) -> {last:.3f}"
     return {**out, "reading": reading}
