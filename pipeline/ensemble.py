@@ -5,8 +5,9 @@ average in log space. Out-of-fold predictions choose how members combine (`ensem
 every finetuned network, both equally, or non-negative weights summing to 1 fitted to minimise log loss, all in
 log space) and fit a log-loss calibration (a temperature, or a clip like the course's [0.05, 0.95] but fitted).
 The kind and calibration are chosen by cross-validation over the rows they are fitted on, so fitted weights do
-not win by fitting, and of those within one standard error of the best the one that fits least. The reported `logloss` is honest: each fold's rows get the kind, weights and calibration
-chosen and fitted on the other folds only. Outputs: the submission (checked against
+not win by fitting, and of those within one standard error of the best the one that fits least. The reported
+`logloss` is honest: each fold's rows get the kind, weights and calibration chosen and fitted on the other folds
+only. Outputs: the submission (checked against
 sample_submission.csv); `metrics/<comp>.json`, a few flat keys committed to git (on demo data also `demo_test_*`,
 the score on the demo's secret test labels: what Kaggle would say); and `metrics/<comp>/cv.json`, each fold's and
 each group's cross-fitted score, which `pipeline compare` pairs between runs; and the cross-fitted out-of-fold
