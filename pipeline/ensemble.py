@@ -31,7 +31,7 @@ from pipeline.cache import encode_labels, load_cache
 from pipeline.io import read_json, write_csv, write_json
 from pipeline.outputs import load_oof, load_test, train_rows
 from pipeline.paths import Paths
-from pipeline.scoring import KAGGLE_EPS, metric, scores
+from pipeline.scoring import KAGGLE_EPS, metric, row_losses, scores
 from pipeline.stage import stage_main
 from pipeline.submission import (FLOAT_FORMAT, decide, make_submission, read_sample, submission_probs,
                                  validate_submission)
@@ -188,12 +188,6 @@ def fit_choice(kind: str, method: str, preds: dict[str, np.ndarray], labels: np.
 
 FITTED = {"head": 0, "finetune": 0, "both": 0, "weighted": 1, "none": 0, "temperature": 1, "clip": 1}
 """Whether each kind and calibration fits anything to the rows: what the one-standard-error rule counts."""
-
-
-def row_losses(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each row's log loss as Kaggle computes it (rows renormalised, clipped): their mean is `scores`' log loss."""
-    p = np.clip(probs / probs.sum(axis=1, keepdims=True), KAGGLE_EPS, 1 - KAGGLE_EPS)
-    return -np.log(p[np.arange(len(labels)), labels] / p.sum(axis=1))
 
 
 def simplest_within_noise(losses: dict[tuple, np.ndarray]) -> tuple:

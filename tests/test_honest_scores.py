@@ -188,3 +188,22 @@ def test_the_seed_changes_state_farms_folds(tmp_path):
     download.run(tiny_params(), COMP, tmp_path)
     seen = {tuple(pd.read_csv(folds.run(tiny_params(seed=seed), COMP, tmp_path))["fold"]) for seed in range(5)}
     assert len(seen) >= 3
+
+
+def test_log_loss_is_kaggles_row_mean_and_matches_scikit_learn():
+    """Rows that do not sum to 1 are rescaled, zeros are clipped at 1e-15: the per-row losses the ensemble's noise
+    rule pairs average to the score every stage reports, which is scikit-learn's on the rescaled rows."""
+    from sklearn.metrics import log_loss
+
+    from pipeline.scoring import row_losses
+
+    rng = np.random.default_rng(3)
+    probs = rng.random((50, 4)) * 3
+    probs[0] = [0.0, 1.0, 0.0, 0.0]  # a confident miss: clipped, not infinite
+    labels = rng.integers(4, size=50)
+    labels[0] = 0
+    rows = row_losses(probs, labels)
+    assert rows[0] == pytest.approx(-np.log(1e-15), rel=1e-6)
+    clipped = np.clip(probs / probs.sum(1, keepdims=True), 1e-15, 1 - 1e-15)
+    reference = log_loss(labels, clipped / clipped.sum(1, keepdims=True), labels=range(4))
+    assert scores(probs, labels)["logloss"] == pytest.approx(reference, rel=1e-12) == rows.mean()
