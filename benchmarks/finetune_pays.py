@@ -11,6 +11,7 @@ alone (its 5 fold networks averaged). Baseline in the same run: the head, which 
 
     TQDM_DISABLE=1 python benchmarks/finetune_pays.py --seed 1                     # all three checks
     python benchmarks/finetune_pays.py --only dogscats-like --seed 1 --set dogscats.finetune.batch_norm=train
+    python benchmarks/finetune_pays.py --seed 1 --reuse /tmp/finetune-pays-XXXX   # the ensemble again, kept folds
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import yaml
 from pipeline.cache import encode_labels, load_cache
 from pipeline.competitions import get_competition
 from pipeline.config import parse_params
+from pipeline import ensemble
 from pipeline.ensemble import log_average
 from pipeline.inprocess import run_competition
 from pipeline.outputs import load_test
@@ -83,18 +85,21 @@ def member_test_scores(root: Path, comp_name: str, params, answers: Path) -> dic
     return out
 
 
-def run_check(name: str, seed: int, changes: list[str], work: Path) -> dict:
+def run_check(name: str, seed: int, changes: list[str], work: Path, reuse: bool = False) -> dict:
+    """The whole pipeline on a fresh archive; with `reuse`, only the ensemble again on `work`'s kept fold outputs
+    (it is deterministic from them: an ensemble rule is compared without retraining)."""
     comp_name, writer = CHECKS[name]
     root = work / name
-    root.mkdir(parents=True)
     archive, answers = root / "in" / f"{SLUGS[comp_name]}.zip", root / "in" / "answers.csv"
-    writer(archive, answers, seed)
+    if not reuse:
+        root.mkdir(parents=True)
+        writer(archive, answers, seed)
     params = params_for(comp_name, archive, changes)
     cwd, start = os.getcwd(), time.perf_counter()
     os.chdir(root)  # dvclive looks for a repository in the working directory
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            run_competition(params, comp_name, root)
+            (ensemble.run if reuse else run_competition)(params, comp_name, root)
     finally:
         os.chdir(cwd)
     cv = json.loads((root / "metrics" / comp_name / "cv.json").read_text())
@@ -135,11 +140,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="archive seed (0 was kept for choosing)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--reuse", type=Path, metavar="DIR",
+                        help="a finished run's outputs: re-run only the ensemble (same --seed and --set)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="finetune-pays-"))
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="finetune-pays-"))
     results = []
     for name in args.only or list(CHECKS):
-        results.append(run_check(name, args.seed, args.set, work))
+        results.append(run_check(name, args.seed, args.set, work, reuse=args.reuse is not None))
         print(report(results[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

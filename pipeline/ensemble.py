@@ -5,9 +5,9 @@ average in log space. Out-of-fold predictions choose how members combine (`ensem
 every finetuned network, both equally, or non-negative weights summing to 1 fitted to minimise log loss, all in
 log space) and fit a log-loss calibration (a temperature, or a clip like the course's [0.05, 0.95] but fitted).
 The kind and calibration are chosen by cross-validation over the rows they are fitted on, so fitted weights do
-not win by fitting, and of those within one standard error of the best the one that fits least. The reported
-`logloss` is honest: each fold's rows get the kind, weights and calibration chosen and fitted on the other folds
-only. Outputs: the submission (checked against
+not win by fitting, and of those within one standard error of the best the one that departs least from the
+finetuned networks uncalibrated. The reported `logloss` is honest: each fold's rows get the kind, weights and
+calibration chosen and fitted on the other folds only. Outputs: the submission (checked against
 sample_submission.csv); `metrics/<comp>.json`, a few flat keys committed to git (on demo data also `demo_test_*`,
 the score on the demo's secret test labels: what Kaggle would say); and `metrics/<comp>/cv.json`, each fold's and
 each group's cross-fitted score, which `pipeline compare` pairs between runs; and the cross-fitted out-of-fold
@@ -186,20 +186,22 @@ def fit_choice(kind: str, method: str, preds: dict[str, np.ndarray], labels: np.
     return Choice(kind, weights, method, fit_calibration(method, log_combine(preds, weights), labels))
 
 
-FITTED = {"head": 0, "finetune": 0, "both": 0, "weighted": 1, "none": 0, "temperature": 1, "clip": 1}
-"""Whether each kind and calibration fits anything to the rows: what the one-standard-error rule counts."""
+DEPARTURES = {"finetune": 0, "head": 1, "both": 1, "weighted": 2, "none": 0, "temperature": 1, "clip": 1}
+"""How far each kind and calibration departs from the recipe's product (its finetuned networks, uncalibrated):
+adding or swapping in the heads, fitting weights, fitting a calibration. What the one-standard-error rule counts."""
 
 
 def simplest_within_noise(losses: dict[tuple, np.ndarray]) -> tuple:
     """The one-standard-error rule (Breiman et al.): of the candidates whose mean row loss is within one standard
-    error (of the paired row differences) of the best's, the one that fits least to the rows. On small folds
-    a temperature or weights fitted on a few confident misses win the other folds by chance and cost the held
-    one (the Dogs vs Cats-like check: 0.088 -> 0.123); with many rows the standard error shrinks and the best wins."""
+    error (of the paired row differences) of the best's, the one that departs least from the finetuned networks.
+    On small folds a temperature, weights or the heads win the other folds by a few confident misses and cost the
+    held one (benchmarks/RESULTS.md, issue 17); with many rows the standard error shrinks and the best wins."""
     best = min(losses, key=lambda c: losses[c].mean())
     def near(c):
         d = losses[c] - losses[best]
         return d.mean() <= d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else c == best
-    return min((c for c in losses if near(c)), key=lambda c: (FITTED[c[0]] + FITTED[c[1]], losses[c].mean()))
+    return min((c for c in losses if near(c)),
+               key=lambda c: (DEPARTURES[c[0]] + DEPARTURES[c[1]], losses[c].mean()))
 
 
 def choose(oof: dict[str, np.ndarray], labels: np.ndarray, folds: np.ndarray, kinds, methods) -> Choice:

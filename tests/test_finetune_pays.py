@@ -52,6 +52,19 @@ def test_a_gain_within_noise_keeps_the_simpler_choice():
     assert ensemble.simplest_within_noise(_row_losses(rng, 100_000, 0.01, 0.3)) == ("finetune", "temperature")
 
 
+def test_averaging_in_the_heads_must_beat_noise_too():
+    """The real-photo check, seed 1: one hard fold made `both` win the other folds' mean by chance and cost the
+    folds where the finetuned networks alone were better. Both kinds fit nothing, yet adding the heads is a
+    departure from the recipe's product that must beat noise, as a fitted calibration must."""
+    rng = np.random.default_rng(2)
+    small = {("both" if k == ("finetune", "temperature") else "finetune", "none"): v
+             for k, v in _row_losses(rng, 100, 0.01, 0.3).items()}
+    assert ensemble.simplest_within_noise(small) == ("finetune", "none")
+    large = {("both" if k == ("finetune", "temperature") else "finetune", "none"): v
+             for k, v in _row_losses(rng, 100_000, 0.01, 0.3).items()}
+    assert ensemble.simplest_within_noise(large) == ("both", "none")
+
+
 def test_a_real_miscalibration_is_still_fixed():
     """Members twice too confident, on 1,000 rows: the temperature's gain is far beyond noise."""
     rng = np.random.default_rng(1)
