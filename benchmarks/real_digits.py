@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import tempfile
 import time
 import zipfile
@@ -95,6 +96,7 @@ def main() -> None:
         with contextlib.redirect_stdout(io.StringIO()):
             result = run_competition(params, COMP, root)["ensemble"]
         seconds = time.time() - start
+        folds = json.loads((root / "metrics" / COMP / "cv.json").read_text())["folds"]
         sub = pd.read_csv(root / "submissions" / f"{COMP}.csv")
         accuracy = float((sub.sort_values("ImageId")["Label"].to_numpy() == truth).mean())
     print(f"real digits (scikit-learn's scans, MNIST layout): {len(split['y_train'])} train, {len(truth)} test; "
@@ -103,6 +105,11 @@ def main() -> None:
     print(f"  pipeline: CV accuracy {result['accuracy']:.4f} ({result['member']}), test accuracy {accuracy:.4f} "
           f"({round((1 - accuracy) * len(truth))} of {len(truth)} wrong); target >= 0.99: "
           f"{'met' if accuracy >= 0.99 else 'NOT met'}")
+    for model in params.models:  # issue 17: from the random-feature head, finetuning must pay too
+        pairs = [(f[f"{model}/head_logloss"], f[f"{model}/finetune_logloss"]) for f in folds.values()]
+        print(f"  {model}: out-of-fold log loss per fold, head -> finetune: "
+              + ", ".join(f"{h:.4f} -> {t:.4f}" for h, t in pairs)
+              + f"; finetune beats its head on {sum(t < h for h, t in pairs)}/{len(pairs)}")
 
 
 if __name__ == "__main__":
