@@ -92,6 +92,8 @@ def run_check(name: str, seed: int, changes: list[str], work: Path, reuse: bool 
     comp_name, writer = CHECKS[name]
     root = work / name
     archive, answers = root / "in" / f"{SLUGS[comp_name]}.zip", root / "in" / "answers.csv"
+    if reuse and not (root / "models").is_dir():
+        raise SystemExit(f"--reuse {work}: no finished {name} run in {root} (run it first, with the same --seed)")
     if not reuse:
         root.mkdir(parents=True)
         writer(archive, answers, seed)

@@ -196,10 +196,11 @@ def simplest_within_noise(losses: dict[tuple, np.ndarray]) -> tuple:
     error (of the paired row differences) of the best's, the one that departs least from the finetuned networks.
     On small folds a temperature, weights or the heads win the other folds by a few confident misses and cost the
     held one (benchmarks/RESULTS.md, issue 17); with many rows the standard error shrinks and the best wins."""
+    losses = {c: v for c, v in losses.items() if np.isfinite(v).all()} or losses  # a diverged member's NaNs
     best = min(losses, key=lambda c: losses[c].mean())
     def near(c):
         d = losses[c] - losses[best]
-        return d.mean() <= d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else c == best
+        return c == best or (len(d) > 1 and d.mean() <= d.std(ddof=1) / np.sqrt(len(d)))
     return min((c for c in losses if near(c)),
                key=lambda c: (DEPARTURES[c[0]] + DEPARTURES[c[1]], losses[c].mean()))
 

@@ -102,7 +102,7 @@ def test_compare_pairs_folds_and_drivers_and_credits_kaggle_scores(pipeline_run,
     ensemble.run(changed, "statefarm", repo)
     exp = read_json(Paths("statefarm", repo).cv)
     exp_metrics = read_json(Paths("statefarm", repo).metrics)
-    assert exp["folds"] != base["folds"]
+    assert any(exp["folds"][k]["logloss"] != base["folds"][k]["logloss"] for k in base["folds"])
     (repo / "submissions").mkdir(exist_ok=True)
     pd.DataFrame([
         {"time": "t1", "competition": "statefarm", "commit": head, "experiment": "", "cv_logloss": base["logloss"],

@@ -50,6 +50,9 @@ def test_a_gain_within_noise_keeps_the_simpler_choice():
     assert ensemble.simplest_within_noise(_row_losses(rng, 100, 0.01, 0.3)) == ("finetune", "none")
     # the same gain measured on enough rows is real
     assert ensemble.simplest_within_noise(_row_losses(rng, 100_000, 0.01, 0.3)) == ("finetune", "temperature")
+    # a member that diverged (NaN row losses) is passed over, not a crash or a choice
+    losses = {("head", "none"): np.full(100, np.nan), **_row_losses(rng, 100, 0.01, 0.3)}
+    assert ensemble.simplest_within_noise(losses) == ("finetune", "none")
 
 
 def test_averaging_in_the_heads_must_beat_noise_too():
