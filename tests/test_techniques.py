@@ -78,6 +78,19 @@ def test_neighbour_smoothing_pulls_a_prediction_towards_its_neighbours_only():
     assert np.allclose(neighbour_smooth(probs[:1], features[:1], k=3, weight=0.5), probs[:1]), "no neighbour"
 
 
+def test_neighbours_of_spatial_maps_are_searched_on_their_pooled_vectors_read_in_chunks():
+    """A cut backbone's maps are averaged over space before the search (flattened, 80k test frames' maps are ~10
+    GB): read in chunks or at once, from a memory-mapped file or not, the same vectors and the same neighbours."""
+    from pipeline.ensemble import nearest, pooled
+
+    rng = np.random.default_rng(2)
+    maps = rng.normal(size=(23, 4, 3, 5)).astype(np.float16)
+    expected = maps.astype(np.float32).mean(axis=(2, 3))
+    assert np.allclose(pooled(maps, chunk=5), expected) and np.allclose(pooled(maps), expected)
+    assert np.array_equal(pooled(expected), expected)  # pooled vectors pass through
+    assert np.array_equal(nearest(maps, 3), nearest(expected, 3))
+
+
 def test_out_of_fold_rows_find_neighbours_within_their_own_fold(tmp_path):
     """A validation row's smoothed prediction depends only on its own fold's rows (unseen drivers, as at test
     time): changing another fold's predictions does not move it."""
