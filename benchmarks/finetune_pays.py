@@ -28,11 +28,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from pipeline import ensemble
 from pipeline.cache import encode_labels, load_cache
 from pipeline.competitions import get_competition
 from pipeline.config import parse_params
-from pipeline import ensemble
-from pipeline.ensemble import log_average
 from pipeline.inprocess import run_competition
 from pipeline.outputs import load_test
 from pipeline.paths import Paths
@@ -76,7 +75,7 @@ def member_test_scores(root: Path, comp_name: str, params, answers: Path) -> dic
     y = encode_labels(truth, comp.classes)
     out = {}
     for stage in ("head", "finetune"):
-        probs = log_average(load_test([paths.fold_model(stage, k) for k in params.folds]))
+        probs = ensemble.log_average(load_test([paths.fold_model(stage, k) for k in params.folds]))
         out[stage] = scores(probs, y)
     sub = pd.read_csv(paths.submission, dtype={comp.id_column: str})
     sub_truth = pd.read_csv(answers, dtype=str).set_index("id").loc[sub[comp.id_column], "label"]
