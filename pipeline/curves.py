@@ -28,9 +28,10 @@ def read_curve(live_dir: Path, name: str) -> pd.DataFrame:
     try:
         curve = pd.read_csv(path, sep="\t")
     except (OSError, pd.errors.ParserError) as e:
+        stage, comp, model = live_dir.parent.name, live_dir.parents[2].name, live_dir.parents[1].name
+        fold = f"-{live_dir.name.removeprefix('fold')}" if stage == "finetune" else ""  # one head stage per model
         raise OutputError(f"cannot read the learning curve {path} ({e}); re-run the stage that writes it, "
-                          f"e.g. `dvc repro {live_dir.parent.name}@{live_dir.parents[2].name}-"
-                          f"{live_dir.parents[1].name}-{live_dir.name.removeprefix('fold')}`.") from None
+                          f"e.g. `dvc repro {stage}@{comp}-{model}{fold}`.") from None
     return curve.rename(columns={curve.columns[-1]: "value"})[["step", "value"]]
 
 

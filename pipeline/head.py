@@ -1,11 +1,12 @@
-"""Stage `head@<comp>-<model>-<fold>`: precomputed features -> a head trained on the fold's train rows.
+"""Stage `head@<comp>-<model>`: precomputed features -> a head per fold, trained on the fold's train rows.
 
 Inputs: `data/<comp>/features/<model>/`, `folds/<comp>.csv`. The head is the lesson's dense layers with batch norm
 and dropout, after a conv block when the features are a cut backbone's spatial maps. Outputs in
 `models/<comp>/<model>/head/fold<k>/`: `head.safetensors` (after the fixed number of epochs: no epoch is picked on
 the validation rows), `oof.csv`, `test.npy`, `params.json`; `metrics/<comp>/<model>/head/fold<k>.json`; learning
 curves in `dvclive/<comp>/<model>/head/fold<k>/`. Training on features takes seconds, so the head's
-hyperparameters can be tuned without touching the images.
+hyperparameters can be tuned without touching the images, and one stage trains every fold's head: a stage per
+fold spent more on its start-up (imports, DVC's lock file) than on training.
 """
 
 from __future__ import annotations
@@ -134,8 +135,16 @@ def run(params: Params, comp_name: str, model: str, fold: int, root: Path = Path
         return save_fold(out, paths.fold_metrics("head", fold), comp, split, oof, test, info)
 
 
+def run_folds(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> dict[int, dict]:
+    """Every fold's head in turn (params.yaml's `folds`); each fold's outputs as `run` writes them."""
+    return {fold: run(params, comp_name, model, fold, root) for fold in params.folds}
+
+
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, per_fold=True, argv=argv, summary=fold_summary, wrote=fold_outputs("head"))
+    wrote = fold_outputs("head")
+    stage_main(__doc__, run_folds, per_model=True, argv=argv,
+               summary=lambda folds: "".join(f"\n  fold {k}: {fold_summary(m)}" for k, m in folds.items()),
+               wrote=lambda comp, model, _: [p.parent for p in wrote(comp, model, 0)])
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def check_ready(paths: Paths, comp_name: str, model: str, fold: int, stages) -> 
     """What the stages' starting points need must exist: the fold's head for finetuning, else the features."""
     needed = paths.fold_model("head", fold) if "finetune" in stages else paths.features
     if not needed.exists():
-        raise OutputError(f"{needed} does not exist yet; run `dvc repro head@{comp_name}-{model}-{fold}` first.")
+        raise OutputError(f"{needed} does not exist yet; run `dvc repro head@{comp_name}-{model}` first.")
 
 
 def stage_starts(params: Params, comp_name: str, fold: int, stages, root: Path, model: str | None,

@@ -23,7 +23,7 @@ LOGS = Path("logs") / "stages"
 
 
 def stage_name(run: Callable, comp: str, model: str | None, fold: int | None) -> str:
-    """The DVC stage's name, e.g. head@statefarm-main-0 (`python -m` runs the module as __main__)."""
+    """The DVC stage's name, e.g. finetune@statefarm-main-0 (`python -m` runs the module as __main__)."""
     spec = getattr(sys.modules.get(run.__module__), "__spec__", None)
     module = spec.name if spec is not None else run.__module__
     return "-".join([f"{module.rsplit('.', 1)[-1].replace('_', '-')}@{comp}"]
@@ -73,7 +73,7 @@ def stage_main(
         files = [str(p) for p in wrote(args.comp, model, fold)] if wrote else []
     except Exception as e:  # the work is done and written: a failed summary must not fail the stage
         figure, files = f"(could not summarise: {e!r})", []
-    print(f"{name}: {figure}" if figure else name)
+    print(f"{name}:{figure}" if figure.startswith("\n") else f"{name}: {figure}" if figure else name)
     if files:
         print(f"  wrote {', '.join(files)}")
     total = time.time() - psutil.Process().create_time()  # with the interpreter's start and imports

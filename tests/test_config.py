@@ -128,10 +128,10 @@ def test_stage_command_line_reports_user_errors_without_a_traceback(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 1
     assert out.stderr.startswith("error: Unknown competition 'mnist'") and "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "pipeline.head", "dogscats", "main", "7"], cwd=tmp_path, env=env,
+    out = subprocess.run([sys.executable, "-m", "pipeline.finetune", "dogscats", "main", "7"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 2 and "fold 7 is not one of params.yaml's folds [0, 1, 2]" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "pipeline.head", "dogscats", "big", "0"], cwd=tmp_path, env=env,
+    out = subprocess.run([sys.executable, "-m", "pipeline.head", "dogscats", "big"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 2 and "model 'big' is not one of params.yaml's models ['main', 'cut']" in out.stderr
 

@@ -45,7 +45,7 @@ def test_learning_curves_picture_has_every_fold_of_both_stages_of_every_model(pi
 
 def test_a_missing_curve_names_the_stage_to_rerun(pipeline_run, tmp_path):
     _, params, _ = pipeline_run
-    with pytest.raises(Exception, match=r"dvc repro head@dogscats-main-0"):
+    with pytest.raises(Exception, match=r"dvc repro head@dogscats-main`"):
         curves.run(params, "dogscats", tmp_path)
 
 

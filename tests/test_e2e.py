@@ -65,8 +65,9 @@ def test_repro_writes_both_valid_submissions_and_small_committable_metrics(proje
 
 def test_each_stage_says_what_it_did_and_repro_ends_with_a_summary_table(project):
     _, _, out, _ = project
-    assert re.search(r"head@statefarm-main-0: val log loss \d\.\d{4}, accuracy [\d.]+ on \d+ rows, after epoch 3", out)
-    assert "wrote models/statefarm/main/head/fold0, metrics/statefarm/main/head/fold0.json" in out
+    assert re.search(r"head@statefarm-main:\n  fold 0: val log loss \d\.\d{4}, accuracy [\d.]+ on \d+ rows, after "
+                     r"epoch 3.*\n  fold 1: val log loss", out)
+    assert "wrote models/statefarm/main/head, metrics/statefarm/main/head, dvclive/statefarm/main/head" in out
     assert re.search(r"features@statefarm-cut: \d+x\d+x\d+ features from test_resnet cut at level 2", out)
     assert re.search(r"ensemble@dogscats: CV log loss \d\.\d{4}, accuracy", out)
     assert "wrote submissions/dogscats.csv, submissions/dogscats_oof.csv, metrics/dogscats.json" in out
@@ -99,10 +100,10 @@ def test_an_experiment_compares_fold_by_fold_and_per_driver_against_the_baseline
     root, env, _, _ = project
     out = sh(DVC + ["exp", "run", "-n", "drop25", "-S", "statefarm.head.dropout=0.25"], root, env).stdout
     again = ran(out)
-    per_fold = {f"{stage}@statefarm-{model}-{k}" for stage in ("head", "finetune") for model in ("main", "cut")
-                for k in (0, 1)}
-    assert {"head@statefarm-main-0", "head@statefarm-cut-1", "ensemble@statefarm"} <= again
-    assert again <= per_fold | {"ensemble@statefarm", "curves@statefarm", "report@statefarm", "summary",
+    per_fold = {f"finetune@statefarm-{model}-{k}" for model in ("main", "cut") for k in (0, 1)}
+    assert {"head@statefarm-main", "head@statefarm-cut", "finetune@statefarm-cut-1", "ensemble@statefarm"} <= again
+    assert again <= per_fold | {"head@statefarm-main", "head@statefarm-cut", "ensemble@statefarm",
+                                "curves@statefarm", "report@statefarm", "summary",
                                 "inputs@dogscats", "inputs@statefarm"}, "no features, no dogscats stage"
     diff = json.loads(sh(DVC + ["metrics", "diff", "HEAD", "--json"], root, env).stdout)
     assert "logloss" in diff["metrics/statefarm.json"] and "metrics/dogscats.json" not in diff
@@ -149,7 +150,7 @@ def test_pipeline_submit_refuses_demo_and_stale_submissions(project):
     try:
         (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         stale = submit.refusals("dogscats", root)[-1]
-        assert "older than the params" in stale and "head@dogscats-main-0 (params.yaml: dogscats.head)" in stale
+        assert "older than the params" in stale and "head@dogscats-main (params.yaml: dogscats.head)" in stale
         (root / "params.yaml").write_text(original)
         (root / "pipeline" / "ensemble.py").write_text(code + "# changed\n")
         stale = submit.refusals("dogscats", root)[-1]

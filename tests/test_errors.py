@@ -40,7 +40,7 @@ def test_a_stage_run_before_its_inputs_says_what_to_run(tmp_path, monkeypatch, c
     _params_file(tmp_path, monkeypatch)
     err = _stage_error(features.main, ["statefarm", "main"], capsys)
     assert "cannot be read" in err and "dvc repro prepare@" in err
-    err = _stage_error(head.main, ["statefarm", "main", "0"], capsys)
+    err = _stage_error(head.main, ["statefarm", "main"], capsys)
     assert "re-run `dvc repro prepare@<comp>`" in err
 
 

@@ -31,7 +31,7 @@ def test_lr_find_before_repro_says_what_to_run(tmp_path, monkeypatch, capsys):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
     monkeypatch.chdir(tmp_path)
     assert cli.main(["lr-find", "dogscats", "1"]) == 1
-    assert "dvc repro head@dogscats-main-1" in capsys.readouterr().err
+    assert "dvc repro head@dogscats-main" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args", [["--steps", "0"], ["--start", "0"], ["--start", "1", "--end", "0.1"]])
