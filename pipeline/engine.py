@@ -105,9 +105,9 @@ def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """A batch on `device` as float32 (images arrive as uint8 pixel values: a quarter of the bytes to move; the
-    network normalises them there), channels-last on a GPU when asked."""
+    network normalises them there), channels-last when asked (the network's layout)."""
     x = x.to(device, non_blocking=True).float()
-    if channels_last and x.ndim == 4 and device.type == "cuda":
+    if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 

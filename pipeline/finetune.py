@@ -102,7 +102,7 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     network = load_start(params, comp_name, model, fold, paths).to(device)
     if workers.world > 1:  # the same start everywhere, then each process its own dropout masks
         torch.manual_seed(int(np.random.SeedSequence([seed, fold, workers.rank]).generate_state(1)[0]))
-    if ft.channels_last and device.type == "cuda":
+    if ft.channels_last:  # faster on GPUs and CPUs alike (see benchmarks/RESULTS.md)
         network = network.to(memory_format=torch.channels_last)
     groups, frozen = backbone_groups(network.backbone, ft)
     network.freeze(frozen)
