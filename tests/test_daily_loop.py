@@ -62,8 +62,18 @@ def test_verdict_calls_a_consistent_gain_real_and_a_small_scattered_one_noise():
     # one fold driving a large mean is no consistent gain, though the naive t (2.4) would call it one
     assert "not distinguishable" in compare.fold_verdict(np.array([-0.05, -0.05, -0.05, 0.001, 0.001]), rows)
     assert compare.fold_verdict(np.zeros(5), rows).startswith("identical on every fold")
-    # the mean is row-weighted, as the overall score is
-    assert "mean change -0.0900" in compare.fold_verdict(np.array([-0.1, 0.0]), np.array([90.0, 10.0]))
+    # the test takes each fold once; the row-weighted change of the overall score is shown beside it
+    one_big_fold = compare.fold_verdict(np.array([-0.1, 0, 0, 0, 0]), np.array([1000.0, 10, 10, 10, 10]))
+    assert "mean fold change -0.0200 (overall, row-weighted: -0.0962)" in one_big_fold
+    assert "not distinguishable from noise: 0.7 corrected standard errors from zero, 2.8 needed" in one_big_fold
+
+
+def test_verdict_is_the_corrected_test_where_the_naive_one_would_call_a_gain():
+    diffs = np.array([-0.03, -0.01, -0.025, 0.0, -0.02])
+    naive_t = abs(diffs.mean()) / (diffs.std(ddof=1) / np.sqrt(5))
+    assert naive_t > 2.78, "the naive t-test (t(0.975, 4) = 2.78) calls it real"
+    shown = compare.fold_verdict(diffs, np.full(5, 100.0))
+    assert "not distinguishable from noise: 2.1 corrected standard errors from zero, 2.8 needed" in shown
 
 
 def test_repeated_cross_validation_uses_the_corrected_repeated_test():
@@ -73,7 +83,7 @@ def test_repeated_cross_validation_uses_the_corrected_repeated_test():
     shown = compare.fold_verdict(diffs, np.full(15, 100.0), repeats=3)
     se = diffs.std(ddof=1) * np.sqrt(1 / 15 + 1 / 4)
     assert f"corrected standard error {se:.4f}" in shown and "lower on 12/15 folds" in shown
-    assert "2.1 needed" in shown or "likely better" in shown  # t(0.975, 14) = 2.14
+    assert "likely better: 2.2 corrected standard errors from zero" in shown  # t(0.975, 14) = 2.14
     single = compare.fold_verdict(diffs[:5], np.full(5, 100.0))
     assert "not distinguishable" in single and "2.8 needed" in single
 
