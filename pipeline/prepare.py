@@ -200,7 +200,10 @@ def decode_all(jobs: dict[str, tuple[pd.DataFrame, NpyRows]], raw: Path, workers
         # forkserver: fresh processes, not forks of this one, whose OpenCV or torch threads (in a test, or a
         # notebook) may hold locks at the fork that a forked child then waits on forever
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["pipeline.prepare"])
+        # this module's imports loaded once, in the server; as the stage's command (__main__) every worker runs
+        # the module itself as __mp_main__, which a preloaded copy makes runpy warn about
+        context.set_forkserver_preload(["cv2", "pandas", "pipeline.stage"] if __name__ == "__main__"
+                                       else ["pipeline.prepare"])
         with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context) as pool:
             futures = {pool.submit(decode_rows, raw, rows, start, members, skip, pixels): (name, len(members))
                        for name, rows, start, members in chunks}

@@ -120,3 +120,24 @@ def test_skip_unreadable_still_stops_on_a_damaged_archive(tmp_path, victims):
     with pytest.raises(ImageError, match="every train image of class|more than 5%"):
         prepare.run(params, "statefarm", root)
     assert not (root / "data" / "statefarm" / "cache").exists()
+
+
+def test_the_stage_command_with_decoding_processes_prints_no_warning(tmp_path):
+    """As DVC runs it (`python -m pipeline.prepare`, so the module is __main__), with worker processes: no
+    runpy RuntimeWarning about the module being imported twice."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import REPO
+
+    params = tiny_params(**{"statefarm.prepare.num_workers": 2})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.to_dict()))
+    download.run(params, "statefarm", tmp_path)
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "pipeline.prepare", "statefarm"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr, out.stderr
+    assert np.load(tmp_path / "data" / "statefarm" / "cache" / "train.npy").shape[0] > 0
