@@ -37,6 +37,9 @@ class Listing:
     total_bytes: int = 0
 
 
+_READABLE = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
 def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
     name = info.filename
     parts = name.replace("\\", "/").split("/")
@@ -44,6 +47,18 @@ def _check_member(info: zipfile.ZipInfo, archive: str) -> None:
         raise ArchiveError(
             f"{archive} holds an unsafe entry {name!r} (an absolute path or '..') that would be written outside "
             "the data folder; refusing to extract it. Download the archive again from Kaggle."
+        )
+    if info.flag_bits & 0x1:
+        raise ArchiveError(
+            f"{archive} holds an encrypted (password-protected) entry {name!r}; Kaggle's archives are not. Use the "
+            "archive as Kaggle serves it, or extract it with its password and zip it again without one."
+        )
+    if info.compress_type not in _READABLE:
+        raise ArchiveError(
+            f"{archive} holds {name!r} compressed with zip method {info.compress_type}"
+            f"{' (Deflate64)' if info.compress_type == 9 else ''}, which Python's zipfile cannot read (Windows' "
+            "compressed folders write Deflate64 for large files). Use the archive as Kaggle serves it, or zip it "
+            "again with `zip -r` or 7-Zip's Deflate."
         )
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):

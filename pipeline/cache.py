@@ -38,7 +38,7 @@ def load_folds(path: Path, train_index: pd.DataFrame, cache: Path | None = None)
     folds = pd.read_csv(path, dtype={"id": str, "label": str, "group": str}, keep_default_na=False)
     skipped = cache / "skipped.csv" if cache is not None else None
     if skipped is not None and skipped.is_file():
-        listed = pd.read_csv(skipped, dtype={"id": str})
+        listed = pd.read_csv(skipped, dtype={"id": str}, keep_default_na=False)
         dropped = set(listed.loc[(listed["split"] == "train") & (listed["kept"] == "dropped"), "id"])
         folds = folds[~folds["id"].isin(dropped)]
     if list(folds["id"]) != list(train_index["id"]):

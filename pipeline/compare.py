@@ -25,6 +25,7 @@ from scipy import stats
 from pipeline.competitions import get_competition
 from pipeline.errors import ConfigError, OutputError
 from pipeline.figures import pyplot, save_png
+from pipeline.machine import describe
 from pipeline.paths import Paths
 from pipeline.scoring import HIGHER_IS_BETTER
 
@@ -48,11 +49,18 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
 def resolve(root: Path, rev: str) -> str:
     """A git commit, branch, tag or DVC experiment name -> the commit's sha."""
     from dvc.scm import RevError, SCMError, resolve_rev
+    from scmrepo.exceptions import SCMError as GitError
     from scmrepo.git import Git
 
     try:
-        return resolve_rev(Git(str(root)), rev)
-    except (RevError, SCMError) as e:
+        git = Git(str(root))
+    except GitError:
+        raise ConfigError(f"{root.resolve()} is not in a git repository; `pipeline compare` reads each run's "
+                          "committed metrics from git. Run it in the project's clone (or `git init` there and commit "
+                          "a run's dvc.lock and metrics/ as the baseline).") from None
+    try:
+        return resolve_rev(git, rev)
+    except (RevError, SCMError, GitError) as e:
         raise ConfigError(f"cannot find revision {rev!r} ({e}); give a git commit, branch or tag, a DVC experiment "
                           f"name from `dvc exp show`, or {WORKSPACE!r} for the files on disk.") from None
 
@@ -170,6 +178,22 @@ def _made_by(row, runs: list[Run]) -> str:
     return ""
 
 
+def machine_note(base: Run, run: Run) -> str | None:
+    """Said when two runs' members were computed on other machines (or one does not say where): the same params
+    give other numbers on another CPU or GPU, which would pass for the effect of the change."""
+    ours, theirs = base.cv.get("environments"), run.cv.get("environments")
+    if ours and ours == theirs:
+        return None
+    if not ours or not theirs:
+        where = f"{(base if not ours else run).name} does not record the machine it ran on (an older version made it)"
+    else:
+        where = (f"{base.name} ran on {'; '.join(map(describe, ours))}, {run.name} on "
+                 f"{'; '.join(map(describe, theirs))}")
+    return (f"\nNote: {where}. The same params give other numbers on another machine, so part of each change below "
+            f"may be the machine's. Make the baseline on this machine: check it out, `dvc repro`, commit dvc.lock "
+            "and metrics/.")
+
+
 def submissions(root: Path, comp_name: str) -> pd.DataFrame:
     path = root / "submissions" / "scores.csv"
     if not path.is_file():
@@ -228,6 +252,7 @@ def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Pa
                              "chosen": f"{r.metrics.get('member')}+{r.metrics.get('calibration')}"}
                             for r in [base, *runs]])
     out.append(overall.to_string(index=False))
+    out += [note for r in runs if (note := machine_note(base, r))]
 
     paired = [r for r in runs if same_folds(base, r)]
     for r in runs:

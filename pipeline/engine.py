@@ -16,6 +16,7 @@ from tqdm import tqdm
 from pipeline.data import TTA
 from pipeline.errors import DeviceError
 from pipeline.scoring import scores
+from pipeline.stage import usable_cpus
 
 
 def pick_device(name: str) -> torch.device:
@@ -63,6 +64,7 @@ def distributed(device_name: str):
     td.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield Workers(td.get_rank(), world, device)
+        td.barrier()  # leave together: gloo aborts a process that tears down while another still writes
     finally:
         td.destroy_process_group()
 
@@ -82,7 +84,7 @@ def loader_workers(asked: int, device: torch.device, processes: int = 1) -> int:
     if device.type == "cpu":
         return 0
     here = int(os.environ.get("LOCAL_WORLD_SIZE", processes))  # processes on this machine (torchrun's)
-    return max(1, min(8, len(os.sched_getaffinity(0)) // here))
+    return max(1, min(8, usable_cpus() // here))
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
@@ -128,11 +130,12 @@ def train_step(model, x, y, optimizer, device, amp=False, channels_last=False, s
     return loss.item()
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, device, amp=False, channels_last=False) -> float:
-    """One pass over `loader`, stepping `scheduler` per batch; returns the mean training loss."""
+def train_one_epoch(model, loader, optimizer, scheduler, device, amp=False, channels_last=False, scaler=None) -> float:
+    """One pass over `loader`, stepping `scheduler` per batch; returns the mean training loss. `scaler`: the run's
+    loss scaler (one for the whole run: a fresh one each epoch would restart its scale while the schedule goes on)."""
     model.train()
     total, count = 0.0, 0
-    scaler = grad_scaler(device, amp)
+    scaler = scaler if scaler is not None else grad_scaler(device, amp)
     for x, y in tqdm(loader, desc="train", leave=False, unit="batch", disable=None if is_main() else True):
         total += train_step(model, x, y, optimizer, device, amp, channels_last, scaler) * len(y)
         scheduler.step()
@@ -262,6 +265,7 @@ def fit(
     after_epoch=None,
     history: list[dict] | None = None,
     train_model: nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> list[dict]:
     """Train for exactly `epochs` on the fixed schedule; `model` keeps the last epoch's weights.
 
@@ -271,9 +275,11 @@ def fit(
     given, runs before each training epoch and returns what to record with it (e.g. a dropout schedule's rate);
     `after_epoch(epoch, history)` after each (a checkpoint). `history`: the records of epochs already done (a
     resumed run), which go to `live` again and are not re-run. `train_model`: what trains, when not `model`
-    itself (its data-parallel or compiled wrapper).
+    itself (its data-parallel or compiled wrapper). `scaler`: the run's loss scaler, when the caller keeps it (a
+    checkpoint); else one for this call.
     """
     history = list(history or [])
+    scaler = scaler if scaler is not None else grad_scaler(device, amp)
     for record in history:
         _log(live, record)
     for epoch in range(len(history), epochs + 1):
@@ -283,7 +289,7 @@ def fit(
         if epoch:
             trained = model if train_model is None else train_model  # (a compiled module refuses bool())
             record["train_loss"] = train_one_epoch(trained, train_loader, optimizer, scheduler, device, amp,
-                                                   channels_last)
+                                                   channels_last, scaler)
         record.update(scores(predict(model, val_loader, device, amp=amp, channels_last=channels_last), val_labels))
         record["lr"] = optimizer.param_groups[-1]["lr"]
         history.append(record)

@@ -29,7 +29,7 @@ from pipeline.competitions import Competition, get_competition
 from pipeline.config import Params
 from pipeline.cache import encode_labels, load_cache
 from pipeline.io import read_json, write_csv, write_json
-from pipeline.outputs import load_oof, load_test, train_rows
+from pipeline.outputs import environments, load_oof, load_test, train_rows
 from pipeline.paths import Paths
 from pipeline.scoring import KAGGLE_EPS, metric, row_losses, scores
 from pipeline.stage import stage_main
@@ -397,7 +397,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
                "accuracy": metric("accuracy", honest, labels, predicted),
                comp.metric: metric(comp.metric, honest, labels, predicted)}
     if paths.demo_answers.is_file():  # the demo knows its test labels: report the "leaderboard" score too
-        answers = pd.read_csv(paths.demo_answers, dtype=str).set_index("id").loc[test_index["id"], "label"]
+        answers = pd.read_csv(paths.demo_answers, dtype=str, keep_default_na=False).set_index("id")
+        answers = answers.loc[test_index["id"], "label"]
         written = submission_probs(comp, sub)  # what Kaggle would score: the clipped values (or labels) in the file
         truth = encode_labels(answers.reset_index(drop=True), comp.classes)
         if comp.submission != "label":  # a file of labels has no log loss
@@ -413,6 +414,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         "weights": _rounded(final_choice.weights),
         "members_logloss": _rounded({m: scores(p, labels)["logloss"] for m, p in oof.items()}),
         "threshold": final_choice.threshold,
+        "environments": environments(paths, params.models, params.folds, STAGES),
         "folds": per_fold(comp, list(params.folds), ids, honest, labels, fold_of, fold_choices, own),
         "groups": per_group(comp, train_index["group"].astype(str).to_numpy(), honest, labels, fold_of, fold_choices)
         if comp.group_column else {},

@@ -24,6 +24,7 @@ from pipeline.cache import image_rows
 from pipeline.data import ImageDataset, SeededRows, build_transform
 from pipeline.engine import autocast, loader_workers, pick_device, to_device
 from pipeline.io import NpyRows, atomic_dir, read_json, write_json
+from pipeline.machine import environment
 from pipeline.models import create_trunk, normalisation, save_weights
 from pipeline.paths import Paths
 from pipeline.stage import stage_main
@@ -89,7 +90,7 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
             out / "meta.json",
             {"num_features": shape[0], "shape": list(shape), "mean": mean, "std": std, "seed": mp.seed,
              "image_size": list(resize) if resize else None,
-             "model": model, "features": as_dict(fp)},
+             "model": model, "features": as_dict(fp), "environment": environment(device)},
         )
     return paths.features
 

@@ -27,9 +27,11 @@ from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
 from pipeline.cache import image_rows
 from pipeline.data import ImageDataset, SeededRows, ShardedRows, build_transform
-from pipeline.engine import Workers, distributed, fit, fold_seed, loader_workers, one_cycle, predict
+from pipeline.engine import (Workers, distributed, fit, fold_seed, grad_scaler, loader_workers, one_cycle,
+                             predict)
 from pipeline.errors import ConfigError
 from pipeline.io import atomic_dir, read_json
+from pipeline.machine import environment
 from pipeline.models import Classifier, create_trunk, head_for, save_weights
 from pipeline.outputs import fold_outputs, fold_summary, fold_split, save_fold
 from pipeline.paths import Paths
@@ -169,6 +171,9 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
     amp = {"amp": ft.amp, "channels_last": ft.channels_last}
     trained = network
     if workers.world > 1:
+        # Each process computes its share of the batch; DDP averages the shares' gradients, which is the whole
+        # batch's gradient except through batch norm when it trains (batch_norm: train): each share is then
+        # normalised by its own statistics (batch / N images), not the batch's.
         from torch.nn.parallel import DistributedDataParallel
 
         trained = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
@@ -176,6 +181,7 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
     if ft.compile:
         trained, evaluated = torch.compile(trained), torch.compile(network)
     info = {"stage": "finetune", "competition": comp_name, "model": model, "fold": fold, "seed": mp.seed,
+            "environment": environment(device),
             "finetune": as_dict(ft), "head": as_dict(mp.head), "features": meta}
     same_run = {**info, "finetune": {k: v for k, v in info["finetune"].items() if k != "num_workers"},
                 "device": str(device.type), "processes": workers.world, "torch": torch.__version__,
@@ -183,8 +189,9 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
     checkpoint = Checkpoint(paths.fold_model("finetune", fold), same_run, workers,
                             [paths.features / "backbone.safetensors", paths.fold_model("head", fold) / "head.safetensors",
                              *sorted(Path(__file__).parent.glob("*.py"))])
-    state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "rows": train_loader.sampler,
-             "device": device}
+    scaler = grad_scaler(device, ft.amp)  # one for the run, kept in the checkpoint with the schedule
+    state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler,
+             "rows": train_loader.sampler, "device": device}
     history = checkpoint.resume(state)
     from dvclive import Live  # here, not at the top: setup() (and lr-find) need none of dvclive's imports
 
@@ -192,7 +199,7 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
             if workers.main else contextlib.nullcontext())
     with live:
         history = fit(evaluated, train_loader, val_loader, val_labels, optimizer, scheduler, epochs, device,
-                      live if workers.main else None, **amp, history=history, train_model=trained,
+                      live if workers.main else None, **amp, history=history, train_model=trained, scaler=scaler,
                       after_epoch=lambda epoch, history: checkpoint.save(state, epoch, history))
     oof = predict(evaluated, val_loader, device, ft.tta, **amp)
     test = predict(evaluated, test_loader, device, ft.tta, **amp)
@@ -205,6 +212,9 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
     checkpoint.remove()
     head_history = read_json(paths.fold_model("head", fold) / "params.json")["history"]
     return {**metrics, "health": finetune_health(head_history, history)["reading"]}
+
+
+_STATEFUL = ("network", "optimizer", "scheduler", "scaler")  # what a checkpoint holds the state_dict of
 
 
 class Checkpoint:
@@ -233,7 +243,7 @@ class Checkpoint:
         if not self.workers.main:
             return
         saved = {"fingerprint": self.fingerprint, "history": history, "rows_epoch": _rows(state["rows"]).epoch,
-                 "rng": rng, **{k: state[k].state_dict() for k in ("network", "optimizer", "scheduler")}}
+                 "rng": rng, **{k: state[k].state_dict() for k in _STATEFUL}}
         tmp = self.path.with_name(self.path.name + ".part")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         torch.save(saved, tmp)
@@ -245,7 +255,7 @@ class Checkpoint:
         saved = self._load()
         if not all(_everyone(saved is not None, self.workers)):
             return []
-        for k in ("network", "optimizer", "scheduler"):
+        for k in _STATEFUL:
             state[k].load_state_dict(saved[k])
         _rows(state["rows"]).epoch = saved["rows_epoch"]
         cpu_rng, cuda_rng = saved["rng"][self.workers.rank]
@@ -260,7 +270,7 @@ class Checkpoint:
         if not self.path.is_file():
             return None
         try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=False)
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors, numbers, lists
         except Exception:  # a checkpoint cut short by the kill: start again
             return None
         return saved if saved.get("fingerprint") == self.fingerprint else None

@@ -21,6 +21,7 @@ from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
 from pipeline.engine import fit, fold_seed, one_cycle, pick_device, predict
 from pipeline.io import atomic_dir, read_json
+from pipeline.machine import environment
 from pipeline.models import head_for, save_weights
 from pipeline.outputs import fold_outputs, fold_summary, fold_split, save_fold
 from pipeline.paths import Paths
@@ -130,6 +131,7 @@ def run(params: Params, comp_name: str, model: str, fold: int, root: Path = Path
         oof = predict(head, val_loader, device)
         test = predict(head, test_loader, device)
         info = {"stage": "head", "competition": comp_name, "model": model, "fold": fold, "seed": mp.seed,
+                "environment": environment(device),
                 "head": as_dict(hp), "features": read_json(paths.features / "meta.json"),
                 "history": history, "pseudo_label": pseudo_info}
         return save_fold(out, paths.fold_metrics("head", fold), comp, split, oof, test, info)

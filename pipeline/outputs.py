@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline.competitions import Competition
 from pipeline.cache import encode_labels, load_cache, load_folds
-from pipeline.io import write_csv, write_json
+from pipeline.io import read_json, write_csv, write_json
 from pipeline.paths import Paths
 from pipeline.scoring import scores
 
@@ -75,7 +75,8 @@ def fold_outputs(stage: str):
 
 def load_oof(comp: Competition, dirs: list[Path], ids: np.ndarray) -> np.ndarray:
     """Stitch the folds' out-of-fold predictions into one (N, C) array in the order of `ids`."""
-    frames = pd.concat([pd.read_csv(d / "oof.csv", dtype={"id": str, "label": str}) for d in dirs]).set_index("id")
+    frames = pd.concat([pd.read_csv(d / "oof.csv", dtype={"id": str, "label": str}, keep_default_na=False)
+                        for d in dirs]).set_index("id")  # an id spelt NA stays the id "NA"
     missing = set(ids) - set(frames.index)
     if missing or frames.index.duplicated().any():
         raise ValueError(
@@ -88,3 +89,17 @@ def load_oof(comp: Competition, dirs: list[Path], ids: np.ndarray) -> np.ndarray
 def load_test(dirs: list[Path]) -> np.ndarray:
     """The folds' test predictions, stacked: (folds, M, C)."""
     return np.stack([np.load(d / "test.npy").astype(np.float64) for d in dirs])
+
+
+def environments(paths: Paths, models, folds, stages=("head", "finetune")) -> list[dict]:
+    """Every distinct machine the members were computed on (their features, heads and finetuned networks), as the
+    stages recorded it: a run's scores are that machine's."""
+    found = []
+    for model in models:
+        files = [paths.of(model).features / "meta.json"]
+        files += [paths.of(model).fold_model(stage, k) / "params.json" for stage in stages for k in folds]
+        for env in (read_json(f).get("environment") for f in files if f.is_file()):
+            if env and env not in found:
+                found.append(env)
+    return found
+

@@ -28,7 +28,7 @@ from pipeline.config import Params, as_dict
 from pipeline.errors import ArchiveError, ImageError
 from pipeline.io import NpyRows, atomic_dir, write_csv, write_json
 from pipeline.paths import Paths
-from pipeline.stage import stage_main
+from pipeline.stage import stage_main, usable_cpus
 
 CHUNK = 256
 
@@ -178,7 +178,7 @@ def decode_all(jobs: dict[str, tuple[pd.DataFrame, NpyRows]], raw: Path, workers
     """Decode the images of each job's index (container, member) into its rows file, row for row, with `workers`
     processes (0: one per core) sharing one queue of chunks; returns each job's unreadable images (see
     `decode_rows`)."""
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or usable_cpus()
     total = sum(len(index) for index, _ in jobs.values())
     row_bytes = max(rows.row_bytes for _, rows in jobs.values())
     chunk = max(1, min(CHUNK, CHUNK_BYTES // row_bytes, max(16, -(-total // (4 * workers)))))  # several per process

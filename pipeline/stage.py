@@ -22,6 +22,13 @@ from pipeline.io import write_json
 LOGS = Path("logs") / "stages"
 
 
+def usable_cpus() -> int:
+    """The CPU cores this process may use (its affinity where the OS has one: Linux; else all of them: macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def stage_name(run: Callable, comp: str, model: str | None, fold: int | None) -> str:
     """The DVC stage's name, e.g. finetune@statefarm-main-0 (`python -m` runs the module as __main__)."""
     spec = getattr(sys.modules.get(run.__module__), "__spec__", None)
@@ -64,6 +71,11 @@ def stage_main(
     except (PipelineError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C reaches DVC and the stage alike: one line here, DVC says the rest
+        print(f"\ninterrupted: {stage_name(run, args.comp, model, fold)} stopped before writing its outputs (they "
+              "are written whole or not at all); the next `dvc repro` runs it again, finetuning from its last "
+              "finished epoch.", file=sys.stderr)
+        sys.exit(130)
     if "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("RANK", "0")):
         return  # one of torchrun's data-parallel processes other than rank 0, which reports for them all
     seconds = time.perf_counter() - start

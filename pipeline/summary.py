@@ -45,6 +45,23 @@ def scores_table(params: Params, root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def stale(params: Params, root: Path) -> dict[str, str]:
+    """Competitions whose scores are not what this workspace's models give, and why: after an interrupted run
+    `metrics/` holds the committed numbers (another run's) while the submission is missing or the fold models are
+    newer. The stage runs inside `dvc repro`, which holds DVC's lock, so it judges by the files themselves."""
+    found = {}
+    for comp in params.competitions:
+        paths = Paths(comp, root)
+        if not paths.metrics.is_file():
+            continue
+        folds = list((root / "models" / comp).glob("*/*/fold*/oof.csv"))
+        if not paths.submission.is_file():
+            found[comp] = "no submission beside them (the run that made them is not this workspace's)"
+        elif folds and max(f.stat().st_mtime for f in folds) > paths.metrics.stat().st_mtime:
+            found[comp] = "fold models newer than them (the ensemble has not run since)"
+    return found
+
+
 def timings_table(params: Params, root: Path) -> pd.DataFrame:
     """Seconds per kind of stage and competition, from each stage's last run (per-fold stages summed)."""
     seconds, runs, last = defaultdict(float), defaultdict(int), {}
@@ -70,6 +87,8 @@ def run(params: Params, root: Path = Path(".")) -> str:
     with pd.option_context("display.width", 160, "display.max_colwidth", 40):
         text = "Scores (cross-validated; `pipeline compare <comp>` shows them fold by fold against a baseline):\n"
         text += scores_table(params, root).to_string(index=False)
+        for comp, why in stale(params, root).items():
+            text += f"\n{comp}: NOT this run's scores: {why}; `dvc repro` remakes them."
         timings = timings_table(params, root)
         if len(timings):
             text += "\n\nStage wall times (each stage's last run, per-fold stages summed):\n"

@@ -144,9 +144,31 @@ def test_compare_refuses_to_pair_folds_that_hold_other_rows(pipeline_run, tmp_pa
     assert "folds hold other rows" in shown and "Per fold" not in shown and "Per driver" in shown
 
 
+def test_compare_says_when_two_runs_come_from_other_machines(pipeline_run, tmp_path):
+    repo, _, _ = _git_project(pipeline_run, tmp_path)
+    cv_path = Paths("statefarm", repo).cv
+    cv = read_json(cv_path)
+    assert cv["environments"] and cv["environments"][0]["device"] == "cpu" and cv["environments"][0]["cpu"]
+    assert "Note:" not in compare.run("statefarm", [], root=repo), "the same machine: nothing to say"
+    cv["environments"] = [dict(cv["environments"][0], cpu="Another CPU 9000")]
+    cv_path.write_text(json.dumps(cv))
+    shown = compare.run("statefarm", [], root=repo)
+    assert "Note: HEAD ran on torch" in shown and "workspace on torch" in shown and "Another CPU 9000" in shown
+    assert "Make the baseline on this machine" in shown
+    del cv["environments"]
+    cv_path.write_text(json.dumps(cv))
+    assert "workspace does not record the machine it ran on" in compare.run("statefarm", [], root=repo)
+
+
 def test_compare_names_an_unknown_revision(tmp_path):
     with pytest.raises(ConfigError, match="cannot find revision 'nope'.*dvc exp show"):
         compare.run("statefarm", ["nope"], root=REPO)
+
+
+def test_compare_outside_a_git_repository_says_so_in_one_line(tmp_path):
+    assert not any((d / ".git").exists() for d in (tmp_path, *tmp_path.parents))
+    with pytest.raises(ConfigError, match="is not in a git repository; `pipeline compare` reads"):
+        compare.run("statefarm", [], root=tmp_path)
 
 
 def test_dvc_exp_run_set_param_changes_one_line_of_params_yaml(tmp_path):
@@ -163,3 +185,23 @@ def test_dvc_exp_run_set_param_changes_one_line_of_params_yaml(tmp_path):
     changed = [(a, b) for a, b in zip(original.splitlines(), path.read_text().splitlines()) if a != b]
     assert len(original.splitlines()) == len(path.read_text().splitlines())
     assert len(changed) == 1 and changed[0][1].strip().startswith("dropout: 0.3"), changed
+
+
+def test_the_summary_says_which_scores_are_not_this_runs(pipeline_run, tmp_path):
+    """After an interrupted run, metrics/ holds the committed numbers: the closing table must not pass them off."""
+    import os
+    import time
+
+    from pipeline import summary
+
+    src, params, _ = pipeline_run
+    root = tmp_path / "project"
+    for folder in ("metrics", "submissions", "models"):
+        shutil.copytree(src / folder, root / folder)  # modification times kept
+    assert "NOT this run's" not in summary.run(params, root)
+    (root / "submissions" / "statefarm.csv").unlink()
+    shown = summary.run(params, root)
+    assert "statefarm: NOT this run's scores: no submission beside them" in shown and "dogscats: NOT" not in shown
+    later = time.time() + 60
+    os.utime(next((root / "models" / "dogscats").glob("*/*/fold*/oof.csv")), (later, later))
+    assert "dogscats: NOT this run's scores: fold models newer than them" in summary.run(params, root)

@@ -184,3 +184,27 @@ def test_rerun_replaces_output_whole(tmp_path):
 def test_unknown_competition_lists_the_known_ones(tmp_path):
     with pytest.raises(ValueError, match="Unknown competition 'mnist'; known competitions are 'dogscats', 'statefarm'"):
         download.run(tiny_params(), "mnist", tmp_path)
+
+
+def _central_entry_patched(path, name: str, offset: int, value: int):
+    """Set a 2-byte field of `name`'s central directory record (what zipfile lists members from): flags at +8,
+    compression method at +10. Python's zipfile writes neither encrypted nor Deflate64 members itself."""
+    data = bytearray(path.read_bytes())
+    record = data.rindex(name.encode()) - 46
+    assert data[record:record + 4] == b"PK\x01\x02"
+    data[record + offset:record + offset + 2] = value.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("offset, value, fragments", [
+    (8, 0x1, ("encrypted (password-protected) entry", "without one")),
+    (10, 9, ("zip method 9 (Deflate64)", "cannot read", "7-Zip")),
+])
+def test_encrypted_and_deflate64_members_are_named_in_one_line(tmp_path, offset, value, fragments):
+    files = _statefarm_files(tmp_path)
+    victim = next(k for k in files if k.startswith("imgs/train/c1/"))
+    path = _central_entry_patched(write_zip(tmp_path / "odd.zip", files), victim, offset, value)
+    with pytest.raises(ArchiveError) as e:
+        run_on(tmp_path, "statefarm", path)
+    assert victim in str(e.value) and all(f in str(e.value) for f in fragments) and "\n" not in str(e.value)

@@ -4,6 +4,7 @@ whatever the number of DataLoader workers."""
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,41 @@ def _members(rng, labels, c):
             "a/finetune": ensemble.with_temperature(np.exp(logits + rng.normal(size=logits.shape)), 2.0),
             "b/head": ensemble.with_temperature(np.exp(logits + 2 * rng.normal(size=logits.shape)), 1.0),
             "b/finetune": ensemble.with_temperature(np.exp(rng.normal(size=logits.shape)), 1.0)}  # noise
+
+
+@pytest.mark.parametrize("changes", [
+    {},  # shipped: the kind of members and the calibration chosen per fold
+    {"members": "weighted", "calibration": "clip"},  # weights and a clip fitted
+    {"members": "both", "calibration": "temperature", "neighbours": 2},  # a temperature, neighbour smoothing
+])
+def test_the_reported_rows_of_a_fold_do_not_move_when_its_labels_do(pipeline_run, tmp_path, changes):
+    """End to end through the stage that reports, from its files: fold 1's labels permuted in the ensemble's
+    inputs (cache index, folds file, every member's oof.csv) leave fold 1's rows of the reported out-of-fold file
+    as they were, whatever the ensemble fits."""
+    src, _, _ = pipeline_run
+    params = tiny_params(**{f"{COMP}.ensemble.{key}": value for key, value in changes.items()})
+    reported = {}
+    for name in ("as_is", "moved"):
+        root = tmp_path / name
+        for folder in (Path("data") / COMP, Path("folds"), Path("models") / COMP):
+            shutil.copytree(src / folder, root / folder)
+        paths = Paths(COMP, root)
+        if name == "moved":
+            permute_fold_labels(paths, 1)
+            for oof_file in (root / "models" / COMP).glob("*/*/fold*/oof.csv"):
+                oof = pd.read_csv(oof_file, dtype={"id": str})
+                oof["label"] = oof["id"].map(pd.read_csv(paths.folds, dtype=str).set_index("id")["label"])
+                oof.to_csv(oof_file, index=False)
+        ensemble.run(params, COMP, root)
+        reported[name] = pd.read_csv(paths.oof, dtype={"id": str})
+    as_is, moved = reported["as_is"], reported["moved"]
+    fold1 = as_is["fold"] == 1
+    assert (as_is.loc[fold1, "label"] != moved.loc[fold1, "label"]).any(), "the labels did move"
+    classes = list(get_competition(COMP).classes)
+    np.testing.assert_allclose(moved.loc[fold1, classes], as_is.loc[fold1, classes], rtol=0, atol=1e-9)
+    if changes.get("calibration") == "temperature":
+        assert not np.allclose(moved.loc[~fold1, classes], as_is.loc[~fold1, classes]), \
+            "other folds' fits saw fold 1's labels"
 
 
 @pytest.mark.parametrize("kinds", [ensemble.KINDS, ("weighted",)])

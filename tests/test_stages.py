@@ -174,3 +174,27 @@ def test_submission_never_holds_a_zero_or_a_one(pipeline_run):
     written = pd.read_csv(io.StringIO(extreme.to_csv(index=False, float_format=FLOAT_FORMAT)))
     assert (written[list(comp.submission_columns)].to_numpy() > 0).all()
     assert (written[list(comp.submission_columns)].to_numpy() < 1).all()
+
+
+def test_usable_cpus_is_the_affinity_where_the_os_has_one_and_every_core_where_not(monkeypatch):
+    """Linux restricts a process to some cores (containers, taskset); macOS has no sched_getaffinity."""
+    import os
+
+    from pipeline.stage import usable_cpus
+
+    assert usable_cpus() == len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert usable_cpus() == os.cpu_count()
+
+
+def test_an_image_id_spelt_na_is_an_id_not_a_missing_value(tmp_path):
+    """pandas reads "NA" as missing unless told not to: the fold's rows would be reported as not covered."""
+    from pipeline.outputs import load_oof
+
+    comp = get_competition("dogscats")
+    fold = tmp_path / "fold0"
+    fold.mkdir()
+    first, second = comp.classes
+    pd.DataFrame({"id": ["NA", "7"], "label": [second, first], first: [0.2, 0.9], second: [0.8, 0.1]}).to_csv(
+        fold / "oof.csv", index=False)
+    assert load_oof(comp, [fold], np.array(["7", "NA"])).tolist() == [[0.9, 0.1], [0.2, 0.8]]
