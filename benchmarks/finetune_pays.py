@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipeline import ensemble
+from pipeline import choosing, ensemble
 from pipeline.cache import encode_labels, load_cache
 from pipeline.competitions import get_competition
 from pipeline.config import parse_params
@@ -75,7 +75,7 @@ def member_test_scores(root: Path, comp_name: str, params, answers: Path) -> dic
     y = encode_labels(truth, comp.classes)
     out = {}
     for stage in ("head", "finetune"):
-        probs = ensemble.log_average(load_test([paths.fold_model(stage, k) for k in params.folds]))
+        probs = choosing.log_average(load_test([paths.fold_model(stage, k) for k in params.folds]))
         out[stage] = scores(probs, y)
     sub = pd.read_csv(paths.submission, dtype={comp.id_column: str})
     sub_truth = pd.read_csv(answers, dtype=str).set_index("id").loc[sub[comp.id_column], "label"]

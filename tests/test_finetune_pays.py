@@ -8,7 +8,7 @@ import numpy as np
 from scipy.special import softmax
 
 from conftest import tiny_params
-from pipeline import ensemble, finetune
+from pipeline import choosing, finetune
 from pipeline.config import FinetuneParams
 from pipeline.io import read_json
 from pipeline.outputs import fold_split
@@ -47,12 +47,12 @@ def _row_losses(rng, n, gap, noise):
 
 def test_a_gain_within_noise_keeps_the_simpler_choice():
     rng = np.random.default_rng(0)
-    assert ensemble.simplest_within_noise(_row_losses(rng, 100, 0.01, 0.3)) == ("finetune", "none")
+    assert choosing.simplest_within_noise(_row_losses(rng, 100, 0.01, 0.3)) == ("finetune", "none")
     # the same gain measured on enough rows is real
-    assert ensemble.simplest_within_noise(_row_losses(rng, 100_000, 0.01, 0.3)) == ("finetune", "temperature")
+    assert choosing.simplest_within_noise(_row_losses(rng, 100_000, 0.01, 0.3)) == ("finetune", "temperature")
     # a member that diverged (NaN row losses) is passed over, not a crash or a choice
     losses = {("head", "none"): np.full(100, np.nan), **_row_losses(rng, 100, 0.01, 0.3)}
-    assert ensemble.simplest_within_noise(losses) == ("finetune", "none")
+    assert choosing.simplest_within_noise(losses) == ("finetune", "none")
 
 
 def test_averaging_in_the_heads_must_beat_noise_too():
@@ -62,10 +62,10 @@ def test_averaging_in_the_heads_must_beat_noise_too():
     rng = np.random.default_rng(2)
     small = {("both" if k == ("finetune", "temperature") else "finetune", "none"): v
              for k, v in _row_losses(rng, 100, 0.01, 0.3).items()}
-    assert ensemble.simplest_within_noise(small) == ("finetune", "none")
+    assert choosing.simplest_within_noise(small) == ("finetune", "none")
     large = {("both" if k == ("finetune", "temperature") else "finetune", "none"): v
              for k, v in _row_losses(rng, 100_000, 0.01, 0.3).items()}
-    assert ensemble.simplest_within_noise(large) == ("both", "none")
+    assert choosing.simplest_within_noise(large) == ("both", "none")
 
 
 def test_a_real_miscalibration_is_still_fixed():
@@ -74,6 +74,6 @@ def test_a_real_miscalibration_is_still_fixed():
     labels = rng.integers(4, size=1000)
     logits = rng.normal(size=(1000, 4)) + 1.5 * np.eye(4)[labels]
     p = softmax(3 * logits, axis=1)  # the Bayes posterior is softmax(1.5 * logits): twice too confident
-    choice = ensemble.choose({"a/head": p, "a/finetune": p}, labels, np.arange(1000) % 5, ensemble.KINDS,
+    choice = choosing.choose({"a/head": p, "a/finetune": p}, labels, np.arange(1000) % 5, choosing.KINDS,
                              ("none", "temperature"))
     assert choice.method == "temperature" and choice.value > 1.5, choice.value

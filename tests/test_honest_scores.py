@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_params
-from pipeline import ensemble, finetune, head
+from pipeline import calibration, choosing, ensemble, finetune, head
 from pipeline.competitions import get_competition
 from pipeline.scoring import scores
 from pipeline.paths import Paths
@@ -79,10 +79,10 @@ def test_finetune_does_not_depend_on_the_number_of_workers(pipeline_run, tmp_pat
 def _members(rng, labels, c):
     """Two models' heads and finetuned networks: informative, each in its own way and calibration."""
     logits = rng.normal(size=(len(labels), c)) + 2.5 * np.eye(c)[labels]
-    return {"a/head": ensemble.with_temperature(np.exp(logits), 0.5),
-            "a/finetune": ensemble.with_temperature(np.exp(logits + rng.normal(size=logits.shape)), 2.0),
-            "b/head": ensemble.with_temperature(np.exp(logits + 2 * rng.normal(size=logits.shape)), 1.0),
-            "b/finetune": ensemble.with_temperature(np.exp(rng.normal(size=logits.shape)), 1.0)}  # noise
+    return {"a/head": calibration.with_temperature(np.exp(logits), 0.5),
+            "a/finetune": calibration.with_temperature(np.exp(logits + rng.normal(size=logits.shape)), 2.0),
+            "b/head": calibration.with_temperature(np.exp(logits + 2 * rng.normal(size=logits.shape)), 1.0),
+            "b/finetune": calibration.with_temperature(np.exp(rng.normal(size=logits.shape)), 1.0)}  # noise
 
 
 @pytest.mark.parametrize("changes", [
@@ -120,7 +120,7 @@ def test_the_reported_rows_of_a_fold_do_not_move_when_its_labels_do(pipeline_run
             "other folds' fits saw fold 1's labels"
 
 
-@pytest.mark.parametrize("kinds", [ensemble.KINDS, ("weighted",)])
+@pytest.mark.parametrize("kinds", [choosing.KINDS, ("weighted",)])
 def test_ensemble_chooses_and_fits_its_weights_without_the_rows_it_scores(kinds):
     """A fold whose labels change keeps its cross-fitted predictions: the kind, the members' weights and the
     calibration were chosen and fitted elsewhere."""
@@ -131,10 +131,10 @@ def test_ensemble_chooses_and_fits_its_weights_without_the_rows_it_scores(kinds)
     oof = _members(rng, labels, c)
     methods = ("none", "temperature", "clip")
     comp = get_competition("statefarm")
-    base, _ = ensemble.cross_fitted(comp, oof, labels, folds, kinds, methods)
+    base, _ = choosing.cross_fitted(comp, oof, labels, folds, kinds, methods)
     moved = labels.copy()
     moved[folds == 2] = rng.permutation(moved[folds == 2])
-    again, _ = ensemble.cross_fitted(comp, oof, moved, folds, kinds, methods)
+    again, _ = choosing.cross_fitted(comp, oof, moved, folds, kinds, methods)
     np.testing.assert_array_equal(base[folds == 2], again[folds == 2])
     assert not np.array_equal(base[folds != 2], again[folds != 2]), "other folds' fits did see fold 2's labels"
 
@@ -151,10 +151,10 @@ def test_a_folds_threshold_is_fitted_without_its_labels(metric):
     folds = np.arange(n) % 5
     p_dog = np.clip(0.15 + 0.4 * labels + rng.normal(0, 0.12, n), 0.01, 0.99)  # biased low: 0.5 is a bad cut
     oof = {"m/head": np.stack([1 - p_dog, p_dog], axis=1)}
-    honest, choices = ensemble.cross_fitted(comp, oof, labels, folds, ("head",), ("none",))
+    honest, choices = choosing.cross_fitted(comp, oof, labels, folds, ("head",), ("none",))
     moved = labels.copy()
     moved[folds == 2] = 1 - moved[folds == 2]
-    _, again = ensemble.cross_fitted(comp, oof, moved, folds, ("head",), ("none",))
+    _, again = choosing.cross_fitted(comp, oof, moved, folds, ("head",), ("none",))
     assert choices["2"].threshold == again["2"].threshold
     assert any(choices[k].threshold != again[k].threshold for k in ("0", "1", "3", "4")), "fold 2's labels unseen"
     from pipeline.scoring import metric as score
@@ -169,11 +169,11 @@ def test_fitted_weights_are_a_convex_combination_that_drops_a_useless_member():
     rng = np.random.default_rng(1)
     labels = rng.integers(4, size=400)
     oof = _members(rng, labels, 4)
-    weights = ensemble.fit_weights(oof, labels)
+    weights = choosing.fit_weights(oof, labels)
     w = np.array(list(weights.values()))
     assert (w >= 0).all() and w.sum() == pytest.approx(1)
     assert weights["b/finetune"] < 0.05, weights  # pure noise earns (almost) nothing
-    fitted = ensemble.log_combine(oof, weights)
+    fitted = choosing.log_combine(oof, weights)
     for member in oof:  # no single member beats the fitted combination on the rows it was fitted on
         assert scores(fitted, labels)["logloss"] <= scores(oof[member], labels)["logloss"] + 1e-9
 
@@ -186,15 +186,15 @@ def test_choosing_the_kind_by_inner_cross_validation_does_not_favour_fitting():
     labels = rng.integers(3, size=300)
     p = _members(rng, labels, 3)["a/head"]
     oof = {"a/head": p, "a/finetune": p.copy()}
-    choice = ensemble.choose(oof, labels, np.arange(300) % 5, ensemble.KINDS, ("none",))
+    choice = choosing.choose(oof, labels, np.arange(300) % 5, choosing.KINDS, ("none",))
     assert sum(choice.weights.values()) == pytest.approx(1)
     np.testing.assert_allclose(choice.apply(oof), p, atol=1e-6)
 
 
 def test_log_average_keeps_the_confidence_of_agreeing_models():
     p = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]])
-    assert np.allclose(ensemble.log_average([p, p, p]), p)
-    q = ensemble.log_average([p, p[:, ::-1]])
+    assert np.allclose(choosing.log_average([p, p, p]), p)
+    q = choosing.log_average([p, p[:, ::-1]])
     assert np.allclose(q.sum(axis=1), 1) and q[0, 0] < 0.9
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from pipeline.competitions import get_competition
-from pipeline.ensemble import fit_calibration, with_clip, with_temperature
+from pipeline.calibration import fit_calibration, with_clip, with_temperature
 from pipeline.scoring import scores
 from pipeline.errors import SubmissionError
 from pipeline.submission import make_submission, validate_submission

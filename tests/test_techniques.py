@@ -63,7 +63,7 @@ def test_finetune_from_a_random_head_starts_elsewhere_than_from_the_trained_one(
 
 
 def test_neighbour_smoothing_pulls_a_prediction_towards_its_neighbours_only():
-    from pipeline.ensemble import neighbour_smooth
+    from pipeline.neighbours import neighbour_smooth
 
     rng = np.random.default_rng(0)
     features = np.concatenate([rng.normal(0, 0.05, (5, 8)) + 1, rng.normal(0, 0.05, (5, 8)) - 1])
@@ -81,7 +81,7 @@ def test_neighbour_smoothing_pulls_a_prediction_towards_its_neighbours_only():
 def test_neighbours_of_spatial_maps_are_searched_on_their_pooled_vectors_read_in_chunks():
     """A cut backbone's maps are averaged over space before the search (flattened, 80k test frames' maps are ~10
     GB): read in chunks or at once, from a memory-mapped file or not, the same vectors and the same neighbours."""
-    from pipeline.ensemble import nearest, pooled
+    from pipeline.neighbours import nearest, pooled
 
     rng = np.random.default_rng(2)
     maps = rng.normal(size=(23, 4, 3, 5)).astype(np.float16)
@@ -94,7 +94,7 @@ def test_neighbours_of_spatial_maps_are_searched_on_their_pooled_vectors_read_in
 def test_out_of_fold_rows_find_neighbours_within_their_own_fold(tmp_path):
     """A validation row's smoothed prediction depends only on its own fold's rows (unseen drivers, as at test
     time): changing another fold's predictions does not move it."""
-    from pipeline.ensemble import smooth_members
+    from pipeline.neighbours import smooth_members
     from pipeline.paths import Paths
 
     paths = Paths(COMP, tmp_path)
