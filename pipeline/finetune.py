@@ -211,7 +211,7 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
                             {**info, "history": history, "processes": workers.world})
     checkpoint.remove()
     head_history = read_json(paths.fold_model("head", fold) / "params.json")["history"]
-    return {**metrics, "health": finetune_health(head_history, history)["reading"]}
+    return {**metrics, "health": finetune_health(head_history, history)["reading"], "tta": list(ft.tta)}
 
 
 _STATEFUL = ("network", "optimizer", "scheduler", "scaler")  # what a checkpoint holds the state_dict of
@@ -296,7 +296,12 @@ def _rows(sampler) -> SeededRows:
 
 def main(argv: list[str] | None = None) -> None:
     stage_main(__doc__, run, per_fold=True, argv=argv, wrote=fold_outputs("finetune"),
-               summary=lambda metrics: f"{fold_summary(metrics)}; {metrics['health']}")
+               summary=lambda metrics: f"{fold_summary(metrics)}{_views(metrics['tta'])}; {metrics['health']}")
+
+
+def _views(tta: list[str]) -> str:
+    """Why the stage's score differs from its last epoch's line: the kept predictions average the TTA views."""
+    return f", averaged over {len(tta)} test-time views ({', '.join(tta)})" if len(tta) > 1 else ""
 
 
 if __name__ == "__main__":

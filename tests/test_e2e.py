@@ -68,6 +68,8 @@ def test_each_stage_says_what_it_did_and_repro_ends_with_a_summary_table(project
     assert re.search(r"head@statefarm-main:\n  fold 0: val log loss \d\.\d{4}, accuracy [\d.]+ on \d+ rows, after "
                      r"epoch 3.*\n  fold 1: val log loss", out)
     assert "wrote models/statefarm/main/head, metrics/statefarm/main/head, dvclive/statefarm/main/head" in out
+    assert re.search(r"finetune@dogscats-main-0: val log loss \d\.\d{4}, .*, after epoch 2 \(the last, kept\), averaged "
+                     r"over 2 test-time views \(identity, hflip\); ", out), "why it differs from the last epoch's line"
     assert re.search(r"features@statefarm-cut: \d+x\d+x\d+ features from test_resnet cut at level 2", out)
     assert re.search(r"ensemble@dogscats: CV log loss \d\.\d{4}, accuracy", out)
     assert "wrote submissions/dogscats.csv, submissions/dogscats_oof.csv, metrics/dogscats.json" in out
