@@ -204,7 +204,7 @@ def lr_range(model, loader, optimizer, device, start: float, end: float, steps: 
     rates, losses, average, best = [], [], 0.0, float("inf")
     scaler = grad_scaler(device, amp)
     batches = iter(())
-    for step in range(steps):
+    for step in tqdm(range(steps), desc="lr range test", unit="step", leave=False, disable=None):
         try:
             x, y = next(batches)
         except StopIteration:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from pipeline.config import Params
 from pipeline.engine import grad_scaler, train_step
@@ -34,7 +35,7 @@ def memorise(network, batches: list, optimizer, device, steps: int, amp=False, c
     network.train()
     scaler = grad_scaler(device, amp)
     return [train_step(network, *batches[step % len(batches)], optimizer, device, amp, channels_last, scaler)
-            for step in range(steps)]
+            for step in tqdm(range(steps), desc="memorising", unit="step", leave=False, disable=None)]
 
 
 def _plot(path: Path, losses: list[float], target: float, title: str) -> None:
