@@ -70,7 +70,9 @@ def test_an_interrupted_finetune_resumes_from_its_last_epoch_and_ends_as_an_unin
     env = _project(killed, src, params)
     checkpoint = Paths(COMP, killed).fold_model("finetune", 0).with_name(".fold0.checkpoint.pt")
     with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(stage, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        # as a terminal's Ctrl-C finds it: SIGINT handled (a shell's background job, e.g. CI's, inherits it ignored)
+        proc = subprocess.Popen(stage, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 300
         while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.005)
