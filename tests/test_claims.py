@@ -1,0 +1,35 @@
+"""The demo numbers the README and RESULTS quote are the committed run's: `metrics/` and `dvc.lock` come from one
+`dvc repro` of the current code (`benchmarks/demo_repro.py --keep DIR`), so a quoted number cannot go stale
+without this failing. (Benchmarks on other data print their own tables; RESULTS dates each.)"""
+
+import json
+import re
+
+from conftest import REPO
+
+
+def _committed(path: str) -> dict:
+    return json.loads((REPO / "metrics" / path).read_text())
+
+
+def test_the_readmes_compare_example_starts_from_the_committed_baseline():
+    readme = (REPO / "README.md").read_text()
+    m = _committed("statefarm.json")
+    row = re.search(r"\n +HEAD +([\d.]+) +([\d.]+) +([\d.]+) +(\S+)\n", readme)
+    assert row, "the compare example's HEAD row"
+    assert [float(v) for v in row.groups()[:3]] == [round(m[k], 4) for k in ("logloss", "accuracy", "demo_test_logloss")]
+    assert row[4] == f"{m['member']}+{m['calibration']}"
+    for k, fold in _committed("statefarm/cv.json")["folds"].items():
+        assert re.search(rf"\n +{k} +{fold['rows']} +{fold['logloss']:.4f} ", readme), f"fold {k}"
+
+
+def test_results_quotes_the_committed_demo_run():
+    text = (REPO / "benchmarks" / "RESULTS.md").read_text()
+    section = text[text.index("## The offline demo after issue 17"):]
+    section = section[:section.index("\n## ")]
+    sf, dc, dg = (_committed(f"{c}.json") for c in ("statefarm", "dogscats", "digits"))
+    for quoted in (f"State Farm CV {sf['logloss']:.4f} ({sf['member']}", f"demo test {sf['demo_test_logloss']:.4f}",
+                   f"Dogs vs Cats CV {dc['logloss']:.4f} ({dc['member']}, {dc['calibration']})",
+                   f"demo test {dc['demo_test_logloss']:.4f}", f"digits CV accuracy {dg['accuracy']:.4f} ({dg['member']})",
+                   f"{dg['demo_test_accuracy']:.3f}"):
+        assert quoted in section, quoted
