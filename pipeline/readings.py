@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+NOISE = 0.005
+"""Log-loss differences smaller than this are not read as a trend (a near-perfect fold's 0.0001 -> 0.0002 is not
+over-fitting)."""
+
+
 def diagnose(history: list[dict]) -> str:
     """One line reading a fold's learning curve the lesson's way (training loss includes dropout and
     augmentation, so it sitting above validation means the model could fit more)."""
@@ -11,10 +16,10 @@ def diagnose(history: list[dict]) -> str:
     if train is None:
         return "no training epochs"
     vals = [h["logloss"] for h in history[1:]]
-    if len(vals) >= 2 and vals[-1] > min(vals) * 1.05:
+    if len(vals) >= 2 and vals[-1] > min(vals) * 1.05 and vals[-1] - min(vals) > NOISE:
         return (f"over-fitting: validation rose from its low {min(vals):.3f} to {vals[-1]:.3f} by the last epoch; "
                 "fewer epochs, more dropout or augmentation")
-    if train > val:
+    if train > val + NOISE:
         return (f"under-fitting: training loss {train:.3f} is above validation {val:.3f}; train longer, or use less "
                 "dropout or augmentation")
     if val > 2 * train and val - train > 0.1:

@@ -119,14 +119,16 @@ def decided(comp: Competition, oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarra
 
 
 def extremes(comp: Competition, oof: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Row positions in `oof` of the most confidently wrong, the most uncertain and the most confidently right
-    predictions, most extreme first."""
+    """Row positions in `oof` of the most confidently wrong, the most uncertain (nearest the decision boundary:
+    the smallest gap between the two most probable classes) and the most confidently right predictions, most
+    extreme first."""
     probs, truth, pred = decided(comp, oof)
     p_pred, p_true = probs[np.arange(len(probs)), pred], probs[np.arange(len(probs)), truth]
+    top_two = np.sort(probs, axis=1)[:, -2:]
     wrong, right = np.flatnonzero(pred != truth), np.flatnonzero(pred == truth)
     return {
         "confidently_wrong": wrong[np.argsort(-p_pred[wrong], kind="stable")][:GRID],
-        "uncertain": np.argsort(p_pred, kind="stable")[:GRID],
+        "uncertain": np.argsort(top_two[:, 1] - top_two[:, 0], kind="stable")[:GRID],
         "confidently_right": right[np.argsort(-p_true[right], kind="stable")][:GRID],
     }
 
@@ -143,6 +145,8 @@ def grids(comp: Competition, oof: pd.DataFrame, images: np.ndarray, row_of: dict
     described = dict(zip(comp.classes, comp.class_descriptions))
     shown = []
     for name, idx in chosen.items():
+        if not len(idx):
+            continue  # e.g. no wrong prediction: no empty picture
         titles = [f"{oof['id'].iloc[i]}\ntrue {truth_name}{_described(truth_name, described)}\npredicted "
                   f"{comp.classes[pred[i]]} {p_pred[i]:.2f}, true {p_true[i]:.2f}"
                   for i in idx for truth_name in [comp.classes[truth[i]]]]
@@ -298,7 +302,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
                      f"{'higher' if higher else 'lower'} is better); lower log loss is better.</p>"
                      + _table(pd.DataFrame([summary])))
         folds = pd.DataFrame([{"fold": k, **{c: v for c, v in f.items() if c not in ("rows_md5", "weights")}}
-                              for k, f in cv["folds"].items()])
+                              for k, f in cv["folds"].items()]).dropna(axis=1, how="all")  # no threshold: no column
         weights = pd.DataFrame([{"fitted on": "every fold (the submission)", **cv.get("weights", {})}]
                                + [{"fitted on": f"all but fold {k}", **f.get("weights", {})}
                                   for k, f in cv["folds"].items()])

@@ -4,6 +4,7 @@ import re
 from html.parser import HTMLParser
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -67,6 +68,10 @@ def test_diagnosis_reads_curves_as_the_lesson_teaches():
     assert readings.diagnose(gap).startswith("over-fitting: validation 0.500 is over twice")
     good = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 0.4, "logloss": 0.45}]
     assert readings.diagnose(good).startswith("fitting well")
+    # a near-perfect fold's wobble is no trend (it read "validation rose from its low 0.000 to 0.000")
+    perfect = [{"epoch": 0, "logloss": 0.3}, {"epoch": 1, "train_loss": 0.0003, "logloss": 0.0001},
+               {"epoch": 2, "train_loss": 0.0004, "logloss": 0.0002}]
+    assert readings.diagnose(perfect).startswith("fitting well: training 0.000, validation 0.000")
 
 
 def _curve(head_train, vals, first_train):
@@ -108,7 +113,9 @@ def test_grids_pick_the_right_extremes(pipeline_run):
     wrong, right = picked["confidently_wrong"], picked["confidently_right"]
     assert (pred[wrong] != truth[wrong]).all() and (pred[right] == truth[right]).all()
     assert np.all(np.diff(top[wrong]) <= 0) and top[wrong][0] == top[pred != truth].max()
-    assert top[picked["uncertain"]].max() <= np.sort(top)[len(picked["uncertain"]) - 1]
+    ranked = np.sort(probs, axis=1)
+    gap = ranked[:, -1] - ranked[:, -2]  # to the runner-up: the smallest is nearest the decision boundary
+    assert gap[picked["uncertain"]].max() <= np.sort(gap)[len(picked["uncertain"]) - 1]
     assert np.all(np.diff(probs[right, truth[right]]) <= 0)
 
 
@@ -148,3 +155,18 @@ def test_activation_maps_show_every_feature_level_up_to_the_cut(pipeline_run, tm
     out = report.activations_figure(model, images, np.array([0, 1, 2]), meta, tmp_path / "maps.png")
     with Image.open(out) as img:
         assert img.width > 100 * (len(levels) + 1) / 2
+
+
+def test_the_uncertain_grid_is_the_rows_nearest_the_decision_boundary():
+    """Not the least confident: a row split 0.46/0.46 between two classes is more uncertain than one at 0.30
+    whose runner-up has 0.08."""
+    from pipeline.competitions import get_competition
+    from pipeline.report import extremes
+
+    comp = get_competition("statefarm")
+    probs = np.full((3, 10), 0.0)
+    probs[0, :3] = [0.46, 0.46, 0.08]
+    probs[1] = [0.30] + [0.0778] * 9
+    probs[2, :2] = [0.9, 0.1]
+    oof = pd.DataFrame(probs, columns=list(comp.classes)).assign(label=comp.classes[0])
+    assert list(extremes(comp, oof)["uncertain"]) == [0, 1, 2]
