@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from pipeline.data import TTA
 from pipeline.errors import DeviceError
+from pipeline.machine import usable_cpus
 from pipeline.scoring import scores
-from pipeline.stage import usable_cpus
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,11 +1,19 @@
 """Where a stage ran (torch version, device kind, CPU and GPU model), recorded beside its outputs: the same params
 give slightly other numbers on another machine, so `pipeline compare` tells a change from another machine's noise.
-No torch import here: the ensemble reads these records without it."""
+Also the cores this process may use. No torch import here: the ensemble reads these records without it."""
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may use (its affinity where the OS has one: Linux; else all of them: macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def cpu_model() -> str:

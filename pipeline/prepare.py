@@ -27,8 +27,9 @@ from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
 from pipeline.errors import ArchiveError, ImageError
 from pipeline.io import NpyRows, atomic_dir, write_csv, write_json
+from pipeline.machine import usable_cpus
 from pipeline.paths import Paths
-from pipeline.stage import stage_main, usable_cpus
+from pipeline.stage import stage_main
 
 CHUNK = 256
 

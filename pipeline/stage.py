@@ -22,13 +22,6 @@ from pipeline.io import write_json
 LOGS = Path("logs") / "stages"
 
 
-def usable_cpus() -> int:
-    """The CPU cores this process may use (its affinity where the OS has one: Linux; else all of them: macOS)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def stage_name(run: Callable, comp: str, model: str | None, fold: int | None) -> str:
     """The DVC stage's name, e.g. finetune@statefarm-main-0 (`python -m` runs the module as __main__)."""
     spec = getattr(sys.modules.get(run.__module__), "__spec__", None)

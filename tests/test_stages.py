@@ -180,7 +180,7 @@ def test_usable_cpus_is_the_affinity_where_the_os_has_one_and_every_core_where_n
     """Linux restricts a process to some cores (containers, taskset); macOS has no sched_getaffinity."""
     import os
 
-    from pipeline.stage import usable_cpus
+    from pipeline.machine import usable_cpus
 
     assert usable_cpus() == len(os.sched_getaffinity(0))
     monkeypatch.delattr(os, "sched_getaffinity")
