@@ -6,15 +6,15 @@ in one run:
 
 - stage: `pipeline.features.run` end to end (backbone creation, the DataLoader over the memory-mapped cache,
   the forward passes, the float16 .npy files, the weights file), with `features.aug_copies: 0`, for each
-  `features.num_workers` asked for (default 0 and 2; the shipped value is 2), and once with `aug_copies: 1`
+  `speed.features_workers` asked for (default 0 and 2; the shipped value is 2), and once with `aug_copies: 1`
   (the shipped value: train images go through the backbone twice, once augmented);
 - baseline: the same backbone (`pipeline.models.create_trunk` with the same FeaturesParams, eval mode,
   `torch.no_grad`) over the same images already in memory as uint8 NCHW tensors, in batches of
-  `features.batch_size`, timing only the forward and the float16 copy to numpy (what the stage keeps).
+  `speed.features_batch_size`, timing only the forward and the float16 copy to numpy (what the stage keeps).
 
 Target: the stage's images/s (aug_copies 0) >= 0.9x the baseline's. Every image the backbone sees counts, so
 with aug_copies 1 the train images count twice. On a CPU the backbone's threads and the DataLoader workers share
-the cores, so `num_workers` 2 may cost more than it brings there; both are printed. The backbone's creation is a
+the cores, so `features_workers` 2 may cost more than it brings there; both are printed. The backbone's creation is a
 fixed cost per stage run, measured apart and printed, since it weighs more on a small cache than on a real one.
 Weights do not change the speed: random ones by default (--pretrained: the shipped package weights).
 
@@ -58,22 +58,22 @@ def main() -> None:
                         help="prepare.image_size (the backbone sees this size)")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--pretrained", action="store_true", help="the shipped package weights (default: random)")
-    parser.add_argument("--batch", type=int, default=None, help="features.batch_size (default: params.yaml's)")
-    parser.add_argument("--workers", type=int, nargs="+", default=(0, 2), help="features.num_workers to time")
-    parser.add_argument("--aug-workers", type=int, default=2, help="features.num_workers of the aug_copies 1 run")
+    parser.add_argument("--batch", type=int, default=None, help="speed.features_batch_size (default: params.yaml's)")
+    parser.add_argument("--workers", type=int, nargs="+", default=(0, 2), help="speed.features_workers to time")
+    parser.add_argument("--aug-workers", type=int, default=2, help="speed.features_workers of the aug_copies 1 run")
     parser.add_argument("--no-aug", action="store_true", help="skip the aug_copies 1 run")
     parser.add_argument("--repeats", type=int, default=2, help="timings are the best of this many")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
     size = tuple(args.size)
 
-    def params(**features_changes):
+    def params(aug_copies: int, workers: int = 0):
         fp = {"backbone": args.backbone, "pretrained": args.pretrained, "weights": "package",
-              "image_size": None, "cut": -1, **features_changes}
-        if args.batch:
-            fp["batch_size"] = args.batch
+              "image_size": None, "cut": -1, "aug_copies": aug_copies}
+        speed = {"features_workers": workers, **({"features_batch_size": args.batch} if args.batch else {})}
         return parse_params(statefarm_params(work / "statefarm.zip", {"prepare": {"image_size": list(size)},
-                                                                      "features": fp}), "features_speed params")
+                                                                      "features": fp, "speed": speed}),
+                            "features_speed params")
 
     with work_dir(args.keep, "features-speed-") as work:
         root = work / "project"
@@ -86,25 +86,25 @@ def main() -> None:
         arrays = [load_cache(cache, split)[0] for split in ("test", "train")]
         n_train, n = len(arrays[1]), sum(len(a) for a in arrays)
         images = torch.from_numpy(np.concatenate(arrays)).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
-        fp = base.model("statefarm", "main").features
+        fp, batch = base.model("statefarm", "main").features, base.comp("statefarm").speed.features_batch_size
         print(f"cache: {made['train']} train + {made['test']} test photo frames at {size[0]}x{size[1]} (not timed); "
-              f"{fp.backbone} ({'package weights' if fp.pretrained else 'random weights'}), batch {fp.batch_size}, "
+              f"{fp.backbone} ({'package weights' if fp.pretrained else 'random weights'}), batch {batch}, "
               f"{torch.get_num_threads()} torch threads, CPU")
 
         trunk = create_trunk(fp, image_size=size).eval()
-        forward_seconds(trunk, images[: 2 * fp.batch_size], fp.batch_size)  # warm-up: first-call costs aside
+        forward_seconds(trunk, images[: 2 * batch], batch)  # warm-up: first-call costs aside
         t = time.perf_counter()
         create_trunk(fp, image_size=size)
         create_s = time.perf_counter() - t
 
-        runs = [(f"features.run, aug_copies 0, num_workers {w}", {"aug_copies": 0, "num_workers": w}, n)
+        runs = [(f"features.run, aug_copies 0, features_workers {w}", {"aug_copies": 0, "workers": w}, n)
                 for w in args.workers]
         if not args.no_aug:
-            runs.append((f"features.run, aug_copies 1, num_workers {args.aug_workers}",
-                         {"aug_copies": 1, "num_workers": args.aug_workers}, n + n_train))
+            runs.append((f"features.run, aug_copies 1, features_workers {args.aug_workers}",
+                         {"aug_copies": 1, "workers": args.aug_workers}, n + n_train))
         timings: dict[str, list[float]] = {"baseline": []} | {label: [] for label, _, _ in runs}
         for _ in range(args.repeats):  # interleaved, so a busy spell on the machine hits all alike
-            timings["baseline"].append(forward_seconds(trunk, images, fp.batch_size))
+            timings["baseline"].append(forward_seconds(trunk, images, batch))
             for label, changes, _ in runs:
                 p = params(**changes)
                 start = time.perf_counter()
@@ -133,9 +133,9 @@ def main() -> None:
             print(f"  {label}: {ratio:.2f}x the bare forward (without the backbone's creation: {net:.2f}x); "
                   f"target >= 0.9x: {'ok' if ratio >= 0.9 else 'MISSED'}")
         best = max((r, label) for label, r in ratios.items() if "aug_copies 0" in label)
-        shipped = parse_params(statefarm_params(work / "statefarm.zip"), "params.yaml").model("statefarm", "main")
-        print(f"  fastest features.num_workers here: {best[1].rsplit(' ', 1)[-1]} "
-              f"(params.yaml ships {shipped.features.num_workers})")
+        shipped = parse_params(statefarm_params(work / "statefarm.zip"), "params.yaml").comp("statefarm").speed
+        print(f"  fastest speed.features_workers here: {best[1].rsplit(' ', 1)[-1]} "
+              f"(params.yaml ships {shipped.features_workers})")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Targets:
 
 Small frames keep it fast: synthetic State Farm archives (Kaggle's exact layout, photo-like 128x96 JPEG frames,
 see synthetic_statefarm.py) cached at 48x64, and a tiny timm backbone for features (`test_efficientnet`, random
-weights); every other setting is params.yaml's (prepare.num_workers 0, features.num_workers 2, aug_copies 1).
+weights); every other setting is params.yaml's (speed.prepare_workers 0, speed.features_workers -1, aug_copies 1).
 The memory-mapped cache's pages that a process touches count in its resident set, so a small cache understates
 their share: `--size 120 160` (the shipped cache size, 1.1 GB at 20k images) shows it at a realistic scale.
 
@@ -214,9 +214,10 @@ def main() -> None:
             results["floor", stage] = probe(f"imports-{stage}", work / "project-none", params_file)
 
         fp = parse_params(raw, "params").model("statefarm", "main").features
-        print(f"\nPeak memory (MB), cache {size[0]}x{size[1]}, features {fp.backbone}, batch {fp.batch_size}, "
-              f"aug_copies {fp.aug_copies}, features.num_workers {fp.num_workers}, "
-              f"prepare.num_workers {parse_params(raw, 'params').comp('statefarm').prepare.num_workers}:")
+        speed = parse_params(raw, "params").comp("statefarm").speed
+        print(f"\nPeak memory (MB), cache {size[0]}x{size[1]}, features {fp.backbone}, batch "
+              f"{speed.features_batch_size}, aug_copies {fp.aug_copies}, speed.features_workers "
+              f"{speed.features_workers}, speed.prepare_workers {speed.prepare_workers}:")
         print(f"  {'stage':9s} {'images':>7s} {'main VmHWM':>10s} {'anon':>6s} {'file':>6s} {'shmem':>6s} "
               f"{'largest child':>13s} {'anon':>6s} {'file':>6s} {'seconds':>8s}")
         for stage in ("prepare", "features"):

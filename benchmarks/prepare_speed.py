@@ -4,7 +4,7 @@ A synthetic archive in Kaggle's exact State Farm layout, of 640x480 photo-like J
 from scikit-image, scikit-learn and matplotlib, cropped, mirrored, colour-jittered, quality 90: see
 synthetic_statefarm.py), is decoded to the 240x320 cache three ways, in one run:
 
-- prepare: `pipeline.prepare.run` end to end (`prepare.num_workers: 0`, one process per core, each reading its
+- prepare: `pipeline.prepare.run` end to end (`speed.prepare_workers: 0`, one process per core, each reading its
   zip members itself and decoding with OpenCV's scaled JPEG decoding into the .npy), after
   `pipeline.download.run` has indexed the archive (not timed), the previous run's cache deleted first;
 - limit: the faster of two bare loops, one process per core (`multiprocessing.Pool`), each opening the zip
@@ -129,7 +129,8 @@ def main() -> None:
               f"mean JPEG {made['mean_jpeg_bytes'] / 1000:.0f} KB, zip {made['zip_bytes'] / 1e6:.0f} MB "
               f"(made in {time.perf_counter() - t:.0f} s, not timed)")
         params = parse_params(statefarm_params(work / "statefarm.zip",
-                                               {"prepare": {"image_size": list(size), "num_workers": 0}}),
+                                               {"prepare": {"image_size": list(size)},
+                                                                                "speed": {"prepare_workers": 0}}),
                               "prepare_speed params")
         root = work / "project"
         download.run(params, "statefarm", root)  # the raw index prepare reads; not timed
@@ -176,7 +177,7 @@ def main() -> None:
         print(f"{n} frames {args.frame[0]}x{args.frame[1]} -> {size[0]}x{size[1]}, {cores} cores, "
               f"best of {args.repeats}; CPU: ms per image, all processes, in the best run")
         rows = [
-            ("prepare.run end to end, num_workers 0 (one process per core)", "prepare"),
+            ("prepare.run end to end, prepare_workers 0 (one process per core)", "prepare"),
             (f"limit: bare PIL draft decode + resize, {cores} processes, nothing kept", "limit_pil"),
             (f"limit: bare OpenCV scaled decode + resize, {cores} processes, nothing kept", "limit_opencv"),
             (f"naive: 1 process, full decode + resize ({len(naive_members)} frames)", "naive"),

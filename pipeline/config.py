@@ -61,8 +61,6 @@ class PrepareParams:
     image_size: tuple[int, int] = field(
         default=(64, 64), metadata={"doc": "(height, width) of cached images", "item_range": (16, 2048)}
     )
-    num_workers: int = field(default=0, metadata=_range(0, 256, "processes reading and decoding the archive "
-                                                              "in parallel (0: one per CPU core)"))
     skip_unreadable: bool = field(default=False, metadata={"doc": "false: stop at the first unreadable image, "
                                                                   "naming it; true: go on, dropping unreadable "
                                                                   "train images and leaving unreadable test images "
@@ -100,7 +98,6 @@ class FeaturesParams:
     image_size: tuple[int, int] | None = field(
         default=None, metadata={"doc": "(height, width) this model sees, resized from the cache (null: the cache's "
                                        "size): one cache, models at several sizes", "item_range": (16, 2048)})
-    batch_size: int = field(default=64, metadata=_range(1, 4096, "images per forward pass"))
     aug_copies: int = field(default=0, metadata=_range(0, 50, "augmented copies of the train features"))
     augment: AugmentParams = AugmentParams()
     cut: int = field(default=-1, metadata=_range(-1, 63, "where to cut the backbone: -1, its whole pooled output; "
@@ -108,11 +105,8 @@ class FeaturesParams:
                                                         "levels are more generic), on which the head trains a conv "
                                                         "block"))
     amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
-    channels_last: bool = field(default=True, metadata={"doc": "channels-last memory on a GPU"})
-    num_workers: int = field(default=-1, metadata=_range(-1, 256, "DataLoader worker processes resizing and "
-                                                                 "augmenting batches while the model runs (-1: "
-                                                                 "none on a CPU, whose cores the network uses, "
-                                                                 "else one per core up to 8)"))
+    channels_last: bool = field(default=True, metadata={"doc": "channels-last memory (same network, another "
+                                                                 "order of arithmetic)"})
 
 
 @dataclass(frozen=True)
@@ -173,14 +167,34 @@ class FinetuneParams:
                          "ones the head's features were computed with), train (each batch's, the running ones "
                          "updated); auto: frozen for pretrained weights, train for random ones"),
     )
+    sync_bn: bool = field(default=False, metadata={"doc": "data-parallel runs (launch: torchrun) on GPUs: batch "
+                                                          "norm that trains normalises by the whole batch's "
+                                                          "statistics; without it, by each process's share"})
     augment: AugmentParams = AugmentParams()
     tta: tuple[str, ...] = field(default=("identity",), metadata={"doc": "views averaged at prediction"})
-    num_workers: int = field(default=-1, metadata=_range(-1, 256, "DataLoader worker processes for every loader "
-                                                                 "(-1: none on a CPU, else one per core up to 8)"))
     amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
-    channels_last: bool = field(default=True, metadata={"doc": "channels-last memory on a GPU"})
-    compile: bool = field(default=False, metadata={"doc": "torch.compile the network (a GPU speed-up for long "
-                                                          "runs; compiling costs a minute or more up front)"})
+    channels_last: bool = field(default=True, metadata={"doc": "channels-last memory (same network, another "
+                                                                 "order of arithmetic)"})
+
+
+@dataclass(frozen=True)
+class SpeedParams:
+    """How fast, never what: every image's augmentation is seeded per image and inference is row by row, so these
+    change no result. No DVC stage lists this section: changing it re-runs nothing."""
+
+    prepare_workers: int = field(default=0, metadata=_range(0, 256, "processes reading and decoding the archive "
+                                                                  "(0: one per CPU core)"))
+    features_workers: int = field(default=-1, metadata=_range(-1, 256, "features' DataLoader processes resizing "
+                                                                       "and augmenting while the backbone runs (-1: "
+                                                                       "none on a CPU, whose cores the network "
+                                                                       "uses, else one per core up to 8)"))
+    features_batch_size: int = field(default=64, metadata=_range(1, 4096, "images per forward pass when "
+                                                                         "computing features"))
+    finetune_workers: int = field(default=-1, metadata=_range(-1, 256, "finetuning's DataLoader processes, for "
+                                                                      "every loader (-1: none on a CPU, else one per "
+                                                                      "core up to 8)"))
+    compile: bool = field(default=False, metadata={"doc": "torch.compile the finetuned network (a GPU speed-up "
+                                                          "for long runs; compiling costs a minute or more)"})
 
 
 @dataclass(frozen=True)
@@ -210,6 +224,7 @@ class CompetitionParams:
     head: HeadParams = HeadParams()
     finetune: FinetuneParams = FinetuneParams()
     ensemble: EnsembleParams = EnsembleParams()
+    speed: SpeedParams = SpeedParams()
     models: dict = field(default_factory=dict, metadata={"doc": "per model named in the top-level `models`: "
                                                                  "overrides of features/head/finetune, "
                                                                  "and seed"})
@@ -278,6 +293,10 @@ class Params:
         return _plain({**top, **{name: as_dict(cp) for name, cp in self.sections.items()}})
 
 
+# Speed settings that used to sit in the stages' sections (whose every change re-ran the stage).
+MOVED = {"prepare.num_workers": "prepare_workers", "features.num_workers": "features_workers",
+         "features.batch_size": "features_batch_size", "finetune.num_workers": "finetune_workers",
+         "finetune.compile": "compile"}
 TOP_KEYS = ("competitions", "folds", "seed", "device", "models", "launch")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -348,6 +367,11 @@ def _build(cls, raw, key: str, errors: list[str]):
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     for unknown in sorted(set(raw) - set(known)):
+        moved = MOVED.get(f"{key.rsplit('.', 1)[-1]}.{unknown}")
+        if moved:
+            errors.append(f"{key}.{unknown}: moved to {key.split('.')[0]}.speed.{moved} (it changes no result, "
+                          "so no stage re-runs for it)")
+            continue
         allowed = ", ".join(sorted(known))
         errors.append(f"{key}.{unknown}: unknown key; allowed keys are {allowed}")
     values = {}

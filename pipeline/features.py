@@ -31,16 +31,16 @@ from pipeline.stage import stage_main
 
 
 @torch.no_grad()
-def extract(backbone, dataset, out: NpyRows, fp, device, desc: str, seed=None, first: int = 0) -> None:
+def extract(backbone, dataset, out: NpyRows, fp, speed, device, desc: str, seed=None, first: int = 0) -> None:
     """Write the backbone's features of every `dataset` row into `out`'s rows `first`..., in order, a batch at a
     time (augmented with `seed`).
 
-    `features.num_workers` processes read, resize and augment the uint8 images while the backbone runs (each
+    `speed.features_workers` processes read, resize and augment the uint8 images while the backbone runs (each
     image's augmentation is seeded by `SeededRows`, so the features do not depend on the number of workers);
     batches travel as uint8 through pinned memory and are normalised on the device."""
     sampler = None if seed is None else SeededRows(len(dataset), seed, shuffle=False)
-    workers = loader_workers(fp.num_workers, device)
-    loader = DataLoader(dataset, batch_size=fp.batch_size, sampler=sampler, num_workers=workers,
+    workers = loader_workers(speed.features_workers, device)
+    loader = DataLoader(dataset, batch_size=speed.features_batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     start = first
     for x in tqdm(loader, desc=desc, unit="batch", disable=None):
@@ -58,7 +58,7 @@ def feature_shape(backbone, image_size: tuple[int, int], channels: int, device) 
 
 def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> Path:
     mp = params.model(comp_name, model)
-    fp = mp.features
+    fp, speed = mp.features, params.comp(comp_name).speed
     paths = Paths(comp_name, root, model)
     device = pick_device(params.device)
     torch.manual_seed(mp.seed)
@@ -76,15 +76,15 @@ def run(params: Params, comp_name: str, model: str, root: Path = Path(".")) -> P
         shape = feature_shape(backbone, size, channels, device)
         for split, images in caches.items():
             rows = NpyRows(out / f"{split}.npy", np.float16, (len(images), *shape))
-            extract(backbone, ImageDataset(images, np.arange(len(images)), plain), rows, fp, device,
-                    f"{comp_name} {split}")
+            extract(backbone, ImageDataset(images, np.arange(len(images)), plain), rows, fp, speed,
+                    device, f"{comp_name} {split}")
         images = caches["train"]
         if fp.aug_copies:
             aug = NpyRows(out / "train_aug.npy", np.float16, (fp.aug_copies, len(images), *shape), row_shape=shape)
             augmented = ImageDataset(images, np.arange(len(images)), build_transform(fp.augment, resize))
             for k in range(fp.aug_copies):  # each copy its own seeds: copies differ from each other
-                extract(backbone, augmented, aug, fp, device, f"{comp_name} augmented {k + 1}", seed=(mp.seed, k),
-                        first=k * len(images))
+                extract(backbone, augmented, aug, fp, speed, device, f"{comp_name} augmented {k + 1}",
+                        seed=(mp.seed, k), first=k * len(images))
         save_weights(backbone, out / "backbone.safetensors")
         write_json(
             out / "meta.json",

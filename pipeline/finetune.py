@@ -72,7 +72,8 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     augmented = build_transform(ft.augment, meta.get("image_size"))
     # Own generators: a loader otherwise draws its workers' base seed from torch's global RNG (once with
     # persistent workers, per epoch without), which would move dropout's masks with num_workers.
-    n_workers = loader_workers(ft.num_workers, device, workers.world)
+    speed = params.comp(comp_name).speed
+    n_workers = loader_workers(speed.finetune_workers, device, workers.world)
     loader = {"num_workers": n_workers, "persistent_workers": n_workers > 0,
               "pin_memory": device.type == "cuda", "generator": torch.Generator().manual_seed(seed)}
     if ft.batch_size % workers.world or ft.batch_size // workers.world < 2:
@@ -106,6 +107,12 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
         torch.manual_seed(int(np.random.SeedSequence([seed, fold, workers.rank]).generate_state(1)[0]))
     if ft.channels_last:  # faster on GPUs and CPUs alike (see benchmarks/RESULTS.md)
         network = network.to(memory_format=torch.channels_last)
+    if ft.sync_bn and workers.world > 1:
+        if device.type != "cuda":  # torch syncs batch norm statistics on GPUs only
+            raise ConfigError(f"{params.model_key(comp_name, model, 'finetune')}.sync_bn: true needs GPUs (torch "
+                              f"synchronises batch norm on CUDA only); this run has {workers.world} CPU processes. "
+                              "Set it to false, or run on GPUs.")
+        network.sync_batch_norm()
     groups, frozen = backbone_groups(network.backbone, ft)
     network.freeze(frozen)
     if ft.batch_norm == "frozen" or (ft.batch_norm == "auto" and mp.features.pretrained):
@@ -172,18 +179,19 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
     trained = network
     if workers.world > 1:
         # Each process computes its share of the batch; DDP averages the shares' gradients, which is the whole
-        # batch's gradient except through batch norm when it trains (batch_norm: train): each share is then
-        # normalised by its own statistics (batch / N images), not the batch's.
+        # batch's gradient except through batch norm when it trains (batch_norm: train, and the head's): each
+        # share is then normalised by its own statistics (batch / N images), not the batch's, unless sync_bn.
         from torch.nn.parallel import DistributedDataParallel
 
         trained = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
     evaluated = network
-    if ft.compile:
+    speed = params.comp(comp_name).speed
+    if speed.compile:
         trained, evaluated = torch.compile(trained), torch.compile(network)
     info = {"stage": "finetune", "competition": comp_name, "model": model, "fold": fold, "seed": mp.seed,
             "environment": environment(device),
-            "finetune": as_dict(ft), "head": as_dict(mp.head), "features": meta}
-    same_run = {**info, "finetune": {k: v for k, v in info["finetune"].items() if k != "num_workers"},
+            "finetune": as_dict(ft), "head": as_dict(mp.head), "features": meta, "compile": speed.compile}
+    same_run = {**info,
                 "device": str(device.type), "processes": workers.world, "torch": torch.__version__,
                 "rows": [split.ids[split.train_rows].tolist(), split.ids[split.val_rows].tolist()]}
     checkpoint = Checkpoint(paths.fold_model("finetune", fold), same_run, workers,

@@ -166,6 +166,14 @@ class Classifier(nn.Module):
         self.frozen: list[nn.Module] = []
         self.fixed_statistics: list[nn.Module] = []
 
+    def sync_batch_norm(self) -> None:
+        """Every batch norm layer as a synchronised one (`finetune.sync_bn`), before `freeze` and `fix_statistics`
+        list them. timm's converter, since torch's turns timm's BatchNormAct2d into a plain batch norm and drops
+        its activation."""
+        from timm.layers import convert_sync_batchnorm
+
+        self.backbone, self.head = convert_sync_batchnorm(self.backbone), convert_sync_batchnorm(self.head)
+
     def freeze(self, modules: list[nn.Module]) -> None:
         """Keep `modules` as they are: no gradients, and eval mode even while the rest trains (batch norm's running
         statistics and dropout would otherwise still change them)."""

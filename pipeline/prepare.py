@@ -3,7 +3,7 @@
 Outputs: `train.npy` and `test.npy`, uint8 arrays of shape (N, height, width, channels: 3, or 1 for greyscale
 competitions) in the row order of `train.csv` / `test.csv` (copied beside them), `skipped.csv` and `meta.json`.
 Later stages read these and never touch a JPEG, PNG or pixel CSV again. Images are resized to `prepare.image_size` without cropping (the whole
-frame matters), decoding at reduced size where the JPEG allows it, by `prepare.num_workers` processes that each
+frame matters), decoding at reduced size where the JPEG allows it, by `speed.prepare_workers` processes that each
 read their own images from the archive. An unreadable image stops the stage with its name, or with
 `prepare.skip_unreadable` is listed in `skipped.csv`.
 """
@@ -264,7 +264,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         jobs = {split: (index, NpyRows(out / f"{split}.npy", np.uint8, (len(index), *prep.image_size, comp.channels)))
                 for split, index in indexes.items()}
         # pixel CSVs are read whole by each process: one process reads one CSV once
-        workers = 1 if comp.pixels else prep.num_workers
+        workers = 1 if comp.pixels else params.comp(comp_name).speed.prepare_workers
         failed = decode_all(jobs, paths.raw, workers, prep.skip_unreadable, f"{comp_name} decode", comp.pixels)
         check_skipped(failed, indexes)
         skipped = []

@@ -23,10 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 _STAGE = {
     "data": {"source": "demo", "demo": {"train_per_class": 6, "test": 5, "drivers": 3}},
-    "prepare": {"num_workers": 2},
-    "features": {"backbone": "test_resnet", "pretrained": False, "batch_size": 16, "aug_copies": 2, "num_workers": 0},
+    "prepare": {},
+    "features": {"backbone": "test_resnet", "pretrained": False, "aug_copies": 2},
     "head": {"hidden": 16, "epochs": 3, "batch_size": 8, "lr": 0.01},
     "finetune": {"epochs": 2, "batch_size": 8, "lr": 0.01},
+    "speed": {"features_batch_size": 16, "features_workers": 0},
 }
 
 # A second model: the backbone cut at feature level 2 (a conv block then trains on its maps), its own seed.
@@ -39,7 +40,8 @@ TINY = {
     "device": "cpu",
     "models": ["main", "cut"],
     "dogscats": {**copy.deepcopy(_STAGE), "prepare": {"image_size": [32, 32]},
-                 "features": {**_STAGE["features"], "augment": {"hflip": 0.5}, "num_workers": 2},
+                 "features": {**_STAGE["features"], "augment": {"hflip": 0.5}},
+                 "speed": {**_STAGE["speed"], "features_workers": 2},
                  "finetune": {**_STAGE["finetune"], "augment": {"hflip": 0.5}, "tta": ["identity", "hflip"]},
                  "models": {"main": {}, "cut": copy.deepcopy(_CUT)}},
     "statefarm": {**copy.deepcopy(_STAGE), "prepare": {"image_size": [24, 32]},

@@ -49,3 +49,19 @@ def test_trained_statistics_move():
     before = _stats(network)
     _step(network)
     assert any(not torch.equal(a, b) for a, b in zip(before, _stats(network)))
+
+
+def test_synchronised_batch_norm_computes_what_the_network_computed():
+    """`finetune.sync_bn` converts every batch norm layer, timm's BatchNormAct2d with its activation: in one
+    process (nothing to synchronise) the converted network's outputs are the original's, in both modes."""
+    import copy
+
+    original, network = _network(), _network()
+    network.sync_batch_norm()
+    layers = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert layers and all(isinstance(m, nn.SyncBatchNorm) for m in layers)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        for mode in (False, True):  # eval first: a train-mode pass moves the running statistics
+            a, b = copy.deepcopy(original).train(mode), copy.deepcopy(network).train(mode)
+            torch.testing.assert_close(b(x), a(x))

@@ -44,6 +44,13 @@ def test_unknown_key_names_the_key_and_the_allowed_keys():
     assert "lr" in msg and "dropout" in msg
 
 
+def test_a_speed_setting_in_its_old_place_says_where_it_moved():
+    msg = _error(tiny_raw(**{"statefarm.finetune.num_workers": 2}))
+    assert "statefarm.finetune.num_workers: moved to statefarm.speed.finetune_workers (it changes no result" in msg
+    msg = _error(tiny_raw(**{"statefarm.models.main.features.batch_size": 8}))
+    assert "statefarm.models.main.features.batch_size: moved to statefarm.speed.features_batch_size" in msg
+
+
 def test_out_of_range_and_wrong_type_are_all_reported_at_once():
     msg = _error(tiny_raw(**{"dogscats.head.dropout": 1.5, "statefarm.head.epochs": "ten", "seed": -1}))
     assert "3 problem(s)" in msg

@@ -12,6 +12,7 @@ from pipeline.config import TOP_KEYS, CompetitionParams
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 SECTIONS = {f.name for f in dataclasses.fields(CompetitionParams)}
+UNTRACKED = {"models", "speed"}  # models: per model, below; speed changes no result, so no stage lists it
 
 
 def _imports(module: str) -> set[str]:
@@ -61,7 +62,7 @@ def params_read(module: str, per_model: bool = True) -> set[str]:
         on = {method: _is_comp_call(node.value, method) or (isinstance(node.value, ast.Name)
                                                            and node.value.id in bound[method])
               for method in ("comp", "model")}
-        if node.attr in SECTIONS and node.attr != "models" and (on["comp"] or on["model"]):
+        if node.attr in SECTIONS - UNTRACKED and (on["comp"] or on["model"]):
             read.add(f"${{item.comp}}.{node.attr}")
         elif node.attr == "seed" and on["model"]:  # a model's seed defaults to the top-level one
             read.add("seed")
@@ -70,6 +71,12 @@ def params_read(module: str, per_model: bool = True) -> set[str]:
         elif node.attr == "n_splits":
             read.add("folds")
     return read
+
+
+def test_no_stage_lists_the_speed_settings():
+    """Workers, the features' batch size and compile change no result: changing one must re-run nothing."""
+    assert not [(stage, p) for stage, spec in DVC.items() for p in spec.get("params", []) if "speed" in p]
+    assert "${item.comp}.speed" not in params_read("finetune")
 
 
 def test_params_read_ignores_attributes_that_only_share_a_sections_name():

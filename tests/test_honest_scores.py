@@ -67,7 +67,7 @@ def test_finetune_does_not_depend_on_the_number_of_workers(pipeline_run, tmp_pat
     """Augmentation seeds are drawn per sample in the main process: two workers give the very same run as none
     (albumentations' own state would have given each worker the same augmentations)."""
     root, _, _ = pipeline_run
-    params = tiny_params(**{f"{COMP}.finetune.num_workers": 2})
+    params = tiny_params(**{f"{COMP}.speed.finetune_workers": 2})
     paths = copy_upstream(root, tmp_path)
     shutil.copytree(Paths(COMP, root).fold_model("head", 1), paths.fold_model("head", 1))
     monkeypatch.chdir(tmp_path)

@@ -48,11 +48,11 @@ def test_corrupt_jpeg_is_named_and_nothing_is_written(tmp_path):
 
 
 def test_decoding_processes_give_the_same_cache_as_one_process(tmp_path):
-    """`prepare.num_workers` processes each read and decode their own share of the archive, straight into the
+    """`speed.prepare_workers` processes each read and decode their own share of the archive, straight into the
     output file: the bytes are those of the single-process path, in index order."""
     caches = {}
     for workers in (1, 3):
-        params = tiny_params(**{"statefarm.prepare.num_workers": workers})
+        params = tiny_params(**{"statefarm.speed.prepare_workers": workers})
         root = tmp_path / str(workers)
         download.run(params, "statefarm", root)
         caches[workers] = prepare.run(params, "statefarm", root)
@@ -132,7 +132,7 @@ def test_the_stage_command_with_decoding_processes_prints_no_warning(tmp_path):
 
     from conftest import REPO
 
-    params = tiny_params(**{"statefarm.prepare.num_workers": 2})
+    params = tiny_params(**{"statefarm.speed.prepare_workers": 2})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.to_dict()))
     download.run(params, "statefarm", tmp_path)
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}

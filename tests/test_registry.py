@@ -107,7 +107,8 @@ def _zip(path, files: dict[str, bytes]):
 def tiny_section(source: str, size, **changes) -> dict:
     section = copy.deepcopy(_STAGE)
     section["data"]["source"] = source
-    section["prepare"] = {"image_size": list(size), "num_workers": 1}
+    section["prepare"] = {"image_size": list(size)}
+    section["speed"] = {**section["speed"], "prepare_workers": 1}
     section["features"]["aug_copies"] = 0
     section["models"] = {"main": {}}
     return with_changes(section, **changes)

@@ -29,12 +29,26 @@ def test_features_do_not_depend_on_the_number_of_loader_workers(pipeline_run, tm
     augmentation is seeded per row in the main process)."""
     root, _, _ = pipeline_run
     paths = copy_upstream(root, tmp_path)
-    params = tiny_params(**{f"{COMP}.features.num_workers": 2})
-    assert tiny_params().comp(COMP).features.num_workers == 0
+    params = tiny_params(**{f"{COMP}.speed.features_workers": 2})
+    assert tiny_params().comp(COMP).speed.features_workers == 0
     monkeypatch.chdir(tmp_path)
     features.run(params, COMP, "main", tmp_path)
     for name in ("train.npy", "test.npy", "train_aug.npy"):
         assert np.array_equal(np.load(paths.features / name), np.load(Paths(COMP, root).features / name)), name
+
+
+def test_features_do_not_depend_on_the_inference_batch_size(pipeline_run, tmp_path, monkeypatch):
+    """`speed.features_batch_size` is untracked by DVC, so it must not change the features: the backbone is in
+    eval mode, each row computed alone (only the arithmetic's order may differ, within float16's rounding)."""
+    root, _, _ = pipeline_run
+    paths = copy_upstream(root, tmp_path)
+    assert tiny_params().comp(COMP).speed.features_batch_size == 16
+    monkeypatch.chdir(tmp_path)
+    features.run(tiny_params(**{f"{COMP}.speed.features_batch_size": 5}), COMP, "main", tmp_path)
+    for name in ("train.npy", "test.npy", "train_aug.npy"):
+        np.testing.assert_allclose(np.load(paths.features / name).astype(np.float32),
+                                   np.load(Paths(COMP, root).features / name).astype(np.float32),
+                                   rtol=2e-3, atol=2e-3, err_msg=name)
 
 
 def test_sharded_rows_give_each_step_the_whole_batch_with_the_same_seeds():
@@ -131,3 +145,16 @@ def test_finetune_data_parallel_over_two_processes_writes_what_one_process_write
     start = probabilities(Paths(COMP, src).fold_model("head", 0))
     assert np.abs(probabilities(parallel) - start).mean() > 0.01, "it trained"
     assert np.load(parallel / "test.npy").shape == np.load(single / "test.npy").shape
+
+
+def test_synchronised_batch_norm_on_cpu_processes_says_it_needs_gpus(pipeline_run, tmp_path):
+    """torch synchronises batch norm on CUDA only: two CPU processes with `finetune.sync_bn` stop at the start
+    with one line saying so, not with torch's error from inside the first step."""
+    src, _, _ = pipeline_run
+    env = _project(tmp_path, src, tiny_params(**{f"{COMP}.finetune.sync_bn": True}))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "pipeline.finetune", COMP, "main", "0"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"error: {COMP}.finetune.sync_bn: true needs GPUs" in result.stderr  # each rank's one line
+    assert "ConfigError" not in result.stderr, "no traceback of ours (torchrun still prints its own)"
