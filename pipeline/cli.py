@@ -1,4 +1,4 @@
-"""The `pipeline` console script: compare, report, submit, submissions, lr-find, overfit.
+"""The `pipeline` console script: compare, report, submit, submissions, score, lr-find, overfit.
 
 The DVC stages have their own entry points (`python -m pipeline.<stage>`); these are run by hand: compare reads
 committed metrics of experiments, two talk to Kaggle, lr-find plots loss against learning rate, overfit checks that
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -31,11 +32,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1800.0, help="give up waiting after this many seconds")
     p = sub.add_parser("submissions", help="Kaggle's scores of your submissions beside their CV scores")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
+    p = sub.add_parser("score", help="score submissions/<comp>.csv against your own answer key, beside CV")
+    p.add_argument("comp", choices=sorted(COMPETITIONS))
+    p.add_argument("answers", type=Path, help="CSV of test ids and true labels (columns id, label)")
     p = sub.add_parser("compare", help="experiments against a baseline, fold by fold and per driver, with noise")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
     p.add_argument("experiments", nargs="*", metavar="EXP",
                    help="DVC experiment names, git commits, branches or tags, or 'workspace' (default: workspace)")
     p.add_argument("-b", "--baseline", default="HEAD", help="revision to compare against (default: HEAD)")
+    p.add_argument("--all", action="store_true", help="list every DVC experiment of the baseline: its changed "
+                   "params, CV, corrected standard error and verdict")
     p = sub.add_parser("report", help="reports/<comp>/index.html: scores, curves, errors, images, the model")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
     p = sub.add_parser("lr-find", help="learning-rate range test for the head and finetuning: plots in reports/")
@@ -109,10 +115,17 @@ def main(argv: list[str] | None = None) -> int:
                              force=args.force)
             print(f"Submitted {args.comp} (ref {row['ref']}): status {row['status']}, public score "
                   f"{row['public_score']}, CV {row['metric']} {row['cv_score']}; recorded in submissions/scores.csv")
-        elif args.command == "compare":
-            from pipeline import compare
+        elif args.command == "score":
+            from pipeline import score
 
-            print(compare.run(args.comp, args.experiments, args.baseline))
+            print(score.describe(args.comp, score.run(args.comp, args.answers)))
+        elif args.command == "compare":
+            from pipeline import compare, experiments
+
+            if args.all and args.experiments:
+                raise ConfigError("compare --all lists every experiment of the baseline; name none, or drop --all")
+            print(experiments.run(args.comp, args.baseline) if args.all
+                  else compare.run(args.comp, args.experiments, args.baseline))
         elif args.command == "report":
             from pipeline import report  # imports torch and timm: only for this command
             from pipeline.config import load_params

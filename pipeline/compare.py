@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from scipy import stats
 
 from pipeline.competitions import get_competition
 from pipeline.errors import ConfigError, OutputError
-from pipeline.figures import pyplot, save_png
+from pipeline.leaderboard import plot_cv_vs_leaderboard, submissions
 from pipeline.machine import describe
 from pipeline.paths import Paths
 from pipeline.scoring import HIGHER_IS_BETTER
@@ -99,27 +101,36 @@ def fold_verdict(diffs: np.ndarray, weights: np.ndarray, repeats: int = 1, highe
     shown beside it.
     """
     n = len(diffs)
-    k = n // repeats
-    mean = float(np.mean(diffs))
     overall = float(np.average(diffs, weights=weights))
-    lower, higher = int((diffs < 0).sum()), int((diffs > 0).sum())
-    counts = f"lower on {lower}/{n} folds, higher on {higher}/{n}"
+    counts = f"lower on {int((diffs < 0).sum())}/{n} folds, higher on {int((diffs > 0).sum())}/{n}"
     if not np.any(diffs):
         return f"identical on every fold ({counts})"
+    test = paired_test(diffs, repeats, higher_is_better)
+    if test["t"] is None:
+        return f"change {test['mean']:+.4f} on a single fold: no spread to judge it by"
+    if test["verdict"] != "noise":
+        judged = f"likely {test['verdict']}: {test['t']:.1f} corrected standard errors from zero"
+    else:
+        judged = (f"not distinguishable from noise: {test['t']:.1f} corrected standard errors from zero, "
+                  f"{test['needed']:.1f} needed; repeat with other seeds (`dvc exp run -S seed=...`) before deciding")
+    return (f"mean fold change {test['mean']:+.4f} (overall, row-weighted: {overall:+.4f}), spread (sd) "
+            f"{test['sd']:.4f}, corrected standard error {test['se']:.4f}; {counts} -> {judged}")
+
+
+def paired_test(diffs: np.ndarray, repeats: int = 1, higher_is_better: bool = False) -> dict:
+    """`fold_verdict`'s numbers: mean, sd, corrected se, t, the t needed, and the verdict (better, worse, noise);
+    t is None with fewer than two folds."""
+    n = len(diffs)
+    k = n // repeats
+    mean = float(np.mean(diffs))
     if k < 2:
-        return f"change {mean:+.4f} on a single fold: no spread to judge it by"
+        return {"mean": mean, "sd": None, "se": None, "t": None, "needed": None, "verdict": "noise"}
     sd = float(diffs.std(ddof=1))
     se = sd * math.sqrt(1 / n + 1 / (k - 1))
-    t = abs(mean) / se if se > 0 else math.inf
+    t = abs(mean) / se if se > 0 else (math.inf if mean else 0.0)
     needed = float(stats.t.ppf(0.975, n - 1))
-    if t >= needed:
-        better = mean > 0 if higher_is_better else mean < 0
-        judged = f"likely {'better' if better else 'worse'}: {t:.1f} corrected standard errors from zero"
-    else:
-        judged = (f"not distinguishable from noise: {t:.1f} corrected standard errors from zero, {needed:.1f} needed; "
-                  "repeat with other seeds (`dvc exp run -S seed=...`) before deciding")
-    return (f"mean fold change {mean:+.4f} (overall, row-weighted: {overall:+.4f}), spread (sd) {sd:.4f}, corrected "
-            f"standard error {se:.4f}; {counts} -> {judged}")
+    verdict = "noise" if t < needed else ("better" if (mean > 0) == higher_is_better else "worse")
+    return {"mean": mean, "sd": sd, "se": se, "t": t, "needed": needed, "verdict": verdict}
 
 
 def group_counts(diffs: np.ndarray, weights: np.ndarray, noun: str) -> str:
@@ -151,6 +162,11 @@ def paired_table(base: Run, runs: list[Run], key: str, extra: tuple[str, ...], l
             row[f"change {r.name}"] = value(r, k) - value(base, k)
         rows.append(row)
     return pd.DataFrame(rows).dropna() if rows else pd.DataFrame(rows)
+
+
+def _wrapped(line: str) -> str:
+    """A verdict folded to the terminal's width, continued under its text."""
+    return textwrap.fill(line, shutil.get_terminal_size((100, 24)).columns, subsequent_indent="    ")
 
 
 def _num(value) -> str:
@@ -194,42 +210,6 @@ def machine_note(base: Run, run: Run) -> str | None:
             "and metrics/.")
 
 
-def submissions(root: Path, comp_name: str) -> pd.DataFrame:
-    path = root / "submissions" / "scores.csv"
-    if not path.is_file():
-        return pd.DataFrame(columns=["commit", "experiment", "cv_logloss", "cv", "public_score", "private_score"])
-    scores = pd.read_csv(path, dtype=str)
-    scores = scores[scores["competition"] == comp_name].copy()
-    for c in ("cv_logloss", "cv_score", "public_score", "private_score"):
-        scores[c] = pd.to_numeric(scores[c], errors="coerce") if c in scores else float("nan")
-    # `cv`: the CV score in the leaderboard's metric (rows recorded before `cv_score` existed: their log loss)
-    logloss = get_competition(comp_name).metric == "logloss"
-    scores["cv"] = scores["cv_score"].fillna(scores["cv_logloss"]) if logloss else scores["cv_score"]
-    return scores
-
-
-def plot_cv_vs_leaderboard(scores: pd.DataFrame, comp_name: str, out: Path) -> Path | None:
-    """CV score against the public leaderboard, one point per scored submission: does CV predict it?"""
-    scored = scores.dropna(subset=["cv", "public_score"])
-    if scored.empty:
-        return None
-    fig, ax = pyplot().subplots(figsize=(5.5, 5))
-    ax.scatter(scored["cv"], scored["public_score"])
-    for _, r in scored.iterrows():
-        label = r.get("experiment") if isinstance(r.get("experiment"), str) and r.get("experiment") else str(r["commit"])[:7]
-        ax.annotate(label[:16], (r["cv"], r["public_score"]),
-                    fontsize=7, xytext=(3, 3), textcoords="offset points")
-    lo = min(scored["cv"].min(), scored["public_score"].min())
-    hi = max(scored["cv"].max(), scored["public_score"].max())
-    ax.plot([lo, hi], [lo, hi], ":", color="grey", label="CV = leaderboard")
-    name = get_competition(comp_name).metric
-    ax.set_xlabel(f"CV {name} (metrics/<comp>.json)")
-    ax.set_ylabel(f"public leaderboard {name}")
-    ax.set_title(f"{comp_name}: does CV predict the leaderboard? ({len(scored)} submissions)", fontsize=10)
-    ax.legend(fontsize=8)
-    return save_png(fig, out)
-
-
 def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Path = Path(".")) -> str:
     """The comparison as text (and the CV-vs-leaderboard picture when submissions were scored)."""
     comp = get_competition(comp_name)
@@ -270,8 +250,8 @@ def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Pa
         out.append(_table(folds))
         weights = folds["rows"].to_numpy(dtype=float)
         for r in paired:
-            out.append(f"  {r.name}: " + fold_verdict(folds[f"change {r.name}"].to_numpy(), weights,
-                                                      higher_is_better=higher))
+            out.append(_wrapped(f"  {r.name}: " + fold_verdict(folds[f"change {r.name}"].to_numpy(), weights,
+                                                                higher_is_better=higher)))
 
     if comp.group_column and base.cv.get("groups"):
         noun = comp.group_noun
@@ -280,16 +260,18 @@ def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Pa
         if len(groups):
             out.append(_table(groups))
             for r in runs:
-                out.append(f"  {r.name}: " + group_counts(groups[f"change {r.name}"].to_numpy(),
-                                                          groups["rows"].to_numpy(dtype=float), noun))
+                out.append(_wrapped(f"  {r.name}: " + group_counts(groups[f"change {r.name}"].to_numpy(),
+                                                                    groups["rows"].to_numpy(dtype=float), noun)))
         else:
             out.append(f"(no {noun} in common)")
 
     scores = submissions(root, comp_name)
     if len(scores):
         shown = scores.assign(run=[_made_by(row, [base, *runs]) for _, row in scores.iterrows()])
-        out.append("\nKaggle submissions (submissions/scores.csv); `run` names the compared run that made it:")
-        out.append(shown[["run", "time", "commit", "experiment", "cv_logloss", "cv", "public_score", "private_score"]]
+        out.append("\nKaggle submissions and local scores (submissions/scores.csv; `pipeline score` rows: local_score); "
+                   "`run` names the compared run that made it:")
+        out.append(shown[["run", "time", "commit", "experiment", "cv_logloss", "cv", "public_score", "private_score",
+                          "local_score"]]
                    .assign(commit=shown["commit"].str.replace(r"^(\w{12})\w*", r"\1", regex=True))
                    .fillna("").to_string(index=False))
         picture = plot_cv_vs_leaderboard(scores, comp_name, Paths(comp_name, root).reports / "cv_vs_leaderboard.png")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.cache import encode_labels, load_cache
+from pipeline.cache import load_cache
 from pipeline.choosing import KINDS, choose_all, cross_fitted, evaluate, log_average
 from pipeline.competitions import Competition, get_competition
 from pipeline.config import Params
@@ -29,7 +29,7 @@ from pipeline.outputs import environments, load_oof, load_test, train_rows
 from pipeline.paths import Paths
 from pipeline.scoring import metric, scores
 from pipeline.stage import stage_main
-from pipeline.submission import (FLOAT_FORMAT, decide, make_submission, read_sample, submission_probs,
+from pipeline.submission import (FLOAT_FORMAT, decide, make_submission, read_sample, score_answers,
                                  validate_submission)
 
 STAGES = ("head", "finetune")
@@ -108,14 +108,9 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
                "accuracy": metric("accuracy", honest, labels, predicted),
                comp.metric: metric(comp.metric, honest, labels, predicted)}
     if paths.demo_answers.is_file():  # the demo knows its test labels: report the "leaderboard" score too
-        answers = pd.read_csv(paths.demo_answers, dtype=str, keep_default_na=False).set_index("id")
-        answers = answers.loc[test_index["id"], "label"]
-        written = submission_probs(comp, sub)  # what Kaggle would score: the clipped values (or labels) in the file
-        truth = encode_labels(answers.reset_index(drop=True), comp.classes)
-        if comp.submission != "label":  # a file of labels has no log loss
-            metrics["demo_test_logloss"] = scores(written, truth)["logloss"]
-        metrics["demo_test_accuracy"] = metric("accuracy", written, truth)
-        metrics[f"demo_test_{comp.metric}"] = metric(comp.metric, written, truth)
+        answers = pd.read_csv(paths.demo_answers, dtype=str, keep_default_na=False).set_index("id")["label"]
+        local = score_answers(comp, sub, answers)  # what Kaggle would score: the values (or labels) in the file
+        metrics.update({f"demo_test_{key}": local[key] for key in ("logloss", "accuracy", comp.metric) if key in local})
     metrics = _rounded({**metrics, "member": final_choice.kind, "calibration": final_choice.method,
                         "source": read_json(paths.raw / "summary.json")["source"], "test_rows": len(sub)})
     _, train_index = load_cache(paths.cache, "train")

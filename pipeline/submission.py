@@ -10,6 +10,7 @@ import pandas as pd
 from pipeline.competitions import Competition
 from pipeline.errors import SubmissionError
 from pipeline.paths import EXTRACTED
+from pipeline.scoring import metric, row_losses
 
 
 def read_sample(comp: Competition, raw: Path) -> pd.DataFrame:
@@ -90,3 +91,21 @@ def validate_submission(comp: Competition, sub: pd.DataFrame, sample: pd.DataFra
             f"{name} is not a valid {comp.title} submission: " + "; ".join(problems)
             + ". Re-create it with `dvc repro ensemble@" + comp.name + "`."
         )
+
+
+def score_answers(comp: Competition, sub: pd.DataFrame, answers: pd.Series) -> dict:
+    """What Kaggle would say of submission frame `sub` given the true `answers` (labels indexed by id, as strings):
+    the competition's metric, accuracy and (for probabilities) log loss with its standard error over the rows,
+    from the values as written in the file. Rows without an answer are left out (a held-out subset)."""
+    ids = sub[comp.id_column].astype(str)
+    known = ids.isin(answers.index).to_numpy()
+    lookup = {c: i for i, c in enumerate(comp.classes)}
+    truth = answers.loc[ids[known]].map(lookup).to_numpy()
+    probs = submission_probs(comp, sub)[known]
+    out = {"rows": int(known.sum()), "accuracy": metric("accuracy", probs, truth)}
+    if comp.submission != "label":  # a file of labels has no log loss
+        losses = row_losses(probs, truth)
+        out.update(logloss=float(losses.mean()), logloss_se=float(losses.std(ddof=1) / np.sqrt(len(losses)))
+                   if len(losses) > 1 else float("nan"))
+    out[comp.metric] = metric(comp.metric, probs, truth)
+    return out

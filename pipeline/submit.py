@@ -29,9 +29,9 @@ from pipeline.paths import EXTRACTED, Paths
 from pipeline.submission import read_sample, validate_submission
 
 SCORES_COLUMNS = ["time", "competition", "commit", "experiment", "cv_logloss", "public_score", "private_score",
-                  "status", "message", "ref", "metric", "cv_score"]
+                  "status", "message", "ref", "metric", "cv_score", "local_score"]
 """`cv_score` is the CV score in the competition's metric (what Kaggle's public score measures); `cv_logloss`
-the CV log loss, for every competition."""
+the CV log loss, for every competition; `local_score` a `pipeline score` against local answers (status LOCAL)."""
 DONE = ("COMPLETE", "ERROR")
 
 
@@ -231,7 +231,8 @@ def leaderboard(comp_name: str, root: Path = Path(".")) -> pd.DataFrame:
             ours["cv_score"] = None
         if comp.metric == "logloss":
             ours["cv_score"] = ours["cv_score"].fillna(ours["cv_logloss"])
-        ours = ours[ours["competition"] == comp_name][["ref", "cv_logloss", "cv_score", "commit"]].drop_duplicates(
+        ours = ours[(ours["competition"] == comp_name) & (ours["status"] != "LOCAL")]  # local scores never show
+        ours = ours[["ref", "cv_logloss", "cv_score", "commit"]].drop_duplicates(
             "ref", keep="last")
         board = board.merge(ours, on="ref", how="left")
     else:

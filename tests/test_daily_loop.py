@@ -205,3 +205,41 @@ def test_the_summary_says_which_scores_are_not_this_runs(pipeline_run, tmp_path)
     later = time.time() + 60
     os.utime(next((root / "models" / "dogscats").glob("*/*/fold*/oof.csv")), (later, later))
     assert "dogscats: NOT this run's scores: fold models newer than them" in summary.run(params, root)
+
+
+def test_compare_all_lists_each_experiment_with_its_changed_params_and_verdict(pipeline_run, tmp_path):
+    """Experiments stored as DVC stores them (commits on top of the baseline, refs under refs/exps/): each is
+    listed with only the params it changed, its CV, and the corrected test against the baseline's folds."""
+    from pipeline import experiments
+
+    repo, params, head = _git_project(pipeline_run, tmp_path)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(git + ["add", "params.yaml"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "baseline params"], cwd=repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    cv_path, metrics_path = Paths("statefarm", repo).cv, Paths("statefarm", repo).metrics
+    base_cv, base_metrics = read_json(cv_path), read_json(metrics_path)
+    shifts = {"exp-steady": [-0.05, -0.06, -0.05], "exp-scattered": [-0.2, 0.15, 0.01]}
+    for name, shift in shifts.items():  # one consistent gain, one that is noise
+        cv = json.loads(json.dumps(base_cv))
+        for k, d in zip(sorted(cv["folds"]), shift):
+            cv["folds"][k]["logloss"] += d
+        cv_path.write_text(json.dumps(cv))
+        metrics_path.write_text(json.dumps({**base_metrics, "logloss": base_metrics["logloss"] + np.mean(shift)}))
+        changed = tiny_params(**{"statefarm.head.dropout": 0.25 if name == "exp-steady" else 0.5,
+                                 "statefarm.head.lr": 0.02})
+        (repo / "params.yaml").write_text(yaml.safe_dump(changed.to_dict(), sort_keys=False))
+        subprocess.run(git + ["commit", "-qam", name], cwd=repo, check=True)
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        subprocess.run(["git", "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/{name}", sha], cwd=repo, check=True)
+        subprocess.run(["git", "reset", "-q", "--hard", head], cwd=repo, check=True)
+    shown = experiments.run("statefarm", head, repo, width=100)
+    assert "2 DVC experiment(s)" in shown and all(len(line) <= 100 for line in shown.splitlines())
+    blocks = {block.split()[0]: block for block in shown.split("\n\n")[1:]}
+    steady, scattered = (" ".join(blocks[name].split()) for name in ("exp-steady", "exp-scattered"))
+    assert "statefarm.head.dropout: 0.5 -> 0.25" in steady and "statefarm.head.lr: 0.01 -> 0.02" in steady
+    assert "dropout" not in scattered and "statefarm.head.lr: 0.01 -> 0.02" in scattered
+    assert "likely better: CV logloss" in steady and "noise: CV logloss" in scattered
+    assert f"mean fold change {np.mean(shifts['exp-steady']):+.4f}" in steady
+    assert "seed" not in steady, "only what changed"

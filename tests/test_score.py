@@ -1,0 +1,74 @@
+"""`pipeline score`: the submission file scored against a local answer key, recorded as LOCAL."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import cli, submit
+from pipeline.errors import PipelineError
+from pipeline.io import read_json
+from pipeline.paths import EXTRACTED, Paths
+
+
+def _project(root, tmp_path, comp):
+    """The files `pipeline score` reads, copied out of the session's tiny run (it writes scores.csv)."""
+    src, dst = Paths(comp, root), Paths(comp, tmp_path)
+    for path in (src.submission, src.metrics, src.raw / EXTRACTED / "sample_submission.csv", src.demo_answers):
+        target = tmp_path / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    return dst
+
+
+@pytest.mark.parametrize("comp", ["dogscats", "statefarm"])
+def test_score_of_the_demo_answers_is_the_ensembles_demo_test_score(pipeline_run, tmp_path, monkeypatch, capsys,
+                                                                     comp):
+    """Two paths to one number: the ensemble scores the frame it writes, `pipeline score` the file it reads."""
+    root, _, _ = pipeline_run
+    paths = _project(root, tmp_path, comp)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["score", comp, str(paths.demo_answers)]) == 0
+    shown = capsys.readouterr().out
+    metrics = read_json(paths.metrics)
+    recorded = pd.read_csv(submit.scores_path(tmp_path), dtype=str).iloc[-1]
+    assert recorded["status"] == "LOCAL" and recorded["public_score"] != recorded["public_score"]  # NaN: none
+    assert float(recorded["local_score"]) == pytest.approx(metrics["demo_test_logloss"], abs=1e-6)
+    assert float(recorded["cv_score"]) == pytest.approx(metrics["logloss"], abs=1e-6)
+    assert f"local logloss {metrics['demo_test_logloss']:.4f} +- " in shown and "not a leaderboard score" in shown
+
+
+def test_a_partial_answer_key_scores_only_its_rows(pipeline_run, tmp_path, monkeypatch):
+    root, _, _ = pipeline_run
+    comp = "statefarm"
+    paths = _project(root, tmp_path, comp)
+    answers = pd.read_csv(paths.demo_answers, dtype=str)
+    sub = pd.read_csv(paths.submission, dtype={"img": str}).set_index("img")
+    half = answers.iloc[: len(answers) // 2]
+    half.to_csv(tmp_path / "half.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    from pipeline import score
+
+    r = score.run(comp, tmp_path / "half.csv", tmp_path)
+    probs = sub.loc[half["id"]].to_numpy(dtype=float)
+    truth = probs[np.arange(len(half)), [int(label[1:]) for label in half["label"]]]
+    assert r["local_rows"] == len(half) < r["submission_rows"]
+    assert r["local_logloss"] == pytest.approx(-np.log(np.clip(truth, 1e-15, 1)).mean(), abs=1e-6)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda a: a.rename(columns={"label": "class"}), "expected columns 'id'"),
+    (lambda a: a.assign(label="c99"), "are not State Farm Distracted Driver Detection classes"),
+    (lambda a: pd.concat([a, a.iloc[:1]]), "is answered twice"),
+    (lambda a: pd.concat([a, pd.DataFrame({"id": ["img_nope.jpg"], "label": ["c0"]})]), "are not in"),
+])
+def test_a_bad_answer_key_is_refused_with_the_reason(pipeline_run, tmp_path, breakage, message):
+    root, _, _ = pipeline_run
+    paths = _project(root, tmp_path, "statefarm")
+    breakage(pd.read_csv(paths.demo_answers, dtype=str)).to_csv(tmp_path / "bad.csv", index=False)
+    from pipeline import score
+
+    with pytest.raises(PipelineError, match=message):
+        score.run("statefarm", tmp_path / "bad.csv", tmp_path)
+    assert not submit.scores_path(tmp_path).exists()
