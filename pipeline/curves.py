@@ -43,7 +43,8 @@ def curves(paths: Paths, models, folds) -> dict[str, dict[int, dict[str, pd.Data
             for model in models for stage in STAGES}
 
 
-def draw(data: dict, title: str, out: Path) -> Path:
+def figure(data: dict, title: str):
+    """The learning curves' figure: one panel per model and stage, each fold a colour, the kept epochs marked."""
     plt = pyplot()
     cols = len(STAGES)
     rows = -(-len(data) // cols)
@@ -65,10 +66,15 @@ def draw(data: dict, title: str, out: Path) -> Path:
         ax.set_ylabel("log loss")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        # below the panel: inside, "best" may sit on the kept epoch's mark at the top right
+        ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     fig.suptitle(title)
     fig.tight_layout()
-    return save_png(fig, out)
+    return fig
+
+
+def draw(data: dict, title: str, out: Path) -> Path:
+    return save_png(figure(data, title), out)
 
 
 def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:

@@ -170,3 +170,17 @@ def test_the_uncertain_grid_is_the_rows_nearest_the_decision_boundary():
     probs[2, :2] = [0.9, 0.1]
     oof = pd.DataFrame(probs, columns=list(comp.classes)).assign(label=comp.classes[0])
     assert list(extremes(comp, oof)["uncertain"]) == [0, 1, 2]
+
+
+def test_the_legend_hides_nothing_in_the_panel():
+    """Ten legend entries inside a panel cover curves or the kept epoch's mark (at the top right, where falling
+    curves leave room); below the panel they cover neither."""
+    steps = pd.Series(range(4))
+    fold = {"val": pd.DataFrame({"step": steps, "value": [2.0, 1.0, 0.5, 0.4]}),
+            "train": pd.DataFrame({"step": steps, "value": [2.2, 1.1, 0.6, 0.3]})}
+    fig = curves.figure({f"main {stage}": {k: fold for k in range(5)} for stage in curves.STAGES}, "legend check")
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert [t for t in ax.texts if t.get_text().startswith("kept: epoch")], ax.get_title()
+        assert not legend.overlaps(ax.get_window_extent(renderer)), ax.get_title()
