@@ -146,7 +146,7 @@ def random_split_head(params, comp: str, root: Path) -> tuple[float, float]:
 
     grouped = head_oof()
     table = pd.read_csv(paths.folds, dtype={"id": str, "group": str})
-    table["fold"] = folds.assign_folds(table, params.n_splits, params.seed, grouped=False)
+    table["fold"] = folds.assign_folds(table, params.fold_count, params.seed, grouped=False)
     write_csv(paths.folds, table)
     return grouped, head_oof()
 

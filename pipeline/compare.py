@@ -140,9 +140,11 @@ def group_counts(diffs: np.ndarray, weights: np.ndarray, noun: str) -> str:
 
 
 def same_folds(a: Run, b: Run) -> bool:
-    """Whether both runs' folds hold the same rows (a changed seed or fold count gives other folds)."""
+    """Whether the folds both runs scored hold the same rows (a changed seed or fold count gives other folds; a
+    quick run scores fewer of the same folds)."""
     fa, fb = a.cv["folds"], b.cv["folds"]
-    return set(fa) == set(fb) and all(fa[k].get("rows_md5") == fb[k].get("rows_md5") is not None for k in fa)
+    common = set(fa) & set(fb)
+    return bool(common) and all(fa[k].get("rows_md5") == fb[k].get("rows_md5") is not None for k in common)
 
 
 def paired_table(base: Run, runs: list[Run], key: str, extra: tuple[str, ...], label: str,
@@ -194,6 +196,17 @@ def _made_by(row, runs: list[Run]) -> str:
     return ""
 
 
+def quick_note(base: Run, run: Run) -> str | None:
+    """Two runs scored with other quick settings (folds, subsample) cannot be told apart from their change."""
+    a, b = (r.cv.get("run", {}).get("subsample", 1.0) for r in (base, run))
+    if a == b:
+        return None
+    return (f"Note: {base.name} learnt from {a:.0%} of each fold's training images, {run.name} from {b:.0%}: "
+            f"the change includes that. Make the baseline the same way, e.g. `dvc exp run -S subsample={b:g}` "
+            f"{'with the same folds ' if len(run.cv.get('folds', {})) < len(base.cv.get('folds', {})) else ''}"
+            "on the baseline commit.")
+
+
 def machine_note(base: Run, run: Run) -> str | None:
     """Said when two runs' members were computed on other machines (or one does not say where): the same params
     give other numbers on another CPU or GPU, which would pass for the effect of the change."""
@@ -232,7 +245,8 @@ def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Pa
                              "chosen": f"{r.metrics.get('member')}+{r.metrics.get('calibration')}"}
                             for r in [base, *runs]])
     out.append(overall.to_string(index=False))
-    out += [note for r in runs if (note := machine_note(base, r))]
+    out += ["\n" + _wrapped(note.lstrip("\n")) for r in runs for note in (machine_note(base, r), quick_note(base, r))
+            if note]
 
     paired = [r for r in runs if same_folds(base, r)]
     for r in runs:

@@ -260,6 +260,15 @@ class Params:
     launch: str = "python"
     """What starts the finetune stages (dvc.yaml's cmd): `python`, or `torchrun ...` to train each fold
     data-parallel on several GPUs."""
+    fold_count: int = 0
+    """k of the k-fold split (the folds stage); `folds` lists which of the k are trained and scored."""
+    subsample: float = 1.0
+    """The share of each fold's training images the heads and networks learn from (quick mode: e.g. 0.25)."""
+
+    @property
+    def quick(self) -> bool:
+        """Fewer folds than the split has, or fewer training images: a quick look, not a full run."""
+        return len(self.folds) < self.fold_count or self.subsample < 1.0
 
     def comp(self, name: str) -> CompetitionParams:
         """The section of competition `name`."""
@@ -282,14 +291,11 @@ class Params:
             return f"{comp_name}.models.{name}.{section}"
         return f"{comp_name}.{section}"
 
-    @property
-    def n_splits(self) -> int:
-        return len(self.folds)
-
     def to_dict(self) -> dict:
         """Every value, defaults included, as params.yaml would spell it."""
-        top = {"competitions": list(self.competitions), "folds": list(self.folds), "seed": self.seed,
-               "device": self.device, "models": list(self.models), "launch": self.launch}
+        top = {"competitions": list(self.competitions), "folds": list(self.folds), "fold_count": self.fold_count,
+               "subsample": self.subsample, "seed": self.seed, "device": self.device, "models": list(self.models),
+               "launch": self.launch}
         return _plain({**top, **{name: as_dict(cp) for name, cp in self.sections.items()}})
 
 
@@ -297,7 +303,7 @@ class Params:
 MOVED = {"prepare.num_workers": "prepare_workers", "features.num_workers": "features_workers",
          "features.batch_size": "features_batch_size", "finetune.num_workers": "finetune_workers",
          "finetune.compile": "compile"}
-TOP_KEYS = ("competitions", "folds", "seed", "device", "models", "launch")
+TOP_KEYS = ("competitions", "folds", "fold_count", "subsample", "seed", "device", "models", "launch")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -505,8 +511,11 @@ def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
         if name not in COMPETITIONS:
             errors.append(f"competitions: unknown competition {name!r}; known: {', '.join(COMPETITIONS)}")
     folds = _coerce(raw.get("folds", []), tuple[int, ...], "folds", {}, errors) or ()
-    if folds and (list(folds) != list(range(len(folds))) or len(folds) < 2):
-        errors.append(f"folds: must be 0, 1, ..., k-1 with k >= 2 (k-fold cross-validation); got {list(folds)}")
+    fold_count = _coerce(raw.get("fold_count", len(folds)), int, "fold_count", {"range": (2, 100)}, errors)
+    if folds and fold_count and (list(folds) != sorted(set(folds)) or not set(folds) <= set(range(fold_count))):
+        errors.append(f"folds: the folds to train and score, ascending, each in 0..{fold_count - 1} (fold_count "
+                      f"{fold_count} splits the rows; [0] alone is a quick look); got {list(folds)}")
+    subsample = _coerce(raw.get("subsample", 1.0), float, "subsample", {"range": (0.01, 1.0)}, errors)
     seed = _coerce(raw.get("seed", 0), int, "seed", {"range": (0, 2**32 - 1)}, errors)
     device = _coerce(raw.get("device", "auto"), str, "device", {"choices": DEVICES}, errors)
     models = _coerce(raw.get("models", ["main"]), tuple[str, ...], "models", {}, errors) or ()
@@ -541,7 +550,8 @@ def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
                     for name, cp in sections.items()}
     if errors:
         raise ConfigError(f"{origin} has {len(errors)} problem(s):\n  " + "\n  ".join(errors))
-    return Params(competitions, folds, seed, device, sections, models, resolved, launch)
+    return Params(competitions, folds, seed, device, sections, models, resolved, launch, fold_count or len(folds),
+                  1.0 if subsample is None else subsample)
 
 
 def resolved_raw(raw_section, model: str) -> dict:

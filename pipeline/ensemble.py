@@ -76,6 +76,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     ep = params.comp(comp_name).ensemble
     paths = Paths(comp_name, root, params.models[0])
     ids, labels, fold_of = train_rows(paths, comp)
+    kept = np.isin(fold_of, params.folds)  # quick mode scores fewer folds: their rows only
+    ids, labels, fold_of = ids[kept], labels[kept], fold_of[kept]
     oof, test = {}, {}
     for model in params.models:  # every model's fold predictions are members, named <model>/<stage>
         for stage in STAGES:
@@ -84,11 +86,13 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
             test[f"{model}/{stage}"] = log_average(load_test(dirs))
     own = dict(oof)
     if ep.neighbours:  # fixed k and weight: nothing is chosen on the rows they are scored on
-        smooth_members(oof, test, paths, fold_of, ep.neighbours, ep.neighbour_weight)
+        smooth_members(oof, test, paths, fold_of, ep.neighbours, ep.neighbour_weight, kept)
     kinds = KINDS if ep.members == "auto" else (ep.members,)
     # calibration serves log loss only: a metric of labels or of ranks is blind to it
     methods = (("none", "temperature", "clip") if ep.calibration == "auto" and comp.metric == "logloss"
                else ("none",) if ep.calibration == "auto" else (ep.calibration,))
+    if len(params.folds) == 1:  # no other fold to choose or fit on: the finetuned networks as they are
+        kinds, methods = ("finetune",), ("none",)
 
     honest, fold_choices = cross_fitted(comp, oof, labels, fold_of, kinds, methods)
     final_choice = choose_all(comp, oof, labels, fold_of, kinds, methods)  # for the submission: every row
@@ -112,9 +116,12 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         local = score_answers(comp, sub, answers)  # what Kaggle would score: the values (or labels) in the file
         metrics.update({f"demo_test_{key}": local[key] for key in ("logloss", "accuracy", comp.metric) if key in local})
     metrics = _rounded({**metrics, "member": final_choice.kind, "calibration": final_choice.method,
-                        "source": read_json(paths.raw / "summary.json")["source"], "test_rows": len(sub)})
+                        "source": read_json(paths.raw / "summary.json")["source"], "test_rows": len(sub),
+                        **({"quick": quick_label(params)} if params.quick else {})})
     _, train_index = load_cache(paths.cache, "train")
+    groups = train_index["group"].astype(str).to_numpy()[kept]
     detail = {
+        "run": {"folds": list(params.folds), "fold_count": params.fold_count, "subsample": params.subsample},
         "logloss": metrics["logloss"],
         "calibration_value": final_choice.value,
         "weights": _rounded(final_choice.weights),
@@ -122,13 +129,12 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         "threshold": final_choice.threshold,
         "environments": environments(paths, params.models, params.folds, STAGES),
         "folds": per_fold(comp, list(params.folds), ids, honest, labels, fold_of, fold_choices, own),
-        "groups": per_group(comp, train_index["group"].astype(str).to_numpy(), honest, labels, fold_of, fold_choices)
-        if comp.group_column else {},
+        "groups": per_group(comp, groups, honest, labels, fold_of, fold_choices) if comp.group_column else {},
     }
     # The cross-fitted out-of-fold predictions themselves, for the report's confusion matrix and image grids.
     oof_df = pd.DataFrame(honest, columns=list(comp.classes))
     oof_df.insert(0, "fold", fold_of)
-    oof_df.insert(0, "group", train_index["group"].astype(str).to_numpy())
+    oof_df.insert(0, "group", groups)
     oof_df.insert(0, "predicted", np.asarray(comp.classes)[predicted])  # as decided for the metric (threshold)
     oof_df.insert(0, "label", np.asarray(comp.classes)[labels])
     oof_df.insert(0, "id", ids)
@@ -138,13 +144,20 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     return {**metrics, **detail}
 
 
+def quick_label(params: Params) -> str:
+    """What a quick run scored, in words (metrics' `quick`, `pipeline compare`, `pipeline submit`)."""
+    share = "" if params.subsample == 1.0 else f", {params.subsample:.0%} of each fold's training images"
+    return f"folds {list(params.folds)} of {params.fold_count}{share}"
+
+
 def summary(result: dict) -> str:
     name = result["metric"]
     demo = "".join(f"; demo test {key} {result[f'demo_test_{key}']:.4f}" for key in dict.fromkeys(("logloss", name))
                    if f"demo_test_{key}" in result)
     extra = f", {name} {result[name]:.4f}" if name not in ("logloss", "accuracy") else ""
+    quick = f"; QUICK: {result['quick']}" if "quick" in result else ""
     return (f"CV log loss {result['logloss']:.4f}, accuracy {result['accuracy']:.4f}{extra} ({result['member']}, "
-            f"{result['calibration']}){demo}")
+            f"{result['calibration']}){demo}{quick}")
 
 
 def main(argv: list[str] | None = None) -> None:

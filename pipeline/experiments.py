@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.compare import Run, _read, paired_table, paired_test, resolve, same_folds
+from pipeline.compare import Run, _read, paired_table, paired_test, quick_note, resolve, same_folds
 from pipeline.competitions import get_competition
 from pipeline.errors import OutputError
 from pipeline.paths import Paths
@@ -89,8 +89,9 @@ def run(comp_name: str, baseline: str = "HEAD", root: Path = Path("."), width: i
             out.append(f"\n{name} ({sha[:7]}): {e}")
             continue
         out.append(f"\n{name} ({sha[:7]})")
-        out.append(textwrap.fill(describe(base, run_, comp_name), width, initial_indent="  ",
-                                 subsequent_indent="    "))
+        for line in (describe(base, run_, comp_name), quick_note(base, run_)):
+            if line:
+                out.append(textwrap.fill(line, width, initial_indent="  ", subsequent_indent="    "))
         changes = changed_params(before, params_at(root, sha)) or ["(no param changed)"]
         out += [textwrap.fill(c, width, initial_indent="  ", subsequent_indent="      ") for c in changes]
     return "\n".join(out)

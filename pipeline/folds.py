@@ -53,7 +53,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     train = pd.read_csv(paths.raw / "train.csv", dtype={"id": str, "label": str, "group": str},
                         keep_default_na=False)
     folds = train[["id", "label", "group"]].copy()
-    folds["fold"] = assign_folds(train, params.n_splits, params.seed, grouped=comp.group_column is not None)
+    folds["fold"] = assign_folds(train, params.fold_count, params.seed, grouped=comp.group_column is not None)
     write_csv(paths.folds, folds)
     return paths.folds
 

@@ -44,10 +44,14 @@ def neighbour_smooth(probs: np.ndarray, features: np.ndarray, k: int, weight: fl
     return (1 - weight) * probs + weight * probs[neighbours].mean(axis=1)
 
 
-def smooth_members(oof: dict, test: dict, paths: Paths, fold_of: np.ndarray, k: int, weight: float) -> None:
+def smooth_members(oof: dict, test: dict, paths: Paths, fold_of: np.ndarray, k: int, weight: float,
+                   kept: np.ndarray | None = None) -> None:
     """`ensemble.neighbours` applied to every member: out-of-fold rows find their neighbours among the same fold's
-    validation rows (unseen drivers, as the test set's are), test rows among the test rows."""
+    validation rows (unseen drivers, as the test set's are), test rows among the test rows. `kept`: the train rows
+    the members cover (a quick run's folds), in the features' order."""
     train_features = pooled(np.load(paths.features / "train.npy", mmap_mode="r"))  # the first model's
+    if kept is not None:
+        train_features = train_features[kept]
     folds = {fold: np.flatnonzero(fold_of == fold) for fold in np.unique(fold_of)}
     within = {fold: nearest(train_features[rows], k) for fold, rows in folds.items()}  # searched once per pool
     test_neighbours = nearest(np.load(paths.features / "test.npy", mmap_mode="r"), k)

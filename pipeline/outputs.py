@@ -37,9 +37,18 @@ def train_rows(paths: Paths, comp: Competition) -> tuple[np.ndarray, np.ndarray,
     return index["id"].to_numpy(), encode_labels(index["label"], comp.classes), load_folds(paths.folds, index, paths.cache)
 
 
-def fold_split(paths: Paths, comp: Competition, fold: int) -> FoldSplit:
+def fold_split(paths: Paths, comp: Competition, fold: int, subsample: float = 1.0, seed: int = 0) -> FoldSplit:
+    """Fold `fold`'s rows: its validation rows all, and its training rows, or with `subsample` < 1 that share of
+    them drawn per class (seeded by `seed` and the fold, so every model and stage of a run learns from the same
+    images; at least two per class present)."""
     ids, labels, folds = train_rows(paths, comp)
-    return FoldSplit(ids, labels, np.flatnonzero(folds != fold), np.flatnonzero(folds == fold))
+    train = np.flatnonzero(folds != fold)
+    if subsample < 1.0:
+        rng = np.random.default_rng([seed, fold])
+        train = np.sort(np.concatenate([
+            rng.choice(rows, size=min(len(rows), max(2, round(subsample * len(rows)))), replace=False)
+            for c in np.unique(labels[train]) for rows in [train[labels[train] == c]]]))
+    return FoldSplit(ids, labels, train, np.flatnonzero(folds == fold))
 
 
 def save_fold(
@@ -54,7 +63,7 @@ def save_fold(
     np.save(out / "test.npy", test.astype(np.float32))
     last = info["history"][-1]
     metrics = {**scores(oof, val_labels), "epochs": last["epoch"], "train_loss": last.get("train_loss"),
-               "val_rows": int(len(val_labels))}
+               "val_rows": int(len(val_labels)), "train_rows": int(len(split.train_rows))}
     write_json(out / "params.json", info)
     write_json(metrics_path, metrics)
     return metrics

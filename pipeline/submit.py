@@ -95,6 +95,9 @@ def source_problems(comp_name: str, root: Path) -> list[str]:
         problems.append(f"it was made from the built-in demo data ({comp_name}.data.source: demo in params.yaml); "
                         f"Kaggle would score it as noise. Set {comp_name}.data.source to kaggle or to the path of "
                         f"{comp.slug}.zip and run `dvc repro`")
+    if "quick" in recorded:
+        problems.append(f"it was made by a quick run ({recorded['quick']}): its models saw less than the data. Run "
+                        "the full folds (params.yaml's folds and subsample as shipped) for a submission")
     if comp.test_images is not None and rows != comp.test_images:
         problems.append(f"it has {rows} rows, but the real competition's test set has {comp.test_images}: it was not "
                         f"made from Kaggle's archive (source: {source})")

@@ -90,9 +90,16 @@ def test_unknown_competition_and_top_level_key():
     assert "mnist: unknown top-level key" in msg
 
 
-def test_folds_must_be_a_k_fold_range():
-    assert "folds: must be 0, 1, ..., k-1" in _error(tiny_raw(folds=[0, 2]))
-    assert "folds: must be 0, 1, ..., k-1" in _error(tiny_raw(folds=[0]))
+def test_folds_are_some_of_the_k_folds():
+    """`fold_count` splits the rows; `folds` says which of them run (all, or a quick look at fewer)."""
+    assert "fold_count: must be between 2 and 100, got 1" in _error(tiny_raw(folds=[0]))  # k from folds: 1
+    quick = parse_params(tiny_raw(folds=[0, 2], fold_count=3, subsample=0.5))
+    assert quick.folds == (0, 2) and quick.fold_count == 3 and quick.quick
+    assert not parse_params(tiny_raw(fold_count=3)).quick
+    assert "folds: the folds to train and score, ascending, each in 0..2" in _error(tiny_raw(folds=[0, 3],
+                                                                                             fold_count=3))
+    assert "folds: the folds to train" in _error(tiny_raw(folds=[1, 0], fold_count=3))
+    assert "subsample: must be between 0.01 and 1.0, got 0" in _error(tiny_raw(subsample=0))
 
 
 def test_source_must_be_demo_kaggle_or_zip():
