@@ -23,7 +23,8 @@ import yaml
 
 from pipeline import download, features, finetune, folds, head, prepare
 from pipeline.config import parse_params
-from pipeline.engine import autocast, fit, one_cycle
+from pipeline.devices import autocast
+from pipeline.engine import fit, one_cycle
 from pipeline.models import Classifier, create_trunk, create_head, save_weights
 from pipeline.paths import Paths
 

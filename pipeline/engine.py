@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-from dataclasses import dataclass
+import time
 
 import numpy as np
 import torch
@@ -14,104 +12,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from pipeline.data import TTA
-from pipeline.errors import DeviceError
-from pipeline.machine import usable_cpus
+from pipeline.devices import autocast, grad_scaler, is_main, to_device
 from pipeline.scoring import scores
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` -> the GPU when there is one; `cuda` without a GPU is an error, not a silent CPU run."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("device: 'cuda' was asked for in params.yaml but torch sees no GPU; use 'auto' or 'cpu'.")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-@dataclass(frozen=True)
-class Workers:
-    """This process's place among the data-parallel processes `torchrun` started (one, without torchrun)."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        """Rank 0: the one process that writes outputs, curves and progress."""
-        return self.rank == 0
-
-
-@contextlib.contextmanager
-def distributed(device_name: str):
-    """Yield this process's `Workers`. Started by `torchrun --nproc-per-node N`, the N processes join one
-    process group (NCCL, each on its own GPU `LOCAL_RANK`; gloo on CPUs) for data-parallel training; otherwise
-    this is the only process. The group is left on exit, also after an error."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = pick_device(device_name)
-    if world == 1:
-        yield Workers(0, 1, device)
-        return
-    import torch.distributed as td
-
-    if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if local >= torch.cuda.device_count():
-            raise DeviceError(f"torchrun started process {local} on this machine, but torch sees "
-                              f"{torch.cuda.device_count()} GPU(s); give launch's --nproc-per-node at most that.")
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    td.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield Workers(td.get_rank(), world, device)
-        td.barrier()  # leave together: gloo aborts a process that tears down while another still writes
-    finally:
-        td.destroy_process_group()
-
-
-def is_main() -> bool:
-    import torch.distributed as td
-
-    return not td.is_available() or not td.is_initialized() or td.get_rank() == 0
-
-
-def loader_workers(asked: int, device: torch.device, processes: int = 1) -> int:
-    """DataLoader worker processes: as asked, or with -1 none on a CPU (the network's threads use every core, so
-    workers would only compete with it: measured in benchmarks/features_speed.py) and, on a GPU, one per core of
-    this process's share of them, up to 8."""
-    if asked >= 0:
-        return asked
-    if device.type == "cpu":
-        return 0
-    here = int(os.environ.get("LOCAL_WORLD_SIZE", processes))  # processes on this machine (torchrun's)
-    return max(1, min(8, usable_cpus() // here))
-
-
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the GPU computes it natively (Ampere and later: no loss scaling needed); float16 elsewhere (T4,
-    V100, P100 emulate bf16 slowly), which needs a gradient scaler when training."""
-    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-
-
-def autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=amp_dtype(device))
-    return contextlib.nullcontext()
-
-
-def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
-    """Loss scaling for float16 autocast (a no-op otherwise: CPU, no AMP, or bf16)."""
-    enabled = amp and device.type == "cuda" and amp_dtype(device) == torch.float16
-    return torch.amp.GradScaler("cuda", enabled=enabled)
-
-
-def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """A batch on `device` as float32 (images arrive as uint8 pixel values: a quarter of the bytes to move; the
-    network normalises them there), channels-last when asked (the network's layout)."""
-    x = x.to(device, non_blocking=True).float()
-    if channels_last and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def train_step(model, x, y, optimizer, device, amp=False, channels_last=False, scaler=None) -> float:
@@ -130,16 +32,24 @@ def train_step(model, x, y, optimizer, device, amp=False, channels_last=False, s
     return loss.item()
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, device, amp=False, channels_last=False, scaler=None) -> float:
+def train_one_epoch(model, loader, optimizer, scheduler, device, amp=False, channels_last=False, scaler=None,
+                    timing: dict | None = None) -> float:
     """One pass over `loader`, stepping `scheduler` per batch; returns the mean training loss. `scaler`: the run's
-    loss scaler (one for the whole run: a fresh one each epoch would restart its scale while the schedule goes on)."""
+    loss scaler (one for the whole run: a fresh one each epoch would restart its scale while the schedule goes on).
+    `timing`, when given, gets the epoch's seconds and those spent waiting for the loader's next batch (each step
+    ends in `loss.item()`, so a GPU's work is done when the wait is timed)."""
     model.train()
-    total, count = 0.0, 0
+    total, count, waited = 0.0, 0, 0.0
     scaler = scaler if scaler is not None else grad_scaler(device, amp)
+    start = asked = time.perf_counter()
     for x, y in tqdm(loader, desc="train", leave=False, unit="batch", disable=None if is_main() else True):
+        waited += time.perf_counter() - asked
         total += train_step(model, x, y, optimizer, device, amp, channels_last, scaler) * len(y)
         scheduler.step()
         count += len(y)
+        asked = time.perf_counter()
+    if timing is not None:
+        timing.update(seconds=time.perf_counter() - start, waiting=waited)
     if _parallel():  # every process's share of the epoch's loss
         import torch.distributed as td
 
@@ -286,17 +196,20 @@ def fit(
         record = {"epoch": epoch}
         if epoch and before_epoch is not None:
             record.update(before_epoch(epoch))
+        timing = {}
         if epoch:
             trained = model if train_model is None else train_model  # (a compiled module refuses bool())
             record["train_loss"] = train_one_epoch(trained, train_loader, optimizer, scheduler, device, amp,
-                                                   channels_last, scaler)
+                                                   channels_last, scaler, timing)
         record.update(scores(predict(model, val_loader, device, amp=amp, channels_last=channels_last), val_labels))
         record["lr"] = optimizer.param_groups[-1]["lr"]
         history.append(record)
         _log(live, record)
         if epoch and is_main():
+            # printed, not recorded: timings differ run to run, the outputs must not
             tqdm.write(f"epoch {epoch}/{epochs}: train loss {record['train_loss']:.4f}, val logloss "
-                       f"{record['logloss']:.4f}, accuracy {record['accuracy']:.4f}")
+                       f"{record['logloss']:.4f}, accuracy {record['accuracy']:.4f}; {timing['seconds']:.0f} s, "
+                       f"waiting on input {timing['waiting'] / max(timing['seconds'], 1e-9):.0%}")
         if after_epoch is not None:
             after_epoch(epoch, history)
     return history

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.config import Params, as_dict
 from pipeline.cache import image_rows
 from pipeline.data import ImageDataset, SeededRows, build_transform
-from pipeline.engine import autocast, loader_workers, pick_device, to_device
+from pipeline.devices import autocast, loader_workers, pick_device, to_device
 from pipeline.io import NpyRows, atomic_dir, read_json, write_json
 from pipeline.machine import environment
 from pipeline.models import create_trunk, normalisation, save_weights

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display, no network), imported on first use."""
@@ -28,3 +30,16 @@ def save_png(fig, out: Path, dpi: int = 100) -> Path:
         pyplot().close(fig)
         tmp.unlink(missing_ok=True)
     return out
+
+
+def show(ax, image: np.ndarray) -> None:
+    """A cached image (height, width, 3 or 1 channels) as it is: greyscale ones in grey, not false colour."""
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image)
+
+
+def save_report_png(fig, out: Path) -> Path:
+    """The report's pictures: a little smaller than the default, many share a page."""
+    return save_png(fig, out, dpi=90)

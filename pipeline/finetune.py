@@ -13,9 +13,6 @@ over `finetune.tta` views), `params.json`; `metrics/<comp>/<model>/finetune/fold
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +23,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
 from pipeline.cache import image_rows
+from pipeline.checkpoint import Checkpoint
 from pipeline.data import ImageDataset, SeededRows, ShardedRows, build_transform
-from pipeline.engine import (Workers, distributed, fit, fold_seed, grad_scaler, loader_workers, one_cycle,
-                             predict)
+from pipeline.devices import Workers, distributed, grad_scaler, loader_workers
+from pipeline.engine import fit, fold_seed, one_cycle, predict
 from pipeline.errors import ConfigError
 from pipeline.io import atomic_dir, read_json
 from pipeline.machine import environment
@@ -65,7 +63,7 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     seed = mp.seed
     workers = workers or Workers(0, 1, device)
     torch.manual_seed(fold_seed(seed, fold))
-    split = fold_split(paths, comp, fold)
+    split = fold_split(paths, comp, fold, params.subsample, params.seed)
     meta = read_json(paths.features / "meta.json")
     images, test_images = image_rows(paths.cache, "train"), image_rows(paths.cache, "test")
     plain = build_transform(size=meta.get("image_size"))
@@ -220,86 +218,6 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
     checkpoint.remove()
     head_history = read_json(paths.fold_model("head", fold) / "params.json")["history"]
     return {**metrics, "health": finetune_health(head_history, history)["reading"], "tta": list(ft.tta)}
-
-
-_STATEFUL = ("network", "optimizer", "scheduler", "scaler")  # what a checkpoint holds the state_dict of
-
-
-class Checkpoint:
-    """The state after each finetuning epoch, in `.fold<k>.checkpoint.pt` beside the fold's folder, so a killed run
-    resumes from its last finished epoch: the network, optimizer, schedule, the sampler's epoch and every
-    process's random state, which make the resumed run's result that of an uninterrupted one. It is used only
-    when its fingerprint matches (params, device type, number of processes, torch, the fold's rows, the start
-    weights and the pipeline's code), and removed once the fold's outputs are written. Rank 0 writes it;
-    every process reads it, and all resume only if each found it."""
-
-    def __init__(self, out: Path, same_run: dict, workers: Workers, inputs: list[Path]):
-        self.path = out.with_name(f".{out.name}.checkpoint.pt")
-        self.workers = workers
-        digest = hashlib.sha256(json.dumps(same_run, sort_keys=True, default=str).encode())
-        for path in inputs:
-            with open(path, "rb") as f:  # in pieces: a large backbone's weights need not be in memory whole
-                while piece := f.read(1 << 24):
-                    digest.update(piece)
-        self.fingerprint = digest.hexdigest()
-
-    def save(self, state: dict, epoch: int, history: list[dict]) -> None:
-        if epoch == 0:
-            return
-        rng = _everyone((torch.get_rng_state(), torch.cuda.get_rng_state() if state["device"].type == "cuda"
-                         else None), self.workers)  # every process's, by rank
-        if not self.workers.main:
-            return
-        saved = {"fingerprint": self.fingerprint, "history": history, "rows_epoch": _rows(state["rows"]).epoch,
-                 "rng": rng, **{k: state[k].state_dict() for k in _STATEFUL}}
-        tmp = self.path.with_name(self.path.name + ".part")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(saved, tmp)
-        os.replace(tmp, self.path)
-
-    def resume(self, state: dict) -> list[dict]:
-        """Load the checkpoint into `state` when it belongs to this run, as every process finds it (a node whose
-        copy is missing or stale makes all start again); the epochs it holds (or none)."""
-        saved = self._load()
-        if not all(_everyone(saved is not None, self.workers)):
-            return []
-        for k in _STATEFUL:
-            state[k].load_state_dict(saved[k])
-        _rows(state["rows"]).epoch = saved["rows_epoch"]
-        cpu_rng, cuda_rng = saved["rng"][self.workers.rank]
-        torch.set_rng_state(cpu_rng.cpu())
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state(cuda_rng.cpu(), state["device"])
-        if self.workers.main:
-            print(f"resuming after epoch {saved['history'][-1]['epoch']} from {self.path}")
-        return saved["history"]
-
-    def _load(self) -> dict | None:
-        if not self.path.is_file():
-            return None
-        try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors, numbers, lists
-        except Exception:  # a checkpoint cut short by the kill: start again
-            return None
-        return saved if saved.get("fingerprint") == self.fingerprint else None
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _everyone(value, workers: Workers) -> list:
-    """`value` of every process, by rank (collective: every process calls it)."""
-    if workers.world == 1:
-        return [value]
-    import torch.distributed as td
-
-    values = [None] * workers.world
-    td.all_gather_object(values, value)
-    return values
-
-
-def _rows(sampler) -> SeededRows:
-    return sampler.rows if isinstance(sampler, ShardedRows) else sampler
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.competitions import get_competition
 from pipeline.config import Params, as_dict
-from pipeline.engine import fit, fold_seed, one_cycle, pick_device, predict
+from pipeline.devices import pick_device
+from pipeline.engine import fit, fold_seed, one_cycle, predict
 from pipeline.io import atomic_dir, read_json
 from pipeline.machine import environment
 from pipeline.models import head_for, save_weights
@@ -63,7 +64,7 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, p
     hp = mp.head
     seed = fold_seed(mp.seed, fold)
     torch.manual_seed(seed)
-    split = fold_split(paths, comp, fold)
+    split = fold_split(paths, comp, fold, params.subsample, params.seed)
     feats = np.load(paths.features / "train.npy", mmap_mode="r")
     train = [(feats, split.train_rows)]
     aug_file = paths.features / "train_aug.npy"

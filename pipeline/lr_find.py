@@ -18,7 +18,8 @@ import pandas as pd
 
 from pipeline import finetune, head
 from pipeline.config import Params
-from pipeline.engine import lr_range, pick_device
+from pipeline.devices import pick_device
+from pipeline.engine import lr_range
 from pipeline.errors import OutputError
 from pipeline.figures import pyplot, save_png
 from pipeline.io import write_csv

@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.config import Params
-from pipeline.engine import grad_scaler, train_step
+from pipeline.devices import grad_scaler
+from pipeline.engine import train_step
 from pipeline.figures import pyplot, save_png
 from pipeline.io import write_csv
 from pipeline.lr_find import stage_starts

@@ -68,8 +68,6 @@ def params_read(module: str, per_model: bool = True) -> set[str]:
             read.add("seed")
         elif node.attr in TOP_KEYS and isinstance(node.value, ast.Name) and node.value.id == "params":
             read.add(node.attr)
-        elif node.attr == "n_splits":
-            read.add("folds")
     return read
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import curves, readings, report
+from pipeline import curves, model_figures, readings, report
 from pipeline.io import read_json
 from pipeline.paths import Paths
 
@@ -128,13 +128,13 @@ def test_model_section_copes_with_a_transformer_backbone(tmp_path):
 
     backbone = Trunk(create_backbone(FeaturesParams(backbone="test_vit", pretrained=False)), -1)
     model = Classifier(backbone, create_head(backbone.num_features, 2, 8, 0.5)).eval()
-    table = report.layer_table(model)
+    table = model_figures.layer_table(model)
     assert table["parameters"].iloc[-1] == sum(p.numel() for p in model.parameters())
     images = np.random.default_rng(0).integers(0, 255, (2, 160, 160, 3), dtype=np.uint8)
     meta = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
     comp = get_competition("dogscats")
-    assert report.gradcam_figure(model, images, np.array([0, 1]), comp, meta, tmp_path / "cam.png") is None
-    assert report.filters_figure(model, tmp_path / "filters.png").is_file()  # its patch embedding is a conv
+    assert model_figures.gradcam_figure(model, images, np.array([0, 1]), comp, meta, tmp_path / "cam.png") is None
+    assert model_figures.filters_figure(model, tmp_path / "filters.png").is_file()  # its patch embedding is a conv
 
 
 @pytest.mark.parametrize("cut", [-1, 2])
@@ -152,7 +152,7 @@ def test_activation_maps_show_every_feature_level_up_to_the_cut(pipeline_run, tm
     assert len(levels) == (cut + 1 if cut >= 0 else len(trunk.model.feature_info))
     assert [a.shape[-1] for a in levels] == sorted((a.shape[-1] for a in levels), reverse=True)
     meta = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-    out = report.activations_figure(model, images, np.array([0, 1, 2]), meta, tmp_path / "maps.png")
+    out = model_figures.activations_figure(model, images, np.array([0, 1, 2]), meta, tmp_path / "maps.png")
     with Image.open(out) as img:
         assert img.width > 100 * (len(levels) + 1) / 2
 
