@@ -5,16 +5,20 @@
 The command runs as a child; every 50 ms the resident sets of the child and all its descendants (DataLoader
 workers, decoding processes) are read from /proc and summed: the peak of that sum is the stage's peak RSS, what
 a machine must hold at once. The largest single process's own peak (the kernel's, RUSAGE_CHILDREN) is kept
-beside it. One JSON line per stage is appended to $STAGE_METER_LOG. Linux only (/proc).
+beside it. The stage's output passes through; the training epochs' "waiting on input N%" (the share of step time
+spent waiting for the loader) is averaged into `input_wait`. One JSON line per stage is appended to
+$STAGE_METER_LOG. Linux only (/proc).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,15 +56,25 @@ def tree_rss_kb(pid: int) -> int:
 def main() -> int:
     command = sys.argv[1:]
     start = time.perf_counter()
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    waits: list[int] = []
+
+    def relay() -> None:  # the stage's output as it comes, and its input-wait readings
+        for line in child.stdout:
+            sys.stdout.write(line)
+            waits.extend(int(m) for m in re.findall(r"waiting on input (\d+)%", line))
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
     peak = 0
     while child.poll() is None:
         peak = max(peak, tree_rss_kb(child.pid))
         time.sleep(0.05)
+    reader.join()
     record = {"command": " ".join(command), "seconds": round(time.perf_counter() - start, 2),
               "peak_tree_mb": round(peak / 1024, 1),
               "peak_process_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
-              "rc": child.returncode}
+              "rc": child.returncode, "input_wait": round(sum(waits) / len(waits), 1) if waits else None}
     log = os.environ.get("STAGE_METER_LOG")
     if log:
         with open(log, "a") as f:
