@@ -126,15 +126,19 @@ def _pixels(raw: Path, container: str) -> np.ndarray:
     key = str(raw / container)
     if key not in _PIXELS:
         columns = [c for c in pd.read_csv(key, nrows=0).columns if c.startswith("pixel")]
-        try:
-            pixels = pd.read_csv(key, usecols=columns, dtype=np.int64).to_numpy()
+        parts, low, high = [], 0, 0
+        try:  # in chunks: 28,000 rows as int64 would be 8x the uint8 array kept
+            for chunk in pd.read_csv(key, usecols=columns, dtype=np.int64, chunksize=4096):
+                values = chunk.to_numpy()
+                low, high = min(low, values.min(initial=0)), max(high, values.max(initial=0))
+                parts.append(values.clip(0, 255).astype(np.uint8))
         except (TypeError, ValueError) as e:
             raise ImageError(f"{container} holds pixel values that are not integers ({e}); the archive is damaged: "
                              "download it again.") from None
-        if pixels.min(initial=0) < 0 or pixels.max(initial=0) > 255:
-            raise ImageError(f"{container} holds pixel values outside 0-255 (from {pixels.min()} to {pixels.max()});"
+        if low < 0 or high > 255:
+            raise ImageError(f"{container} holds pixel values outside 0-255 (from {low} to {high});"
                              " expected 8-bit greyscale. Download the archive again.")
-        _PIXELS[key] = pixels.astype(np.uint8)
+        _PIXELS[key] = np.concatenate(parts) if parts else np.zeros((0, len(columns)), np.uint8)
     return _PIXELS[key]
 
 
