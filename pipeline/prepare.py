@@ -98,6 +98,8 @@ def _unreadable(where: str, why) -> ImageError:
 _ZIPS: dict[str, zipfile.ZipFile] = {}
 """Archives this process has open, by path: each decoding process opens its own once and keeps it."""
 _PIXELS: dict[str, np.ndarray] = {}
+PIXEL_ROWS = 4096
+"""Rows of a pixel CSV parsed at a time (as int64, 8x the uint8 kept: the whole file at once would be)."""
 """Pixel CSVs this process has read, by path: (rows, height * width) uint8."""
 _BLOCK: dict[str, np.ndarray] = {}
 """This process's decoding buffer: reused from chunk to chunk."""
@@ -127,8 +129,8 @@ def _pixels(raw: Path, container: str) -> np.ndarray:
     if key not in _PIXELS:
         columns = [c for c in pd.read_csv(key, nrows=0).columns if c.startswith("pixel")]
         parts, low, high = [], 0, 0
-        try:  # in chunks: 28,000 rows as int64 would be 8x the uint8 array kept
-            for chunk in pd.read_csv(key, usecols=columns, dtype=np.int64, chunksize=4096):
+        try:
+            for chunk in pd.read_csv(key, usecols=columns, dtype=np.int64, chunksize=PIXEL_ROWS):
                 values = chunk.to_numpy()
                 low, high = min(low, values.min(initial=0)), max(high, values.max(initial=0))
                 parts.append(values.clip(0, 255).astype(np.uint8))

@@ -1,5 +1,6 @@
 """The decode-once cache: shapes, row order, and a corrupt JPEG named in the error."""
 
+import io
 import zipfile
 
 import numpy as np
@@ -12,6 +13,7 @@ from pipeline import download, folds, prepare
 from pipeline.cache import load_folds
 from pipeline.demo import write_demo_archive
 from pipeline.competitions import get_competition
+from pipeline.config import DemoParams
 from pipeline.errors import ImageError
 
 
@@ -141,3 +143,30 @@ def test_the_stage_command_with_decoding_processes_prints_no_warning(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "Warning" not in out.stderr, out.stderr
     assert np.load(tmp_path / "data" / "statefarm" / "cache" / "train.npy").shape[0] > 0
+
+
+def test_pixel_csvs_read_in_chunks_give_their_pixels_and_name_a_bad_value(tmp_path, monkeypatch):
+    """Digit Recognizer's CSVs are parsed a few rows at a time (here 7, so a 50-row file takes 8 chunks): the cache
+    holds each row's pixels exactly, and a value outside 0-255 in a later chunk still stops the stage."""
+    from test_registry import _params, tiny_section
+
+    monkeypatch.setattr(prepare, "PIXEL_ROWS", 7)
+    archive = write_demo_archive(get_competition("digits"), DemoParams(train_per_class=5, test=9), 0,
+                                 tmp_path / "digits.zip")
+    params = _params("digits", tiny_section(str(archive), (28, 28)))
+    raw = download.run(params, "digits", tmp_path / "ok")
+    cache = prepare.run(params, "digits", tmp_path / "ok")
+    with zipfile.ZipFile(archive) as zf, zf.open("train.csv") as f:
+        pixels = pd.read_csv(f).drop(columns="label").to_numpy()
+    rows = pd.read_csv(raw / "train.csv")["member"].to_numpy()  # the index's order: each row's line in the CSV
+    assert np.array_equal(np.load(cache / "train.npy").reshape(len(pixels), -1), pixels[rows])
+    files = read_zip(archive)
+    test = pd.read_csv(io.BytesIO(files["test.csv"]))
+    test.iloc[8, 5] = 300  # in the second chunk of 7 rows
+    files["test.csv"] = test.to_csv(index=False).encode()
+    (tmp_path / "bad").mkdir()
+    bad = write_zip(tmp_path / "bad" / "digits.zip", files)
+    params = _params("digits", tiny_section(str(bad), (28, 28)))
+    download.run(params, "digits", tmp_path / "bad")
+    with pytest.raises(ImageError, match="pixel values outside 0-255 \\(from 0 to 300\\)"):
+        prepare.run(params, "digits", tmp_path / "bad")
