@@ -89,6 +89,12 @@ def run(params: Params, root: Path = Path(".")) -> str:
         text += scores_table(params, root).to_string(index=False)
         for comp, why in stale(params, root).items():
             text += f"\n{comp}: NOT this run's scores: {why}; `dvc repro` remakes them."
+        for comp in params.competitions:
+            paths = Paths(comp, root)
+            quick = read_json(paths.metrics).get("quick") if paths.metrics.is_file() else None
+            if quick:
+                text += (f"\n{comp}: a QUICK run ({quick}): compare it with a quick baseline made the same way; "
+                         "not a submission's score.")
         timings = timings_table(params, root)
         if len(timings):
             text += "\n\nStage wall times (each stage's last run, per-fold stages summed):\n"

@@ -205,6 +205,10 @@ def test_the_summary_says_which_scores_are_not_this_runs(pipeline_run, tmp_path)
     later = time.time() + 60
     os.utime(next((root / "models" / "dogscats").glob("*/*/fold*/oof.csv")), (later, later))
     assert "dogscats: NOT this run's scores: fold models newer than them" in summary.run(params, root)
+    assert "QUICK" not in summary.run(params, root)
+    metrics = Paths("dogscats", root).metrics
+    metrics.write_text(json.dumps({**read_json(metrics), "quick": "folds [0] of 3"}))
+    assert "dogscats: a QUICK run (folds [0] of 3)" in summary.run(params, root)
 
 
 def test_compare_all_lists_each_experiment_with_its_changed_params_and_verdict(pipeline_run, tmp_path):
