@@ -1,6 +1,6 @@
 """The competitions this pipeline knows: one record each, the only place their facts live.
 
-Facts come from the competitions' data pages (see README). Stages read a record and never branch on a
+Facts come from the competitions' data pages (see docs/competitions.md). Stages read a record and never branch on a
 competition's name, so adding a competition means adding a record here and a section to params.yaml.
 """
 
