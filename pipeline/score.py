@@ -16,7 +16,7 @@ from pipeline.competitions import get_competition
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
 from pipeline.paths import Paths
-from pipeline.submit import checked_submission, provenance, record
+from pipeline.submit import provenance, read_checked_submission, record
 from pipeline.submission import score_answers
 
 
@@ -49,11 +49,8 @@ def read_answers(comp_name: str, path: Path) -> pd.Series:
 def run(comp_name: str, answers_path: Path, root: Path = Path(".")) -> dict:
     """Score the submission on the answered rows, record it, and return the row written."""
     comp = get_competition(comp_name)
-    path = checked_submission(comp_name, root)
+    path, sub = read_checked_submission(comp_name, root)
     answers = read_answers(comp_name, answers_path)
-    sub = pd.read_csv(path, dtype={comp.id_column: str, **(dict.fromkeys(comp.submission_columns, str)
-                                                           if comp.submission == "label" else {})},
-                      keep_default_na=comp.submission != "label")
     stray = sorted(set(answers.index) - set(sub[comp.id_column].astype(str)))
     if stray:
         raise AnswersError(f"{answers_path}: {len(stray)} answered id(s) are not in {path} (e.g. {stray[0]!r}); an "

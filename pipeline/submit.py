@@ -63,6 +63,11 @@ def _status(submission) -> str:
 
 def checked_submission(comp_name: str, root: Path) -> Path:
     """The competition's submission file, validated against sample_submission.csv."""
+    return read_checked_submission(comp_name, root)[0]
+
+
+def read_checked_submission(comp_name: str, root: Path) -> tuple[Path, pd.DataFrame]:
+    """The competition's submission file and its frame, validated against sample_submission.csv."""
     comp = get_competition(comp_name)
     paths = Paths(comp_name, root)
     for needed in (paths.submission, paths.raw / EXTRACTED / "sample_submission.csv"):
@@ -72,7 +77,7 @@ def checked_submission(comp_name: str, root: Path) -> Path:
     sub = pd.read_csv(paths.submission, dtype={comp.id_column: str, **(dict.fromkeys(comp.submission_columns, str)
                                                                        if labels else {})}, keep_default_na=not labels)
     validate_submission(comp, sub, read_sample(comp, paths.raw), str(paths.submission))
-    return paths.submission
+    return paths.submission, sub
 
 
 class SubmitRefused(PipelineError):
