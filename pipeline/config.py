@@ -1,254 +1,32 @@
-"""params.yaml as frozen, typed, validated dataclasses.
+"""params.yaml, validated into frozen typed objects (the sections are pydantic models, in sections.py).
 
-Every hyperparameter lives in params.yaml; this module is the only reader. Unknown keys, wrong types and values
-out of range are all reported at once, each naming its dotted key, the file, and what is allowed.
+This module is the only reader of params.yaml. Every problem (unknown key, wrong type, value out of range, a
+setting the competition's facts forbid) is reported at once, one line each, naming its dotted key and what is
+allowed.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from pipeline.competitions import COMPETITIONS, get_competition
 from pipeline.errors import ConfigError
+from pipeline.sections import (MODEL_SECTIONS, TTA_VIEWS, AugmentParams, CompetitionParams, DataParams,  # noqa: F401
+                               DemoParams, EnsembleParams, FeaturesParams, FinetuneParams, HeadParams,
+                               ModelParams, PrepareParams, SpeedParams, TopLevel)
 from pipeline.weights import PACKAGES
-
-TTA_VIEWS = ("identity", "hflip", "zoom")
-
-
-def _range(lo=None, hi=None, doc=""):
-    return {"range": (lo, hi), "doc": doc}
-
-
-def _choice(*choices, doc=""):
-    return {"choices": choices, "doc": doc}
-
-
-@dataclass(frozen=True)
-class DemoParams:
-    """Size of the built-in demo archive (used when `data.source` is `demo`)."""
-
-    train_per_class: int = field(default=40, metadata=_range(2, 100_000, "train images per class"))
-    test: int = field(default=40, metadata=_range(1, 100_000, "test images"))
-    drivers: int = field(
-        default=6, metadata=_range(2, 1000, "train drivers, for competitions grouped by driver")
-    )
-
-
-@dataclass(frozen=True)
-class DataParams:
-    """Where the competition's archive comes from."""
-
-    source: str = field(
-        default="demo", metadata={"doc": "'demo', 'kaggle' (download with the official client), or a path to the .zip"}
-    )
-    demo: DemoParams = DemoParams()
-    max_extract_gib: float = field(
-        default=64.0, metadata=_range(1e-6, 10_000, "cap on uncompressed bytes read from the archive")
-    )
-
-
-@dataclass(frozen=True)
-class PrepareParams:
-    """The decode-once image cache."""
-
-    image_size: tuple[int, int] = field(
-        default=(64, 64), metadata={"doc": "(height, width) of cached images", "item_range": (16, 2048)}
-    )
-    skip_unreadable: bool = field(default=False, metadata={"doc": "false: stop at the first unreadable image, "
-                                                                  "naming it; true: go on, dropping unreadable "
-                                                                  "train images and leaving unreadable test images "
-                                                                  "black, all listed in the cache's skipped.csv"})
-
-
-@dataclass(frozen=True)
-class AugmentParams:
-    """Training augmentation (albumentations): `features.augment` makes the augmented feature copies,
-    `finetune.augment` the finetuning batches. Two sections, so changing finetuning's augmentation does not
-    recompute the features (and every head) of ~100k images."""
-
-    hflip: float = field(default=0.0, metadata=_range(0.0, 1.0, "probability of a horizontal flip"))
-    shift: float = field(default=0.1, metadata=_range(0.0, 0.5, "max translation, fraction of the side"))
-    scale: float = field(default=0.1, metadata=_range(0.0, 0.5, "max zoom in or out, fraction"))
-    rotate: float = field(default=10.0, metadata=_range(0.0, 180.0, "max rotation, degrees"))
-    brightness_contrast: float = field(default=0.2, metadata=_range(0.0, 1.0, "max brightness/contrast change"))
-    channel_shuffle: float = field(default=0.0, metadata=_range(0.0, 1.0, "probability of permuting RGB"))
-    rgb_shift: float = field(default=0.0, metadata=_range(0.0, 0.5, "max shift of each colour channel, fraction "
-                                                                     "of 255 (Keras's channel_shift_range / 255)"))
-
-
-@dataclass(frozen=True)
-class FeaturesParams:
-    """The frozen backbone that precomputes conv features."""
-
-    backbone: str = field(default="tf_efficientnet_lite0", metadata={"doc": "timm model name"})
-    pretrained: bool = field(default=True, metadata={"doc": "start from pretrained weights (false: random init)"})
-    weights: str = field(
-        default="package",
-        metadata=_choice("package", "hub", "file", doc="where pretrained weights come from: an installed pip "
-                         "package (offline), the Hugging Face hub (online), or weights_file (offline)"),
-    )
-    weights_file: str | None = field(default=None, metadata={"doc": "local weights, with weights: file"})
-    image_size: tuple[int, int] | None = field(
-        default=None, metadata={"doc": "(height, width) this model sees, resized from the cache (null: the cache's "
-                                       "size): one cache, models at several sizes", "item_range": (16, 2048)})
-    aug_copies: int = field(default=0, metadata=_range(0, 50, "augmented copies of the train features"))
-    augment: AugmentParams = AugmentParams()
-    cut: int = field(default=-1, metadata=_range(-1, 63, "where to cut the backbone: -1, its whole pooled output; "
-                                                        "k >= 0, the spatial map of timm feature level k (earlier "
-                                                        "levels are more generic), on which the head trains a conv "
-                                                        "block"))
-    amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
-    channels_last: bool = field(default=True, metadata={"doc": "channels-last memory (same network, another "
-                                                                 "order of arithmetic)"})
-
-
-@dataclass(frozen=True)
-class HeadParams:
-    """The dense head trained on precomputed features."""
-
-    hidden: int = field(default=256, metadata=_range(1, 16384, "width of the hidden layer"))
-    conv_channels: int = field(default=256, metadata=_range(1, 16384, "with features.cut >= 0: channels of the conv "
-                                                                      "block (3x3 conv, batch norm, ReLU, pooling) "
-                                                                      "before the dense layers"))
-    conv_dropout: float = field(default=0.0, metadata=_range(0.0, 0.9, "with features.cut >= 0: channel dropout "
-                                                                     "(Dropout2d) after the conv block"))
-    dropout: float = field(default=0.5, metadata=_range(0.0, 0.95, "dropout before the output layer"))
-    input_dropout: float = field(default=0.25, metadata=_range(0.0, 0.95, "dropout on the input features (after "
-                                                                           "their batch norm)"))
-    dropout_schedule: str = field(
-        default="constant",
-        metadata=_choice("constant", "rising", doc="rising: no dropout in the first epoch, rising linearly to "
-                         "`dropout` in the last (the lesson's 'increase dropout over time')"),
-    )
-    epochs: int = field(default=30, metadata=_range(1, 10_000, "training epochs"))
-    pseudo_label: float = field(default=0.0, metadata=_range(0.0, 0.999, "confidence from which test rows, labelled "
-                                                                         "by a first head, join a second head's "
-                                                                         "training (0: off)"))
-    lr: float = field(default=1e-3, metadata=_range(1e-7, 10.0, "peak learning rate"))
-    weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0, "AdamW weight decay"))
-    batch_size: int = field(default=64, metadata=_range(2, 65536, "rows per step (batch norm needs 2)"))
-    warmup: float = field(default=0.3, metadata=_range(0.0, 0.9, "fraction of steps spent warming up"))
-
-
-@dataclass(frozen=True)
-class FinetuneParams:
-    """Full finetuning of backbone plus trained head, with augmentation."""
-
-    epochs: int = field(default=8, metadata=_range(1, 10_000, "training epochs"))
-    min_steps: int = field(default=0, metadata=_range(0, 1_000_000, "at least this many optimizer steps: a small "
-                                                                      "fold trains for more epochs (each a full "
-                                                                      "pass) until it has them"))
-    lr: float = field(default=3e-3, metadata=_range(1e-7, 10.0, "peak learning rate of the head"))
-    backbone_lr_ratio: float = field(default=0.3, metadata=_range(0.0, 1.0, "backbone lr as a fraction of lr"))
-    layer_decay: float = field(default=1.0, metadata=_range(0.01, 1.0, "each earlier layer group of the backbone "
-                                                                       "(timm's stages: stem, blocks, ...) at this "
-                                                                       "fraction of the next one's rate (fast.ai's "
-                                                                       "differential learning rates); 1: one rate"))
-    unfreeze: int = field(default=-1, metadata=_range(-1, 1000, "how many of the backbone's last layer groups "
-                                                                "train (-1: all; 0: only the head)"))
-    init: str = field(
-        default="head",
-        metadata=_choice("head", "random", doc="start from the fold's trained head (the lesson's way), or from a "
-                         "randomly initialised head (only to measure what the trained head is worth)"),
-    )
-    warmup: float = field(default=0.2, metadata=_range(0.0, 0.9, "fraction of steps spent warming up"))
-    weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0, "AdamW weight decay"))
-    batch_size: int = field(default=32, metadata=_range(2, 4096, "images per step (batch norm needs 2)"))
-    batch_norm: str = field(
-        default="auto",
-        metadata=_choice("auto", "frozen", "train", doc="the backbone's batch norm statistics: frozen (the running "
-                         "ones the head's features were computed with), train (each batch's, the running ones "
-                         "updated); auto: frozen for pretrained weights, train for random ones"),
-    )
-    sync_bn: bool = field(default=False, metadata={"doc": "data-parallel runs (launch: torchrun) on GPUs: batch "
-                                                          "norm that trains normalises by the whole batch's "
-                                                          "statistics; without it, by each process's share"})
-    augment: AugmentParams = AugmentParams()
-    tta: tuple[str, ...] = field(default=("identity",), metadata={"doc": "views averaged at prediction"})
-    amp: bool = field(default=True, metadata={"doc": "mixed precision on a GPU (ignored on the CPU)"})
-    channels_last: bool = field(default=True, metadata={"doc": "channels-last memory (same network, another "
-                                                                 "order of arithmetic)"})
-
-
-@dataclass(frozen=True)
-class SpeedParams:
-    """How fast, never what: every image's augmentation is seeded per image and inference is row by row, so these
-    change no result. No DVC stage lists this section: changing it re-runs nothing."""
-
-    prepare_workers: int = field(default=0, metadata=_range(0, 256, "processes reading and decoding the archive "
-                                                                  "(0: one per CPU core)"))
-    features_workers: int = field(default=-1, metadata=_range(-1, 256, "features' DataLoader processes resizing "
-                                                                       "and augmenting while the backbone runs (-1: "
-                                                                       "none on a CPU, whose cores the network "
-                                                                       "uses, else one per core up to 8)"))
-    features_batch_size: int = field(default=64, metadata=_range(1, 4096, "images per forward pass when "
-                                                                         "computing features"))
-    finetune_workers: int = field(default=-1, metadata=_range(-1, 256, "finetuning's DataLoader processes, for "
-                                                                      "every loader (-1: none on a CPU, else one per "
-                                                                      "core up to 8)"))
-    compile: bool = field(default=False, metadata={"doc": "torch.compile the finetuned network (a GPU speed-up "
-                                                          "for long runs; compiling costs a minute or more)"})
-
-
-@dataclass(frozen=True)
-class EnsembleParams:
-    """How fold predictions are combined and calibrated into the submission."""
-
-    members: str = field(
-        default="auto",
-        metadata=_choice("auto", "head", "finetune", "both", "weighted",
-                         doc="which predictions of every model: the heads', the finetuned networks', both averaged, "
-                         "or all with non-negative weights summing to 1 fitted on out-of-fold predictions; auto: the "
-                         "best of these on the other folds"),
-    )
-    calibration: str = field(default="auto", metadata=_choice("auto", "temperature", "clip", "none"))
-    neighbours: int = field(default=0, metadata=_range(0, 100, "average each prediction with its k nearest "
-                                                                 "neighbours in feature space (0: off)"))
-    neighbour_weight: float = field(default=0.5, metadata=_range(0.0, 1.0, "weight of the neighbours' average"))
-
-
-@dataclass(frozen=True)
-class CompetitionParams:
-    """One competition's section of params.yaml."""
-
-    data: DataParams = DataParams()
-    prepare: PrepareParams = PrepareParams()
-    features: FeaturesParams = FeaturesParams()
-    head: HeadParams = HeadParams()
-    finetune: FinetuneParams = FinetuneParams()
-    ensemble: EnsembleParams = EnsembleParams()
-    speed: SpeedParams = SpeedParams()
-    models: dict = field(default_factory=dict, metadata={"doc": "per model named in the top-level `models`: "
-                                                                 "overrides of features/head/finetune, "
-                                                                 "and seed"})
-
-
-MODEL_SECTIONS = ("features", "head", "finetune")
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    """One model of a competition, as its stages (features, head, finetune) see it: the competition's sections
-    with the model's overrides from `<comp>.models.<name>`, and its seed (folds always use the top-level seed, so
-    every model of an ensemble splits the same rows)."""
-
-    name: str
-    seed: int
-    features: FeaturesParams
-    head: HeadParams
-    finetune: FinetuneParams
 
 
 @dataclass(frozen=True)
 class Params:
-    """The whole of params.yaml."""
+    """The whole of params.yaml: the top-level keys (see sections.TopLevel), each competition's section, and
+    each (competition, model)'s resolved sections."""
 
     competitions: tuple[str, ...]
     folds: tuple[int, ...]
@@ -258,12 +36,8 @@ class Params:
     models: tuple[str, ...] = ("main",)
     resolved: dict = field(default_factory=dict, repr=False)
     launch: str = "python"
-    """What starts the finetune stages (dvc.yaml's cmd): `python`, or `torchrun ...` to train each fold
-    data-parallel on several GPUs."""
     fold_count: int = 0
-    """k of the k-fold split (the folds stage); `folds` lists which of the k are trained and scored."""
     subsample: float = 1.0
-    """The share of each fold's training images the heads and networks learn from (quick mode: e.g. 0.25)."""
 
     @property
     def quick(self) -> bool:
@@ -296,102 +70,62 @@ class Params:
         top = {"competitions": list(self.competitions), "folds": list(self.folds), "fold_count": self.fold_count,
                "subsample": self.subsample, "seed": self.seed, "device": self.device, "models": list(self.models),
                "launch": self.launch}
-        return _plain({**top, **{name: as_dict(cp) for name, cp in self.sections.items()}})
+        return {**top, **{name: as_dict(cp) for name, cp in self.sections.items()}}
 
 
 # Speed settings that used to sit in the stages' sections (whose every change re-ran the stage).
 MOVED = {"prepare.num_workers": "prepare_workers", "features.num_workers": "features_workers",
          "features.batch_size": "features_batch_size", "finetune.num_workers": "finetune_workers",
          "finetune.compile": "compile"}
-TOP_KEYS = ("competitions", "folds", "fold_count", "subsample", "seed", "device", "models", "launch")
-DEVICES = ("auto", "cpu", "cuda")
+TOP_KEYS = tuple(TopLevel.model_fields)
+_PHRASES = {"int_type": "expected an integer", "int_parsing": "expected an integer", "int_from_float":
+            "expected an integer", "bool_type": "expected true or false", "bool_parsing": "expected true or false",
+            "float_type": "expected a number", "float_parsing": "expected a number", "string_type":
+            "expected a string", "tuple_type": "expected a list", "model_type": "expected a mapping of keys to values",
+            "dict_type": "expected a mapping of keys to values"}
 
 
-def _is_optional(tp) -> bool:
-    return isinstance(tp, types.UnionType) and type(None) in typing.get_args(tp)
+def _validate(cls: type[BaseModel], raw, key: str, errors: list[str]):
+    """`cls` from `raw`, or None with one line per problem appended to `errors`, each naming `key`.<field>."""
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        errors.extend(_problem(cls, err, key) for err in e.errors())
+        return None
 
 
-def _coerce(value, tp, key: str, meta: dict, errors: list[str]):
-    """Check one leaf value against its type and metadata; return the typed value or None."""
-    if _is_optional(tp):
-        if value is None:
-            return None
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
-            want = f"a list of {len(args)}" if args[-1] is not Ellipsis else "a list"
-            errors.append(f"{key}: expected {want}, got {value!r}")
-            return None
-        item_tp = args[0]
-        items = [_coerce(v, item_tp, f"{key}[{i}]", {}, errors) for i, v in enumerate(value)]
-        lo_hi = meta.get("item_range")
-        if lo_hi and all(isinstance(v, (int, float)) for v in items):
-            bad = [v for v in items if not lo_hi[0] <= v <= lo_hi[1]]
-            if bad:
-                errors.append(f"{key}: every item must be in [{lo_hi[0]}, {lo_hi[1]}], got {value!r}")
-        return tuple(items)
-    if tp is bool:
-        if not isinstance(value, bool):
-            errors.append(f"{key}: expected true or false, got {value!r}")
-            return None
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            errors.append(f"{key}: expected an integer, got {value!r}")
-            return None
-    elif tp is float:
-        try:
-            # YAML 1.1 reads `1e-3` (no dot) as a string; accept it as the number the user meant.
-            number = None if isinstance(value, bool) else float(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is None:
-            errors.append(f"{key}: expected a number, got {value!r}")
-            return None
-        value = number
-    elif tp is str:
-        if not isinstance(value, str):
-            errors.append(f"{key}: expected a string, got {value!r}")
-            return None
-    lo, hi = meta.get("range", (None, None))
-    if lo is not None and not lo <= value <= hi:
-        errors.append(f"{key}: must be between {lo} and {hi}, got {value!r}")
-    if "choices" in meta and value not in meta["choices"]:
-        allowed = ", ".join(repr(c) for c in meta["choices"])
-        errors.append(f"{key}: must be one of {allowed}; got {value!r}")
-    return value
-
-
-def _build(cls, raw, key: str, errors: list[str]):
-    """Build dataclass `cls` from mapping `raw`, appending every problem to `errors`."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        errors.append(f"{key}: expected a mapping of keys to values, got {raw!r}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    for unknown in sorted(set(raw) - set(known)):
-        moved = MOVED.get(f"{key.rsplit('.', 1)[-1]}.{unknown}")
+def _problem(cls: type[BaseModel], err: dict, key: str) -> str:
+    """One line for one of pydantic's errors: the dotted key, what is allowed, and the value found."""
+    loc, kind, ctx = err["loc"], err["type"], err.get("ctx", {})
+    parent = cls
+    for part in loc[:-1]:  # the model holding the failing field, when there is one
+        ann = parent.model_fields[part].annotation if isinstance(parent, type) and part in parent.model_fields else 0
+        parent = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    name = ".".join([key] * bool(key) + [f"[{p}]" if isinstance(p, int) else p for p in loc]).replace(".[", "[")
+    if kind == "extra_forbidden":
+        moved = MOVED.get(".".join(([key.rsplit(".", 1)[-1]] + list(loc))[-2:]))
         if moved:
-            errors.append(f"{key}.{unknown}: moved to {key.split('.')[0]}.speed.{moved} (it changes no result, "
-                          "so no stage re-runs for it)")
-            continue
-        allowed = ", ".join(sorted(known))
-        errors.append(f"{key}.{unknown}: unknown key; allowed keys are {allowed}")
-    values = {}
-    for name, f in known.items():
-        if name not in raw or hints[name] is dict:  # a free-form mapping, checked by its owner
-            continue
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, raw[name], f"{key}.{name}", errors)
+            return f"{name}: moved to {key.split('.')[0]}.speed.{moved} (it changes no result, so no stage re-runs for it)"
+        allowed = sorted(parent.model_fields) if parent else []
+        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        return (f"{name}: unknown key" + (f" (did you mean {near[0]!r}?)" if near else "")
+                + f"; allowed keys are {', '.join(allowed)}")
+    if kind == "missing":
+        return f"{name}: required key is missing"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        info = parent.model_fields.get(loc[-1]) if parent and isinstance(loc[-1], str) else None
+        bounds = {type(m).__name__: m for m in (info.metadata if info else [])}
+        if "Ge" in bounds and "Le" in bounds:
+            what = f"must be between {bounds['Ge'].ge} and {bounds['Le'].le}"
         else:
-            value = _coerce(raw[name], tp, f"{key}.{name}", dict(f.metadata), errors)
-            if value is not None or raw[name] is None:
-                values[name] = value
-    return cls(**values)
+            what = f"must be at least {ctx['ge']}" if "ge" in ctx else f"must be at most {ctx['le']}"
+    elif kind == "literal_error":
+        what = f"must be one of {ctx['expected']}"
+    elif kind in ("too_short", "too_long"):
+        what = f"expected a list of {ctx.get('max_length', ctx.get('min_length'))}"
+    else:
+        what = _PHRASES.get(kind, err["msg"])
+    return f"{name}: {what}, got {err['input']!r}"
 
 
 def _check_model(name: str, cp, errors: list[str], key: str | None = None) -> None:
@@ -424,10 +158,9 @@ def _check_model(name: str, cp, errors: list[str], key: str | None = None) -> No
     _check_weights(key, cp.features, errors)
 
 
-def _resolve_models(name: str, raw_section, cp: CompetitionParams, models: tuple[str, ...], seed: int,
-                    errors: list[str]) -> dict:
+def _resolve_models(name: str, cp: CompetitionParams, models: tuple[str, ...], seed: int, errors: list[str]) -> dict:
     """Each model's ModelParams: the competition's sections updated, key by key, with `<name>.models.<model>`."""
-    raw_models = (raw_section or {}).get("models") if isinstance(raw_section, dict) else None
+    raw_models = cp.models
     if raw_models is None:
         raw_models = {}
     if not isinstance(raw_models, dict):
@@ -452,14 +185,14 @@ def _resolve_models(name: str, raw_section, cp: CompetitionParams, models: tuple
             errors.append(f"{key}.{unknown}: unknown key; a model overrides {', '.join(MODEL_SECTIONS)} or seed")
         sections = {}
         for section in MODEL_SECTIONS:
-            base = as_dict(getattr(cp, section))
             patch = over.get(section) or {}
             if not isinstance(patch, dict):
                 errors.append(f"{key}.{section}: expected a mapping of keys to values, got {patch!r}")
                 patch = {}
-            sections[section] = _build(type(getattr(cp, section)), _merged(base, patch), f"{key}.{section}", errors)
-        model_seed = _coerce(over.get("seed", seed), int, f"{key}.seed", {"range": (0, 2**32 - 1)}, errors)
-        mp = ModelParams(model, seed if model_seed is None else model_seed, **sections)
+            sections[section] = _merged(as_dict(getattr(cp, section)), patch)
+        mp = _validate(ModelParams, {"name": model, "seed": over.get("seed", seed), **sections}, key, errors)
+        if mp is None:
+            continue
         _check_model(name, mp, errors, key)
         resolved[name, model] = mp
     return resolved
@@ -501,62 +234,55 @@ def _check_weights(name: str, fp: FeaturesParams, errors: list[str]) -> None:
 
 def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
     """Validate a parsed params mapping; raise ConfigError listing every problem."""
-    errors: list[str] = []
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
-    for missing in [k for k in ("competitions", "folds", "seed") if k not in raw]:
-        errors.append(f"{missing}: required top-level key is missing")
-    competitions = _coerce(raw.get("competitions", []), tuple[str, ...], "competitions", {}, errors) or ()
-    for name in competitions:
+    errors: list[str] = []
+    top = _validate(TopLevel, raw, "", errors)
+    for name in raw.get("competitions") or []:
         if name not in COMPETITIONS:
             errors.append(f"competitions: unknown competition {name!r}; known: {', '.join(COMPETITIONS)}")
-    folds = _coerce(raw.get("folds", []), tuple[int, ...], "folds", {}, errors) or ()
-    fold_count = _coerce(raw.get("fold_count", len(folds)), int, "fold_count", {"range": (2, 100)}, errors)
-    if folds and fold_count and (list(folds) != sorted(set(folds)) or not set(folds) <= set(range(fold_count))):
-        errors.append(f"folds: the folds to train and score, ascending, each in 0..{fold_count - 1} (fold_count "
-                      f"{fold_count} splits the rows; [0] alone is a quick look); got {list(folds)}")
-    subsample = _coerce(raw.get("subsample", 1.0), float, "subsample", {"range": (0.01, 1.0)}, errors)
-    seed = _coerce(raw.get("seed", 0), int, "seed", {"range": (0, 2**32 - 1)}, errors)
-    device = _coerce(raw.get("device", "auto"), str, "device", {"choices": DEVICES}, errors)
-    models = _coerce(raw.get("models", ["main"]), tuple[str, ...], "models", {}, errors) or ()
-    launch = _coerce(raw.get("launch", "python"), str, "launch", {}, errors)
-    if isinstance(launch, str) and launch != "python" and not re.fullmatch(r"torchrun( +[-\w=.:/]+)*", launch):
-        errors.append(f"launch: 'python', or a torchrun command line such as 'torchrun --standalone "
-                      f"--nproc-per-node 4' (dvc.yaml runs `<launch> -m pipeline.finetune ...`); got {launch!r}")
-    bad = [m for m in models if not re.fullmatch(r"[a-z0-9_]+", str(m))]
-    if bad or not models or len(set(models)) != len(models):
-        errors.append(f"models: must be distinct names of lowercase letters, digits and _ (DVC joins stage names "
-                      f"with '-'), at least one; got {list(models)}")
+    if top:
+        if top.folds and (list(top.folds) != sorted(set(top.folds)) or not set(top.folds) <= set(range(top.fold_count))):
+            errors.append(f"folds: the folds to train and score, ascending, each in 0..{top.fold_count - 1} "
+                          f"(fold_count {top.fold_count} splits the rows; [0] alone is a quick look); got {list(top.folds)}")
+        if top.launch != "python" and not re.fullmatch(r"torchrun( +[-\w=.:/]+)*", top.launch):
+            errors.append(f"launch: 'python', or a torchrun command line such as 'torchrun --standalone "
+                          f"--nproc-per-node 4' (dvc.yaml runs `<launch> -m pipeline.finetune ...`); got {top.launch!r}")
+        if (not top.models or len(set(top.models)) != len(top.models)
+                or not all(re.fullmatch(r"[a-z0-9_]+", m) for m in top.models)):
+            errors.append(f"models: must be distinct names of lowercase letters, digits and _ (DVC joins stage names "
+                          f"with '-'), at least one; got {list(top.models)}")
     sections = {}
     for key in raw:
         if key in TOP_KEYS:
             continue
         if key not in COMPETITIONS:
-            allowed = ", ".join(list(TOP_KEYS) + list(COMPETITIONS))
-            errors.append(f"{key}: unknown top-level key; allowed keys are {allowed}")
+            near = difflib.get_close_matches(key, list(TOP_KEYS) + list(COMPETITIONS), n=1)
+            errors.append(f"{key}: unknown top-level key" + (f" (did you mean {near[0]!r}?)" if near else "")
+                          + f"; allowed keys are {', '.join(list(TOP_KEYS) + list(COMPETITIONS))}")
             continue
-        sections[key] = _build(CompetitionParams, raw[key], key, errors)
-        _check_competition(key, sections[key], errors)
-    for name in competitions:
+        sections[key] = _validate(CompetitionParams, raw[key], key, errors)
+    for name in top.competitions if top else ():
         if name in COMPETITIONS and name not in sections:
             sections[name] = CompetitionParams()
-            _check_competition(name, sections[name], errors)
+    for name, cp in sections.items():
+        if cp is not None:
+            _check_competition(name, cp, errors)
+    if errors:  # overrides are checked against valid sections, so each problem is reported once
+        raise ConfigError(f"{origin} has {len(errors)} problem(s):\n  " + "\n  ".join(errors))
     resolved = {}
-    if not errors:  # overrides are checked against valid sections, so each problem is reported once
-        for name, cp in sections.items():
-            resolved.update(_resolve_models(name, raw.get(name), cp, models, seed, errors))
-    if not errors:
-        sections = {name: dataclasses.replace(cp, models={m: resolved_raw(raw.get(name), m) for m in models})
-                    for name, cp in sections.items()}
+    for name, cp in sections.items():
+        resolved.update(_resolve_models(name, cp, top.models, top.seed, errors))
     if errors:
         raise ConfigError(f"{origin} has {len(errors)} problem(s):\n  " + "\n  ".join(errors))
-    return Params(competitions, folds, seed, device, sections, models, resolved, launch, fold_count or len(folds),
-                  1.0 if subsample is None else subsample)
+    sections = {name: cp.model_copy(update={"models": {m: resolved_raw(cp.models, m) for m in top.models}})
+                for name, cp in sections.items()}
+    return Params(top.competitions, top.folds, top.seed, top.device, sections, top.models, resolved, top.launch,
+                  top.fold_count, top.subsample)
 
 
-def resolved_raw(raw_section, model: str) -> dict:
-    """A model's overrides as written (an empty mapping when it has none)."""
-    models = raw_section.get("models") if isinstance(raw_section, dict) else None
+def resolved_raw(models, model: str) -> dict:
+    """A model's overrides as written in `<comp>.models` (an empty mapping when it has none)."""
     over = models.get(model) if isinstance(models, dict) else None
     return over if isinstance(over, dict) else {}
 
@@ -573,15 +299,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(raw, str(path))
 
 
-def as_dict(obj) -> dict:
-    """A params section as plain data, for saving next to the outputs it produced."""
-    return _plain(dataclasses.asdict(obj))
-
-
-def _plain(value):
-    """Tuples to lists, recursively, so YAML and JSON writers take the value."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+def as_dict(obj: BaseModel) -> dict:
+    """A params section as plain data (lists, not tuples), for saving next to the outputs it produced."""
+    return obj.model_dump(mode="json")

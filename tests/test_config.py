@@ -1,5 +1,6 @@
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from conftest import REPO, tiny_raw
 from pipeline.config import load_params, parse_params
@@ -38,10 +39,26 @@ def _error(raw) -> str:
     return str(e.value)
 
 
-def test_unknown_key_names_the_key_and_the_allowed_keys():
+def test_unknown_key_names_the_key_the_near_miss_and_the_allowed_keys():
     msg = _error(tiny_raw(**{"dogscats.head.lrr": 0.1}))
-    assert "dogscats.head.lrr: unknown key" in msg
-    assert "lr" in msg and "dropout" in msg
+    assert "dogscats.head.lrr: unknown key (did you mean 'lr'?); allowed keys are batch_size, conv_channels" in msg
+    assert "statefarm.prepare.imagesize: unknown key (did you mean 'image_size'?)" in _error(
+        tiny_raw(**{"statefarm.prepare.imagesize": [8, 8]}))
+    assert "dogscat: unknown top-level key (did you mean 'dogscats'?)" in _error({**tiny_raw(), "dogscat": {}})
+
+
+def test_one_line_per_wrong_type_even_where_a_library_would_convert():
+    """true is no number and 2.0 no integer (pydantic's lax mode takes both); a size needs two sides in range."""
+    msg = _error(tiny_raw(**{"dogscats.head.lr": True, "dogscats.head.epochs": 2.0, "dogscats.prepare.image_size":
+                             [64, 8], "statefarm.features.image_size": [64, 64, 3], "digits.finetune.amp": "yes",
+                             "digits.finetune.augment": [1]}))
+    assert msg.splitlines()[1:] == [
+        "  dogscats.prepare.image_size[1]: must be at least 16, got 8",
+        "  dogscats.head.epochs: expected an integer, got 2.0",
+        "  dogscats.head.lr: expected a number, got True",
+        "  statefarm.features.image_size: expected a list of 2, got [64, 64, 3]",
+        "  digits.finetune.augment: expected a mapping of keys to values, got [1]",
+        "  digits.finetune.amp: expected true or false, got 'yes'"]
 
 
 def test_a_speed_setting_in_its_old_place_says_where_it_moved():
@@ -61,7 +78,7 @@ def test_out_of_range_and_wrong_type_are_all_reported_at_once():
 
 def test_choice_error_lists_allowed_values():
     msg = _error(tiny_raw(**{"dogscats.ensemble.calibration": "platt"}))
-    assert "'auto', 'temperature', 'clip', 'none'" in msg and "'platt'" in msg
+    assert "dogscats.ensemble.calibration: must be one of 'auto', 'temperature', 'clip' or 'none', got 'platt'" in msg
 
 
 def test_statefarm_refuses_horizontal_flips_in_augmentation_and_tta():
@@ -123,7 +140,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_params_are_frozen():
     params = parse_params(tiny_raw())
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         params.comp("dogscats").head.lr = 1.0
 
 
@@ -178,7 +195,7 @@ def test_a_model_is_its_competitions_sections_with_its_overrides():
 
 
 @pytest.mark.parametrize("changes, expected", [
-    ({"statefarm.models.cut.features": {"cutt": 3}}, "statefarm.models.cut.features.cutt: unknown key; allowed"),
+    ({"statefarm.models.cut.features": {"cutt": 3}}, "statefarm.models.cut.features.cutt: unknown key (did you mean 'cut'?); allowed"),
     ({"statefarm.models.cut.optimizer": {}}, "statefarm.models.cut.optimizer: unknown key; a model overrides"),
     ({"statefarm.models.cut.finetune": {"augment": {"hflip": 0.5}}},
      "statefarm.models.cut.finetune.augment.hflip: must be 0 because"),

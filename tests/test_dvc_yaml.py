@@ -11,7 +11,7 @@ from conftest import REPO
 from pipeline.config import TOP_KEYS, CompetitionParams
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-SECTIONS = {f.name for f in dataclasses.fields(CompetitionParams)}
+SECTIONS = set(CompetitionParams.model_fields)
 UNTRACKED = {"models", "speed"}  # models: per model, below; speed changes no result, so no stage lists it
 
 
