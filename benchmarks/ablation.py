@@ -32,14 +32,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline import download, ensemble, features, finetune, folds, head, prepare
-from pipeline.compare import fold_verdict
-from pipeline.competitions import get_competition
-from pipeline.config import parse_params
-from pipeline.scoring import scores
-from pipeline.outputs import load_oof, train_rows
-from pipeline.io import read_json, write_csv, write_text
-from pipeline.paths import Paths
+from pipeline.stages import download, ensemble, features, finetune, folds, head, prepare
+from pipeline.commands.compare import fold_verdict
+from pipeline.core.competitions import get_competition
+from pipeline.core.config import parse_params
+from pipeline.scoring.metrics import scores
+from pipeline.data.outputs import load_oof, train_rows
+from pipeline.core.io import read_json, write_csv, write_text
+from pipeline.core.paths import Paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comps", default="statefarm,dogscats")
     parser.add_argument("--only", default="", help="comma-separated variant names")
-    parser.add_argument("--photos", action="store_true", help="State Farm on pipeline.photos' real photos")
+    parser.add_argument("--photos", action="store_true", help="State Farm on photos' real photos")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "ablation.md")
     parser.add_argument("--seeds", default="", help="comma-separated top-level seeds (other folds, other inits) to "
                         "repeat each comparison with (default: the shipped seed)")
@@ -171,7 +171,7 @@ def main() -> None:
     for comp in args.comps.split(","):
         source = None
         if args.photos and comp == "statefarm":
-            from pipeline.photos import write_photo_archive
+            from photos import write_photo_archive
 
             source = str(write_photo_archive(work / "photos.zip", work / "answers.csv", seed=1))
         seeds = [int(x) for x in args.seeds.split(",") if x] or [None]

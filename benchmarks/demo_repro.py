@@ -47,7 +47,7 @@ def main() -> None:
     subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
     dvc = [sys.executable, "-m", "dvc"]
 
-    startup, _ = timed([sys.executable, "-c", "import pipeline.finetune"], work)
+    startup, _ = timed([sys.executable, "-c", "import pipeline.stages.finetune"], work)
     full, out = timed(dvc + ["repro", "-f"], work)
     n_stages = len(stages(out))
     shipped = yaml.safe_load((work / "params.yaml").read_text())["competitions"]

@@ -1,14 +1,14 @@
 """Benchmark P2: the features stage end to end against the bare forward pass of its backbone on the same images.
 
 A small cache is made first and not timed (a synthetic State Farm archive of photo-like frames, see
-synthetic_statefarm.py, through `pipeline.download.run` and `pipeline.prepare.run`, 120x160 by default). Then,
+synthetic_statefarm.py, through `pipeline.stages.download.run` and `pipeline.stages.prepare.run`, 120x160 by default). Then,
 in one run:
 
-- stage: `pipeline.features.run` end to end (backbone creation, the DataLoader over the memory-mapped cache,
+- stage: `pipeline.stages.features.run` end to end (backbone creation, the DataLoader over the memory-mapped cache,
   the forward passes, the float16 .npy files, the weights file), with `features.aug_copies: 0`, for each
   `speed.features_workers` asked for (default 0 and 2; the shipped value is 2), and once with `aug_copies: 1`
   (the shipped value: train images go through the backbone twice, once augmented);
-- baseline: the same backbone (`pipeline.models.create_trunk` with the same FeaturesParams, eval mode,
+- baseline: the same backbone (`pipeline.training.models.create_trunk` with the same FeaturesParams, eval mode,
   `torch.no_grad`) over the same images already in memory as uint8 NCHW tensors, in batches of
   `speed.features_batch_size`, timing only the forward and the float16 copy to numpy (what the stage keeps).
 
@@ -34,10 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_statefarm import work_dir, statefarm_params, write_statefarm_archive  # noqa: E402
 
-from pipeline import download, features, prepare  # noqa: E402
-from pipeline.cache import load_cache  # noqa: E402
-from pipeline.config import parse_params  # noqa: E402
-from pipeline.models import create_trunk  # noqa: E402
+from pipeline.stages import download, features, prepare  # noqa: E402
+from pipeline.data.cache import load_cache  # noqa: E402
+from pipeline.core.config import parse_params  # noqa: E402
+from pipeline.training.models import create_trunk  # noqa: E402
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 Three archives that the demo generator did not make, each run through the whole pipeline in-process with the
 shipped params (only `data.source` changed) and scored on its secret test labels:
-- `photos`: `pipeline.photos`' State Farm layout (one source photo per class; archive seed 1 by default);
+- `photos`: `photos`' State Farm layout (one source photo per class; archive seed 1 by default);
 - `statefarm-like` and `dogscats-like`: `benchmarks/unseen_sources.py`, whose test images come from source
   images no train image used (the issue's check that cannot flatter).
 Per fold it prints the head's, the finetuned network's and the ensemble's out-of-fold log loss (the ensemble's
@@ -28,16 +28,18 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipeline import choosing, ensemble
-from pipeline.cache import encode_labels, load_cache
-from pipeline.competitions import get_competition
-from pipeline.config import parse_params
-from pipeline.inprocess import run_competition
-from pipeline.outputs import load_test
-from pipeline.paths import Paths
-from pipeline.photos import write_photo_archive
-from pipeline.scoring import row_losses, scores
-from pipeline.submission import submission_probs
+from pipeline.scoring import choosing
+
+from pipeline.stages import ensemble
+from pipeline.data.cache import encode_labels, load_cache
+from pipeline.core.competitions import get_competition
+from pipeline.core.config import parse_params
+from pipeline.stages.inprocess import run_competition
+from pipeline.data.outputs import load_test
+from pipeline.core.paths import Paths
+from photos import write_photo_archive
+from pipeline.scoring.metrics import row_losses, scores
+from pipeline.scoring.submission import submission_probs
 from unseen_sources import write_dogscats_like, write_statefarm_like
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,6 +141,25 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+LABELS = {"photos": "`photos`", "statefarm-like": "State Farm-like", "dogscats-like": "Dogs vs Cats-like"}
+
+
+def results_row(r: dict) -> str:
+    """The check's row of RESULTS.md's table (tests/test_claims.py checks the table against the committed JSON)."""
+    folds = r["folds"].values()
+    wins = sum(f["finetune"] < f["head"] for f in folds)
+    ok = sum(f["ensemble"] <= min(f["head"], f["finetune"]) for f in folds)
+    worst = max(f["ensemble"] / min(f["head"], f["finetune"]) for f in folds)
+    t, sub = r["test"], r["test"]["submission"]
+    members = r["members_cv"]
+    return (f"| {LABELS[r['check']]} | {members['main/head']:.3f} | {members['main/finetune']:.3f} | **{r['cv']:.3f}** "
+            f"(`{r['choice']}`) | {wins}/{len(folds)} | {ok}/{len(folds)}"
+            + (f" (worst {worst:.2f}x)" if ok < len(folds) else "")
+            + f" | {t['head']['logloss']:.3f} / {t['finetune']['logloss']:.3f} / **{sub['logloss']:.3f}** +- "
+            f"{sub['se']:.3f} ({sub['accuracy']:.3f}) | {abs(r['cv'] - sub['logloss']) / sub['logloss']:.0%} "
+            f"({abs(r['cv'] - sub['logloss']) / sub['se']:.1f} SE) | {r['seconds']} s |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(CHECKS), action="append", help="run these checks (default: all)")
@@ -152,7 +173,7 @@ def main() -> None:
     results = []
     for name in args.only or list(CHECKS):
         results.append(run_check(name, args.seed, args.set, work, reuse=args.reuse is not None))
-        print(report(results[-1]), flush=True)
+        print(report(results[-1]), "", results_row(results[-1]), sep="\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print(f"(outputs left in {work}; delete when done)")

@@ -82,9 +82,9 @@ def write_dogscats(path: Path, train: int, test: int) -> None:
 
 
 def write_digits(path: Path, train: int, test: int) -> None:
-    from pipeline.competitions import get_competition
-    from pipeline.config import DemoParams
-    from pipeline.demo import write_demo_archive
+    from pipeline.core.competitions import get_competition
+    from pipeline.core.sections import DemoParams
+    from pipeline.data.demo import write_demo_archive
 
     write_demo_archive(get_competition("digits"), DemoParams(train_per_class=train // 10, test=test), 0, path)
 

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from pipeline import download, features, finetune, folds, head, prepare
-from pipeline.config import parse_params
-from pipeline.devices import autocast
-from pipeline.engine import fit, one_cycle
-from pipeline.models import Classifier, create_trunk, create_head, save_weights
-from pipeline.paths import Paths
+from pipeline.stages import download, features, finetune, folds, head, prepare
+from pipeline.core.config import parse_params
+from pipeline.training.devices import autocast
+from pipeline.training.engine import fit, one_cycle
+from pipeline.training.models import Classifier, create_trunk, create_head, save_weights
+from pipeline.core.paths import Paths
 
 REPO = Path(__file__).resolve().parents[1]
 

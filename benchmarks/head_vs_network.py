@@ -1,5 +1,5 @@
 """Benchmark P3 (issue 9): a dense-head epoch on precomputed features against a full-network epoch on the same
-images, both through the training loop the stages use (`pipeline.engine.train_one_epoch`).
+images, both through the training loop the stages use (`pipeline.training.engine.train_one_epoch`).
 
 The lesson's reason to precompute: the head trains on features in a fraction of the time the network takes on
 the images. Target: the head's epoch >= 50x faster. Same rows, same batch size, the shipped State Farm backbone
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.config import FeaturesParams, HeadParams
-from pipeline.engine import one_cycle, train_one_epoch
-from pipeline.models import Classifier, create_trunk, head_for
+from pipeline.core.sections import FeaturesParams, HeadParams
+from pipeline.training.engine import one_cycle, train_one_epoch
+from pipeline.training.models import Classifier, create_trunk, head_for
 
 
 def epoch_seconds(model, loader) -> float:

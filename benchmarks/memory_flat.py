@@ -46,8 +46,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_statefarm import work_dir, statefarm_params, write_statefarm_archive  # noqa: E402
 
-from pipeline import download  # noqa: E402
-from pipeline.config import parse_params  # noqa: E402
+from pipeline.stages import download  # noqa: E402
+from pipeline.core.config import parse_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME = (128, 96)  # (width, height) of the archive's JPEGs by default: 640x480 scaled down 5x, like the demo's
@@ -90,22 +90,22 @@ def sample():
 sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 stage, root, params_file = sys.argv[1:4]
-from pipeline.config import parse_params
+from pipeline.core.config import parse_params
 params = parse_params(json.loads(Path(params_file).read_text()), params_file)
 start = time.perf_counter()
 if stage == "prepare":
-    from pipeline import prepare
+    from pipeline.stages import prepare
     prepare.run(params, "statefarm", Path(root))
     # its decoding processes are the forkserver's children: stopping it reaps them into RUSAGE_CHILDREN
     from multiprocessing import forkserver
     forkserver._forkserver._stop()
 elif stage == "features":
-    from pipeline import features
+    from pipeline.stages import features
     features.run(params, "statefarm", "main", Path(root))
 elif stage == "imports-prepare":
-    import pipeline.prepare
+    import pipeline.stages.prepare
 elif stage == "imports-features":
-    import pipeline.features, timm
+    import pipeline.stages.features, timm
 else:
     sys.exit(f"unknown stage {stage}")
 seconds = time.perf_counter() - start

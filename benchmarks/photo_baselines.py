@@ -1,6 +1,6 @@
 """Benchmark: how hard is the real-photo State Farm check? Two baselines, scored on the unseen test drivers.
 
-`pipeline.photos` builds a State Farm-shaped archive from real photos, so the pipeline's defaults can be judged
+`photos` builds a State Farm-shaped archive from real photos, so the pipeline's defaults can be judged
 on something its drawn demo did not make. That check is only useful if it is neither trivial nor hopeless, and
 these two baselines are what its construction was tuned against:
 
@@ -39,7 +39,7 @@ from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from pipeline.photos import CLASSES, write_photo_archive
+from photos import CLASSES, write_photo_archive
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, which the pretrained weights expect
 CLIP = 1e-15  # Kaggle's clipping of each probability before the log

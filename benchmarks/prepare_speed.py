@@ -4,9 +4,9 @@ A synthetic archive in Kaggle's exact State Farm layout, of 640x480 photo-like J
 from scikit-image, scikit-learn and matplotlib, cropped, mirrored, colour-jittered, quality 90: see
 synthetic_statefarm.py), is decoded to the 240x320 cache three ways, in one run:
 
-- prepare: `pipeline.prepare.run` end to end (`speed.prepare_workers: 0`, one process per core, each reading its
+- prepare: `pipeline.stages.prepare.run` end to end (`speed.prepare_workers: 0`, one process per core, each reading its
   zip members itself and decoding with OpenCV's scaled JPEG decoding into the .npy), after
-  `pipeline.download.run` has indexed the archive (not timed), the previous run's cache deleted first;
+  `pipeline.stages.download.run` has indexed the archive (not timed), the previous run's cache deleted first;
 - limit: the faster of two bare loops, one process per core (`multiprocessing.Pool`), each opening the zip
   itself and doing only read + reduced-size decode + resize to 240x320, nothing kept or written, over the same
   members: PIL (`draft('RGB', (320, 240))`, convert, BILINEAR resize) and OpenCV (as prepare decodes);
@@ -40,8 +40,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_statefarm import work_dir, statefarm_params, write_statefarm_archive  # noqa: E402
 
-from pipeline import download, prepare  # noqa: E402
-from pipeline.config import parse_params  # noqa: E402
+from pipeline.stages import download, prepare  # noqa: E402
+from pipeline.core.config import parse_params  # noqa: E402
 
 _ZIPS: dict[str, zipfile.ZipFile] = {}
 

@@ -35,8 +35,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
 
-from pipeline.config import parse_params
-from pipeline.inprocess import run_competition
+from pipeline.core.config import parse_params
+from pipeline.stages.inprocess import run_competition
 
 REPO = Path(__file__).resolve().parents[1]
 COMP = "digits"

@@ -1,6 +1,6 @@
 """Benchmark: the shipped State Farm params on real photos the demo generator did not make.
 
-The demo is ours and can flatter us, so the defaults are judged here too: `pipeline.photos` builds a State
+The demo is ours and can flatter us, so the defaults are judged here too: `photos` builds a State
 Farm-layout archive from photographs that ship inside installed packages (scikit-image, scikit-learn,
 matplotlib), with per-driver backgrounds, light and pose, and unseen test drivers. The whole pipeline runs on it
 in-process (download -> folds -> prepare -> features -> head and finetune per fold -> ensemble), once per
@@ -27,11 +27,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipeline.config import parse_params
-from pipeline.inprocess import run_competition
-from pipeline.cache import encode_labels
-from pipeline.scoring import scores
-from pipeline.photos import write_photo_archive
+from pipeline.core.config import parse_params
+from pipeline.stages.inprocess import run_competition
+from pipeline.data.cache import encode_labels
+from pipeline.scoring.metrics import scores
+from photos import write_photo_archive
 
 REPO = Path(__file__).resolve().parents[1]
 COMP = "statefarm"

@@ -1,6 +1,6 @@
 """Run one DVC stage's command and record its wall time and peak memory (for full_size.py, not a benchmark itself).
 
-    python stage_meter.py python -m pipeline.features statefarm main
+    python stage_meter.py python -m pipeline.stages.features statefarm main
 
 The command runs as a child; every 50 ms the resident sets of the child and all its descendants (DataLoader
 workers, decoding processes) are read from /proc and summed: the peak of that sum is the stage's peak RSS, what

@@ -7,7 +7,7 @@ ship inside scikit-image, scikit-learn and matplotlib (no download), each a rand
 colour and brightness jitter and a little sensor noise, resized to the frame size and saved as JPEG (quality 90):
 photo content, so JPEG decoding, including PIL's DCT-domain reduced-size decode (`draft`), costs what it costs on
 camera frames, which flat synthetic drawings would not. The labels carry no signal: only speed and memory are
-measured with these archives (`pipeline.photos` makes a learnable archive).
+measured with these archives (`photos` makes a learnable archive).
 
 Used by prepare_speed.py, features_speed.py and memory_flat.py (imported from this folder).
 """
@@ -155,7 +155,7 @@ def _update(base: dict, changes: dict) -> dict:
 def statefarm_params(source: Path, changes: dict | None = None) -> dict:
     """The raw params mapping for State Farm alone, read from this repository's params.yaml (the shipped values of
     every key, top-level ones included), with data from `source`, one model `main`, on the CPU, and `changes`
-    (nested, like params.yaml's `statefarm` section) applied. Parse it with `pipeline.config.parse_params`."""
+    (nested, like params.yaml's `statefarm` section) applied. Parse it with `pipeline.core.config.parse_params`."""
     shipped = yaml.safe_load((REPO / "params.yaml").read_text())
     top = {key: value for key, value in shipped.items() if key not in shipped["competitions"]}
     section = _update(shipped["statefarm"], {"data": {"source": str(source)}, "models": {"main": {}}})

@@ -1,11 +1,11 @@
 """Archives for a second real-image check, whose test images come from source images no train image used.
 
-`pipeline.photos` shows every driver the same ten photographs, one per class, so its "unseen drivers" are the
+`photos` shows every driver the same ten photographs, one per class, so its "unseen drivers" are the
 same pictures under new crops. Here each class has many source images, split once between train and test:
 
 - State Farm-like (`write_statefarm_like`): 10 classes, each a handwritten digit from scikit-learn's 1,797 real
   scans (about 180 per class, by 43 writers), shown on a card that the driver holds in front of a background cut
-  from a real photo, with a real LFW face and the driver's own light and pose (`pipeline.photos`' drivers).
+  from a real photo, with a real LFW face and the driver's own light and pose (`photos`' drivers).
   Train drivers see 70% of each class's scans, test drivers only the other 30%, backgrounds and faces no train
   driver had. Frames of one driver and class reuse two scans, so they are near duplicates, as in video.
 - Dogs vs Cats-like (`write_dogscats_like`): "dog" is one of LFW's 100 real face crops and "cat" one of its 100
@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.demo import _zip_bytes
-from pipeline.photos import (_TEST_BACKGROUNDS, _TRAIN_BACKGROUNDS, _background, _driver_looks, _jpeg, _light,
+from pipeline.data.demo import _zip_bytes
+from photos import (_TEST_BACKGROUNDS, _TRAIN_BACKGROUNDS, _background, _driver_looks, _jpeg, _light,
                              _look, _paste_face, _soft_mask)
 
 CLASSES = tuple(f"c{i}" for i in range(10))

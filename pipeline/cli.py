@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import submit
-from pipeline.competitions import COMPETITIONS
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.commands import submit
+from pipeline.core.competitions import COMPETITIONS
+from pipeline.core.errors import ConfigError, PipelineError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _params_for(args):
     """params.yaml, with the command's fold and --model checked against it."""
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     params = load_params()
     if args.fold not in params.folds:
@@ -76,7 +76,7 @@ def _params_for(args):
 
 
 def _lr_find(args) -> None:
-    from pipeline import lr_find  # imports torch and timm: only for this command
+    from pipeline.commands import lr_find  # imports torch and timm: only for this command
 
     params = _params_for(args)
     if not (0 < args.start < args.end) or args.steps < 3:
@@ -90,7 +90,7 @@ def _lr_find(args) -> None:
 
 
 def _overfit(args) -> int:
-    from pipeline import overfit  # imports torch and timm: only for this command
+    from pipeline.commands import overfit  # imports torch and timm: only for this command
 
     params = _params_for(args)
     if args.batches < 1 or args.steps < 1 or args.target <= 0:
@@ -116,19 +116,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Submitted {args.comp} (ref {row['ref']}): status {row['status']}, public score "
                   f"{row['public_score']}, CV {row['metric']} {row['cv_score']}; recorded in submissions/scores.csv")
         elif args.command == "score":
-            from pipeline import score
+            from pipeline.commands import score
 
             print(score.describe(args.comp, score.run(args.comp, args.answers)))
         elif args.command == "compare":
-            from pipeline import compare, experiments
+            from pipeline.commands import compare, experiments
 
             if args.all and args.experiments:
                 raise ConfigError("compare --all lists every experiment of the baseline; name none, or drop --all")
             print(experiments.run(args.comp, args.baseline) if args.all
                   else compare.run(args.comp, args.experiments, args.baseline))
         elif args.command == "report":
-            from pipeline import report  # imports torch and timm: only for this command
-            from pipeline.config import load_params
+            from pipeline.core.config import load_params
+            from pipeline.stages import report  # imports torch and timm: only for this command
 
             print(f"Report: {report.run(load_params(), args.comp)} (pictures in reports/{args.comp}/figures/)")
         elif args.command == "lr-find":

@@ -16,10 +16,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.inprocess import run_competition
-from pipeline.config import parse_params
+from pipeline.core.config import parse_params
+from pipeline.stages.inprocess import run_competition
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # photos.py: real-photo archives, shared with the benchmarks
 
 _STAGE = {
     "data": {"source": "demo", "demo": {"train_per_class": 6, "test": 5, "drivers": 3}},

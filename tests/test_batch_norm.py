@@ -5,7 +5,7 @@ import timm
 import torch
 from torch import nn
 
-from pipeline.models import Classifier
+from pipeline.training.models import Classifier
 
 
 def _network() -> Classifier:

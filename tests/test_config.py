@@ -3,8 +3,8 @@ import yaml
 from pydantic import ValidationError
 
 from conftest import REPO, tiny_raw
-from pipeline.config import load_params, parse_params
-from pipeline.errors import ConfigError
+from pipeline.core.config import load_params, parse_params
+from pipeline.core.errors import ConfigError
 
 
 def test_shipped_params_load_and_use_the_demo_offline():
@@ -155,14 +155,14 @@ def test_stage_command_line_reports_user_errors_without_a_traceback(tmp_path):
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(parse_params(tiny_raw()).to_dict()))
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "pipeline.download", "mnist"], cwd=tmp_path, env=env,
+    out = subprocess.run([sys.executable, "-m", "pipeline.stages.download", "mnist"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 1
     assert out.stderr.startswith("error: Unknown competition 'mnist'") and "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "pipeline.finetune", "dogscats", "main", "7"], cwd=tmp_path, env=env,
+    out = subprocess.run([sys.executable, "-m", "pipeline.stages.finetune", "dogscats", "main", "7"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 2 and "fold 7 is not one of params.yaml's folds [0, 1, 2]" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "pipeline.head", "dogscats", "big"], cwd=tmp_path, env=env,
+    out = subprocess.run([sys.executable, "-m", "pipeline.stages.head", "dogscats", "big"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 2 and "model 'big' is not one of params.yaml's models ['main', 'cut']" in out.stderr
 

@@ -13,10 +13,11 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, tiny_params
-from pipeline import compare, curves
-from pipeline.errors import ConfigError
-from pipeline.io import read_json
-from pipeline.paths import Paths
+from pipeline.commands import compare
+from pipeline.stages import curves
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import read_json
+from pipeline.core.paths import Paths
 
 
 @pytest.mark.parametrize("stage", curves.STAGES)
@@ -105,7 +106,7 @@ def test_compare_pairs_folds_and_drivers_and_credits_kaggle_scores(pipeline_run,
     base = read_json(Paths("statefarm", repo).cv)
     # the experiment: the same fold models, ensembled from the members the baseline did not choose (real outputs,
     # other scores; the baseline's one-standard-error rule may already have picked heads without calibration)
-    from pipeline import ensemble
+    from pipeline.stages import ensemble
 
     other = "finetune" if base["folds"]["0"]["choice"].startswith("head") else "head"
     changed = tiny_params(**{"statefarm.ensemble.calibration": "none", "statefarm.ensemble.members": other})
@@ -192,7 +193,7 @@ def test_the_summary_says_which_scores_are_not_this_runs(pipeline_run, tmp_path)
     import os
     import time
 
-    from pipeline import summary
+    from pipeline.stages import summary
 
     src, params, _ = pipeline_run
     root = tmp_path / "project"
@@ -214,7 +215,7 @@ def test_the_summary_says_which_scores_are_not_this_runs(pipeline_run, tmp_path)
 def test_compare_all_lists_each_experiment_with_its_changed_params_and_verdict(pipeline_run, tmp_path):
     """Experiments stored as DVC stores them (commits on top of the baseline, refs under refs/exps/): each is
     listed with only the params it changed, its CV, and the corrected test against the baseline's folds."""
-    from pipeline import experiments
+    from pipeline.commands import experiments
 
     repo, params, head = _git_project(pipeline_run, tmp_path)
     (repo / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))

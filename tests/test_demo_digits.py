@@ -8,9 +8,9 @@ import zipfile
 import numpy as np
 import pandas as pd
 
-from pipeline.competitions import get_competition
-from pipeline.config import DemoParams
-from pipeline.demo import write_demo_archive
+from pipeline.core.competitions import get_competition
+from pipeline.core.sections import DemoParams
+from pipeline.data.demo import write_demo_archive
 
 PIXELS = [f"pixel{i}" for i in range(784)]
 

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 
 from conftest import jpeg_bytes, read_zip, tiny_params, write_zip
-from pipeline import download
-from pipeline.errors import ArchiveError
-from pipeline.competitions import get_competition
-from pipeline.demo import write_demo_archive
-from pipeline.paths import Paths
+from pipeline.stages import download
+from pipeline.core.errors import ArchiveError
+from pipeline.core.competitions import get_competition
+from pipeline.data.demo import write_demo_archive
+from pipeline.core.paths import Paths
 
 
 def demo_zip(tmp_path, comp_name, seed=0):
@@ -182,7 +182,7 @@ def test_rerun_replaces_output_whole(tmp_path):
 
 
 def test_unknown_competition_lists_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match="Unknown competition 'mnist'; known competitions are 'dogscats', 'statefarm'"):
+    with pytest.raises(ValueError, match="Unknown competition 'mnist'; known competitions are 'digits', 'dogscats', 'statefarm'"):
         download.run(tiny_params(), "mnist", tmp_path)
 
 

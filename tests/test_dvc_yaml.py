@@ -2,13 +2,13 @@
 params sections it reads, so DVC re-runs a stage when, and only when, something it uses changes."""
 
 import ast
-import dataclasses
 
 import pytest
 import yaml
 
 from conftest import REPO
-from pipeline.config import TOP_KEYS, CompetitionParams
+from pipeline.core.config import TOP_KEYS
+from pipeline.core.sections import CompetitionParams
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 SECTIONS = set(CompetitionParams.model_fields)
@@ -16,16 +16,18 @@ UNTRACKED = {"models", "speed"}  # models: per model, below; speed changes no re
 
 
 def _imports(module: str) -> set[str]:
-    tree = ast.parse((REPO / "pipeline" / f"{module}.py").read_text())
+    """The pipeline modules `module` (dotted below pipeline/, e.g. stages.head) imports, dotted the same way."""
+    tree = ast.parse((REPO / "pipeline" / f"{module.replace('.', '/')}.py").read_text())
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pipeline":
+            base = node.module.partition(".")[2]
+            for alias in node.names:  # `from pipeline.stages import head` imports a module; `import X` a name
+                sub = f"{base}.{alias.name}".lstrip(".")
+                found.add(sub if (REPO / "pipeline" / f"{sub.replace('.', '/')}.py").exists() else base)
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline.")}
-    return found
+            found |= {a.name.partition(".")[2] for a in node.names if a.name.startswith("pipeline.")}
+    return found - {""}
 
 
 def imported_closure(module: str) -> set[str]:
@@ -49,7 +51,7 @@ def params_read(module: str, per_model: bool = True) -> set[str]:
     from `params.comp(...)` or `params.model(...)` directly or from a name bound to it (an attribute that merely
     shares a section's name, like `model.head`, does not count). A model's params also read its overrides:
     `<comp>.models.<model>` in a per-model stage, all of `<comp>.models` in a stage that reads every model."""
-    tree = ast.parse((REPO / "pipeline" / f"{module}.py").read_text())
+    tree = ast.parse((REPO / "pipeline" / f"{module.replace('.', '/')}.py").read_text())
     bound = {method: {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
                       and _is_comp_call(node.value, method) for t in node.targets if isinstance(t, ast.Name)}
              for method in ("comp", "model")}
@@ -74,12 +76,20 @@ def params_read(module: str, per_model: bool = True) -> set[str]:
 def test_no_stage_lists_the_speed_settings():
     """Workers, the features' batch size and compile change no result: changing one must re-run nothing."""
     assert not [(stage, p) for stage, spec in DVC.items() for p in spec.get("params", []) if "speed" in p]
-    assert "${item.comp}.speed" not in params_read("finetune")
+    assert "${item.comp}.speed" not in params_read("stages.finetune")
 
 
 def test_params_read_ignores_attributes_that_only_share_a_sections_name():
-    assert "${item.comp}.head" not in params_read("models")  # models.py has `model.head`-like attributes
-    assert "${item.comp}.head" in params_read("head")
+    assert "${item.comp}.head" not in params_read("training.models")  # models.py has `model.head`-like attributes
+    assert "${item.comp}.head" in params_read("stages.head")
+
+
+def test_the_folders_show_the_architecture():
+    """pipeline/stages/ holds the DVC stages (and inprocess.py, which runs them in one process), and nothing else;
+    package __init__ files stay empty (importing a module imports them, and no stage lists them as deps)."""
+    stages = {p.stem for p in (REPO / "pipeline" / "stages").glob("*.py")} - {"__init__", "inprocess"}
+    assert stages == set(DVC)
+    assert not [p for p in (REPO / "pipeline").rglob("__init__.py") if p.read_text().strip()]
 
 
 @pytest.mark.parametrize("stage", sorted(DVC))
@@ -88,19 +98,27 @@ def test_stage_runs_its_own_module(stage):
     args = "".join(f" ${{item.{key}}}" for key in ("comp", "model", "fold") if key in matrix)
     assert list(matrix) == [key for key in ("comp", "model", "fold") if key in matrix]
     launcher = "${launch}" if stage == "finetune" else "python"  # params.yaml's launch: python or torchrun ...
-    assert DVC[stage]["cmd"] == f"{launcher} -m pipeline.{stage}{args}"
+    assert DVC[stage]["cmd"] == f"{launcher} -m pipeline.stages.{stage}{args}"
 
 
 @pytest.mark.parametrize("stage", sorted(DVC))
 def test_code_deps_are_the_modules_the_stage_imports(stage):
-    declared = {d for d in DVC[stage]["deps"] if d.startswith("pipeline/")}
-    assert declared == {f"pipeline/{m}.py" for m in imported_closure(stage)}
+    declared = {d for d in DVC[stage]["deps"] if d.startswith("pipeline/") and d.endswith(".py")}
+    assert declared == {f"pipeline/{m.replace('.', '/')}.py" for m in imported_closure(f"stages.{stage}")}
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_a_competitions_stages_depend_on_its_own_record_only(stage):
+    """Competition facts are data: each stage of a competition lists pipeline/competitions/<comp>.yaml, and no stage
+    the folder or another record, so adding or editing a record re-runs that competition's stages only."""
+    records = [d for d in DVC[stage]["deps"] if d.startswith("pipeline/competitions")]
+    assert records == (["pipeline/competitions/${item.comp}.yaml"] if "comp" in DVC[stage].get("matrix", {}) else [])
 
 
 @pytest.mark.parametrize("stage", sorted(DVC))
 def test_params_are_the_sections_the_stage_reads(stage):
     per_model = "model" in DVC[stage].get("matrix", {})
-    assert set(DVC[stage].get("params", [])) == params_read(stage, per_model)
+    assert set(DVC[stage].get("params", [])) == params_read(f"stages.{stage}", per_model)
 
 
 def test_every_per_fold_or_per_model_stage_writes_its_own_outputs():

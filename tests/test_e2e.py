@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from conftest import make_project, sh, tiny_params
-from pipeline.competitions import get_competition
-from pipeline.submission import read_sample, validate_submission
+from pipeline.core.competitions import get_competition
+from pipeline.scoring.submission import read_sample, validate_submission
 
 
 def ran(output: str) -> set[str]:
@@ -139,14 +139,14 @@ def test_a_fresh_clone_has_the_baseline_to_compare_against(project, tmp_path):
 
 
 def test_pipeline_submit_refuses_demo_and_stale_submissions(project):
-    from pipeline import submit
+    from pipeline.commands import submit
 
     root, _, _, _ = project
     reasons = submit.refusals("dogscats", root)
     assert "demo" in reasons[0] and "12500" in reasons[1], reasons
     assert not any("older than" in r for r in reasons), "fresh outputs are not stale"
     original = (root / "params.yaml").read_text()
-    code = (root / "pipeline" / "ensemble.py").read_text()
+    code = (root / "pipeline" / "stages" / "ensemble.py").read_text()
     raw = yaml.safe_load(original)
     raw["dogscats"]["head"]["dropout"] = 0.1
     try:
@@ -154,12 +154,12 @@ def test_pipeline_submit_refuses_demo_and_stale_submissions(project):
         stale = submit.refusals("dogscats", root)[-1]
         assert "older than the params" in stale and "head@dogscats-main (params.yaml: dogscats.head)" in stale
         (root / "params.yaml").write_text(original)
-        (root / "pipeline" / "ensemble.py").write_text(code + "# changed\n")
+        (root / "pipeline" / "stages" / "ensemble.py").write_text(code + "# changed\n")
         stale = submit.refusals("dogscats", root)[-1]
-        assert "ensemble@dogscats (pipeline/ensemble.py)" in stale
+        assert "ensemble@dogscats (pipeline/stages/ensemble.py)" in stale
     finally:
         (root / "params.yaml").write_text(original)
-        (root / "pipeline" / "ensemble.py").write_text(code)
+        (root / "pipeline" / "stages" / "ensemble.py").write_text(code)
 
 
 def test_a_top_level_params_typo_fails_repro_even_when_nothing_else_would_run(project):
@@ -176,7 +176,7 @@ def test_a_top_level_params_typo_fails_repro_even_when_nothing_else_would_run(pr
 
 def test_replacing_a_local_archive_at_the_same_path_reruns_download(project, tmp_path):
     """DVC tracks the archive's content, not the path string in params.yaml."""
-    from pipeline.demo import write_demo_archive
+    from pipeline.data.demo import write_demo_archive
 
     root, env, _, _ = project
     comp = get_competition("dogscats")
@@ -238,7 +238,7 @@ def test_folds_finetuned_side_by_side_outside_dvc_are_recorded_by_dvc_commit(pro
     params["statefarm"]["finetune"]["lr"] = 0.02
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = [f"finetune@statefarm-{model}-{k}" for model in ("main", "cut") for k in (0, 1)]
-    side_by_side = [subprocess.Popen([sys.executable, "-m", "pipeline.finetune", "statefarm", *s.split("-")[1:]],
+    side_by_side = [subprocess.Popen([sys.executable, "-m", "pipeline.stages.finetune", "statefarm", *s.split("-")[1:]],
                                      cwd=root, env=dict(env, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True) for s in stages]
     for proc in side_by_side:

@@ -8,10 +8,10 @@ import torch
 import yaml
 
 from conftest import TINY, tiny_params
-from pipeline import download, features, head, prepare
-from pipeline.demo import write_demo_archive
-from pipeline.competitions import get_competition
-from pipeline.errors import ImageError
+from pipeline.stages import download, features, head, prepare
+from pipeline.data.demo import write_demo_archive
+from pipeline.core.competitions import get_competition
+from pipeline.core.errors import ImageError
 
 
 def _params_file(tmp_path, monkeypatch, **changes):
@@ -73,10 +73,10 @@ def test_a_killed_run_leaves_nothing_a_later_stage_reads_and_the_next_run_cleans
     import sys
 
     from conftest import REPO
-    from pipeline.io import atomic_dir
+    from pipeline.core.io import atomic_dir
 
     target = tmp_path / "data" / "cache"
-    code = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.io import atomic_dir\n"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom pipeline.core.io import atomic_dir\n"
             "with atomic_dir(Path(sys.argv[1])) as out:\n    (out / 'train.npy').write_bytes(b'0' * 1000)\n"
             "    print('writing', flush=True)\n    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True,

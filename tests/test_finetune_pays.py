@@ -8,12 +8,13 @@ import numpy as np
 from scipy.special import softmax
 
 from conftest import tiny_params
-from pipeline import choosing, finetune
-from pipeline.config import FinetuneParams
-from pipeline.io import read_json
-from pipeline.outputs import fold_split
-from pipeline.competitions import get_competition
-from pipeline.paths import Paths
+from pipeline.scoring import choosing
+from pipeline.stages import finetune
+from pipeline.core.sections import FinetuneParams
+from pipeline.core.io import read_json
+from pipeline.data.outputs import fold_split
+from pipeline.core.competitions import get_competition
+from pipeline.core.paths import Paths
 from test_honest_scores import COMP, copy_upstream
 
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_params
-from pipeline import download, folds
-from pipeline.folds import assign_folds
+from pipeline.stages import download, folds
+from pipeline.stages.folds import assign_folds
 
 
 def synthetic(n_groups=12, per_group=20, n_classes=10, seed=0) -> pd.DataFrame:

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_params
-from pipeline import calibration, choosing, ensemble, finetune, head
-from pipeline.competitions import get_competition
-from pipeline.scoring import scores
-from pipeline.paths import Paths
+from pipeline.scoring import calibration, choosing
+from pipeline.stages import ensemble, finetune, head
+from pipeline.core.competitions import get_competition
+from pipeline.scoring.metrics import scores
+from pipeline.core.paths import Paths
 
 COMP = "statefarm"
 
@@ -157,8 +158,8 @@ def test_a_folds_threshold_is_fitted_without_its_labels(metric):
     _, again = choosing.cross_fitted(comp, oof, moved, folds, ("head",), ("none",))
     assert choices["2"].threshold == again["2"].threshold
     assert any(choices[k].threshold != again[k].threshold for k in ("0", "1", "3", "4")), "fold 2's labels unseen"
-    from pipeline.scoring import metric as score
-    from pipeline.submission import decide
+    from pipeline.scoring.metrics import metric as score
+    from pipeline.scoring.submission import decide
     fitted = np.concatenate([decide(honest[folds == k], choices[str(k)].threshold) for k in range(5)])
     order = np.concatenate([np.flatnonzero(folds == k) for k in range(5)])
     assert score(metric, honest[order], labels[order], fitted) > score(metric, honest, labels) + 0.05  # vs 0.5
@@ -201,7 +202,7 @@ def test_log_average_keeps_the_confidence_of_agreeing_models():
 def test_same_params_same_cpu_same_outputs(pipeline_run, tmp_path, monkeypatch):
     """The whole tiny pipeline again, from the archive: byte-identical folds and features, identical predictions
     and submission."""
-    from pipeline.inprocess import run_competition
+    from pipeline.stages.inprocess import run_competition
 
     root, params, _ = pipeline_run
     comp = "dogscats"
@@ -219,7 +220,7 @@ def test_same_params_same_cpu_same_outputs(pipeline_run, tmp_path, monkeypatch):
 
 def test_the_seed_changes_state_farms_folds(tmp_path):
     """Three demo drivers in three folds: 6 possible assignments, so five seeds must give several of them."""
-    from pipeline import download, folds
+    from pipeline.stages import download, folds
 
     download.run(tiny_params(), COMP, tmp_path)
     seen = {tuple(pd.read_csv(folds.run(tiny_params(seed=seed), COMP, tmp_path))["fold"]) for seed in range(5)}
@@ -231,7 +232,7 @@ def test_log_loss_is_kaggles_row_mean_and_matches_scikit_learn():
     rule pairs average to the score every stage reports, which is scikit-learn's on the rescaled rows."""
     from sklearn.metrics import log_loss
 
-    from pipeline.scoring import row_losses
+    from pipeline.scoring.metrics import row_losses
 
     rng = np.random.default_rng(3)
     probs = rng.random((50, 4)) * 3

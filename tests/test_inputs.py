@@ -5,9 +5,9 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import tiny_params
-from pipeline import inputs
-from pipeline.errors import ConfigError
-from pipeline.io import read_json
+from pipeline.stages import inputs
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import read_json
 
 
 def _weights(path, value: float):

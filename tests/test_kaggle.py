@@ -13,14 +13,15 @@ import pytest
 
 from conftest import make_project, sh, tiny_params
 from kaggle_fake import FakeKaggle, point_client_at
-from pipeline import download, submit
-from pipeline.errors import ArchiveError
-from pipeline.competitions import get_competition
-from pipeline.demo import write_demo_archive
-from pipeline.io import write_json
-from pipeline.errors import KaggleError, SubmissionError
-from pipeline.paths import Paths
-from pipeline.submission import make_submission, read_sample
+from pipeline.stages import download
+from pipeline.commands import submit
+from pipeline.core.errors import ArchiveError
+from pipeline.core.competitions import get_competition
+from pipeline.data.demo import write_demo_archive
+from pipeline.core.io import write_json
+from pipeline.core.errors import KaggleError, SubmissionError
+from pipeline.core.paths import Paths
+from pipeline.scoring.submission import make_submission, read_sample
 
 DC = get_competition("dogscats")
 SF = get_competition("statefarm")
@@ -141,7 +142,7 @@ def test_truncated_download_is_refused_and_deleted(fake, tmp_path):
 
 def test_demo_run_never_imports_the_kaggle_client(tmp_path):
     code = (
-        "import sys\nfrom pathlib import Path\nfrom conftest import tiny_params\nfrom pipeline import download\n"
+        "import sys\nfrom pathlib import Path\nfrom conftest import tiny_params\nfrom pipeline.stages import download\n"
         f"download.run(tiny_params(), 'dogscats', Path({str(tmp_path)!r}))\n"
         "print(sorted(m for m in sys.modules if m == 'kaggle' or m.startswith(('kaggle.', 'kagglesdk'))))"
     )

@@ -4,8 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import cli, lr_find
-from pipeline.paths import Paths
+from pipeline import cli
+
+from pipeline.commands import lr_find
+from pipeline.core.paths import Paths
 
 
 def test_range_test_sweeps_rates_until_the_loss_explodes_and_suggests_below_the_bottom(pipeline_run, monkeypatch):

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pipeline.config import FeaturesParams
-from pipeline.errors import ModelError
-from pipeline.models import create_backbone, create_head
-from pipeline.weights import package_state_dict
+from pipeline.core.sections import FeaturesParams
+from pipeline.core.errors import ModelError
+from pipeline.training.models import create_backbone, create_head
+from pipeline.training.weights import package_state_dict
 
 
 def test_unknown_backbone_suggests_close_timm_names():
@@ -92,8 +92,8 @@ def test_a_missing_weights_package_says_what_to_install():
 
 
 def test_hub_weights_offline_say_how_to_load_them_locally():
-    code = ("from pipeline.config import FeaturesParams\nfrom pipeline.models import create_backbone\n"
-            "from pipeline.errors import ModelError\n"
+    code = ("from pipeline.core.config import FeaturesParams\nfrom pipeline.training.models import create_backbone\n"
+            "from pipeline.core.errors import ModelError\n"
             "try:\n    create_backbone(FeaturesParams(backbone='test_resnet', weights='hub'))\n"
             "except ModelError as e:\n    print(e)")
     env = dict(os.environ, HF_HUB_OFFLINE="1")  # as with no network, without the client's minute of retries
@@ -117,7 +117,7 @@ def test_a_loss_scaled_step_is_the_same_step():
 
     import torch
 
-    from pipeline.engine import train_step
+    from pipeline.training.engine import train_step
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
@@ -137,8 +137,8 @@ def test_a_loss_scaled_step_is_the_same_step():
 def test_a_cut_backbones_head_has_a_conv_block_with_its_own_dropout():
     import torch
 
-    from pipeline.config import HeadParams
-    from pipeline.models import head_for
+    from pipeline.core.sections import HeadParams
+    from pipeline.training.models import head_for
 
     head = head_for((24, 6, 8), 10, HeadParams(conv_channels=16, conv_dropout=0.3))
     kinds = [type(m).__name__ for m in head]

@@ -2,8 +2,9 @@
 cannot (a learning rate far too small) fails."""
 
 from conftest import tiny_params
-from pipeline import cli, overfit
-from pipeline.paths import Paths
+from pipeline import cli
+from pipeline.commands import overfit
+from pipeline.core.paths import Paths
 
 
 def test_the_tiny_models_memorise_two_batches_and_a_frozen_learning_rate_does_not(pipeline_run):

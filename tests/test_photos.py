@@ -7,9 +7,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from conftest import tiny_params
-from pipeline import download, features, folds, prepare
-from pipeline.paths import Paths
-from pipeline.photos import write_photo_archive
+from pipeline.stages import download, features, folds, prepare
+from pipeline.core.paths import Paths
+from photos import write_photo_archive
 
 
 def _test_accuracy(params, root, answers) -> float:

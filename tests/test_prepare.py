@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from conftest import read_zip, tiny_params, write_zip
-from pipeline import download, folds, prepare
-from pipeline.cache import load_folds
-from pipeline.demo import write_demo_archive
-from pipeline.competitions import get_competition
-from pipeline.config import DemoParams
-from pipeline.errors import ImageError
+from pipeline.stages import download, folds, prepare
+from pipeline.data.cache import load_folds
+from pipeline.data.demo import write_demo_archive
+from pipeline.core.competitions import get_competition
+from pipeline.core.sections import DemoParams
+from pipeline.core.errors import ImageError
 
 
 def test_cache_holds_every_image_resized_in_index_order(tmp_path):
@@ -125,7 +125,7 @@ def test_skip_unreadable_still_stops_on_a_damaged_archive(tmp_path, victims):
 
 
 def test_the_stage_command_with_decoding_processes_prints_no_warning(tmp_path):
-    """As DVC runs it (`python -m pipeline.prepare`, so the module is __main__), with worker processes: no
+    """As DVC runs it (`python -m pipeline.stages.prepare`, so the module is __main__), with worker processes: no
     runpy RuntimeWarning about the module being imported twice."""
     import subprocess
     import sys
@@ -138,7 +138,7 @@ def test_the_stage_command_with_decoding_processes_prints_no_warning(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.to_dict()))
     download.run(params, "statefarm", tmp_path)
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "pipeline.prepare", "statefarm"], cwd=tmp_path, env=env,
+    out = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare", "statefarm"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "Warning" not in out.stderr, out.stderr

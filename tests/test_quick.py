@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 
 from conftest import tiny_params
-from pipeline import compare, ensemble, finetune, head, submit
-from pipeline.competitions import get_competition
-from pipeline.io import read_json
-from pipeline.outputs import fold_split
-from pipeline.paths import Paths
+from pipeline.commands import compare, submit
+from pipeline.stages import ensemble, finetune, head
+from pipeline.core.competitions import get_competition
+from pipeline.core.io import read_json
+from pipeline.data.outputs import fold_split
+from pipeline.core.paths import Paths
 from test_honest_scores import COMP, copy_upstream
 
 QUICK = {"folds": [1], "fold_count": 3, "subsample": 0.5}

@@ -16,14 +16,14 @@ from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 
 from conftest import _STAGE, with_changes
-from pipeline import curves, download, prepare, report
-from pipeline.inprocess import run_competition
-from pipeline.competitions import COMPETITIONS, Competition
-from pipeline.config import parse_params
-from pipeline.errors import ArchiveError, ConfigError
-from pipeline.io import read_json
-from pipeline.paths import Paths
-from pipeline.submission import read_sample, validate_submission
+from pipeline.stages import curves, download, prepare, report
+from pipeline.stages.inprocess import run_competition
+from pipeline.core.competitions import COMPETITIONS, Competition
+from pipeline.core.config import parse_params
+from pipeline.core.errors import ArchiveError, ConfigError
+from pipeline.core.io import read_json
+from pipeline.core.paths import Paths
+from pipeline.scoring.submission import read_sample, validate_submission
 
 # A fourth layout: class folders of PNGs, one label per test image in the submission, scored by micro-F1.
 SHAPES = Competition(

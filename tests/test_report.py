@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import curves, model_figures, readings, report
-from pipeline.io import read_json
-from pipeline.paths import Paths
+from pipeline.stages import curves, report
+
+from pipeline.reporting import model_figures, readings
+from pipeline.core.io import read_json
+from pipeline.core.paths import Paths
 
 
 class _Page(HTMLParser):
@@ -98,7 +100,7 @@ def test_grids_pick_the_right_extremes(pipeline_run):
     lowest top probability; the confidently right are right, most confident first."""
     import pandas as pd
 
-    from pipeline.competitions import get_competition
+    from pipeline.core.competitions import get_competition
 
     root, _, _ = pipeline_run
     comp = get_competition("statefarm")
@@ -122,9 +124,9 @@ def test_grids_pick_the_right_extremes(pipeline_run):
 def test_model_section_copes_with_a_transformer_backbone(tmp_path):
     """A ViT gives tokens, not a spatial map: Grad-CAM is skipped rather than wrong, and parameters held outside
     any child module (position embeddings) still count in the total."""
-    from pipeline.competitions import get_competition
-    from pipeline.config import FeaturesParams
-    from pipeline.models import Classifier, Trunk, create_backbone, create_head
+    from pipeline.core.competitions import get_competition
+    from pipeline.core.sections import FeaturesParams
+    from pipeline.training.models import Classifier, Trunk, create_backbone, create_head
 
     backbone = Trunk(create_backbone(FeaturesParams(backbone="test_vit", pretrained=False)), -1)
     model = Classifier(backbone, create_head(backbone.num_features, 2, 8, 0.5)).eval()
@@ -140,8 +142,8 @@ def test_model_section_copes_with_a_transformer_backbone(tmp_path):
 @pytest.mark.parametrize("cut", [-1, 2])
 def test_activation_maps_show_every_feature_level_up_to_the_cut(pipeline_run, tmp_path, cut):
     """One column per feature level (shallow to deep, shrinking maps), for a whole backbone and a cut one."""
-    from pipeline.config import FeaturesParams
-    from pipeline.models import Classifier, create_head, create_trunk
+    from pipeline.core.sections import FeaturesParams
+    from pipeline.training.models import Classifier, create_head, create_trunk
 
     trunk = create_trunk(FeaturesParams(backbone="test_resnet", pretrained=False, cut=cut))
     model = Classifier(trunk, create_head(trunk.num_features, 2, 8, 0.5, conv_channels=8 if cut >= 0 else None))
@@ -160,8 +162,8 @@ def test_activation_maps_show_every_feature_level_up_to_the_cut(pipeline_run, tm
 def test_the_uncertain_grid_is_the_rows_nearest_the_decision_boundary():
     """Not the least confident: a row split 0.46/0.46 between two classes is more uncertain than one at 0.30
     whose runner-up has 0.08."""
-    from pipeline.competitions import get_competition
-    from pipeline.report import extremes
+    from pipeline.core.competitions import get_competition
+    from pipeline.stages.report import extremes
 
     comp = get_competition("statefarm")
     probs = np.full((3, 10), 0.0)

@@ -17,10 +17,10 @@ from safetensors.numpy import load_file
 from safetensors.torch import load_file as load_torch
 
 from conftest import REPO, sh, tiny_params
-from pipeline import features, finetune
-from pipeline.data import SeededRows, ShardedRows
-from pipeline.engine import predict
-from pipeline.paths import Paths
+from pipeline.stages import features, finetune
+from pipeline.data.datasets import SeededRows, ShardedRows
+from pipeline.training.engine import predict
+from pipeline.core.paths import Paths
 from test_honest_scores import COMP, copy_upstream, probabilities
 
 
@@ -80,7 +80,7 @@ def test_an_interrupted_finetune_resumes_from_its_last_epoch_and_ends_as_an_unin
     src, _, _ = pipeline_run
     params = tiny_params(**{f"{COMP}.finetune.epochs": 8})
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    stage = [sys.executable, "-m", "pipeline.finetune", COMP, "main", "0"]  # every run alike: one thread each
+    stage = [sys.executable, "-m", "pipeline.stages.finetune", COMP, "main", "0"]  # every run alike: one thread each
     env = _project(killed, src, params)
     checkpoint = Paths(COMP, killed).fold_model("finetune", 0).with_name(".fold0.checkpoint.pt")
     with open(tmp_path / "stderr.txt", "w") as err:
@@ -116,7 +116,7 @@ def test_finetune_data_parallel_over_two_processes_writes_what_one_process_write
     src, params, _ = pipeline_run
     env = _project(tmp_path, src, params)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "pipeline.finetune", COMP, "main", "0"], cwd=tmp_path, env=env,
+                             "-m", "pipeline.stages.finetune", COMP, "main", "0"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("finetune@statefarm-main-0:") == 1, "one report, from rank 0"
@@ -153,7 +153,7 @@ def test_synchronised_batch_norm_on_cpu_processes_says_it_needs_gpus(pipeline_ru
     src, _, _ = pipeline_run
     env = _project(tmp_path, src, tiny_params(**{f"{COMP}.finetune.sync_bn": True}))
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "pipeline.finetune", COMP, "main", "0"], cwd=tmp_path, env=env,
+                             "-m", "pipeline.stages.finetune", COMP, "main", "0"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert f"error: {COMP}.finetune.sync_bn: true needs GPUs" in result.stderr  # each rank's one line

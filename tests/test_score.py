@@ -6,10 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import cli, submit
-from pipeline.errors import PipelineError
-from pipeline.io import read_json
-from pipeline.paths import EXTRACTED, Paths
+from pipeline import cli
+
+from pipeline.commands import submit
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import read_json
+from pipeline.core.paths import EXTRACTED, Paths
 
 
 def _project(root, tmp_path, comp):
@@ -48,7 +50,7 @@ def test_a_partial_answer_key_scores_only_its_rows(pipeline_run, tmp_path, monke
     half = answers.iloc[: len(answers) // 2]
     half.to_csv(tmp_path / "half.csv", index=False)
     monkeypatch.chdir(tmp_path)
-    from pipeline import score
+    from pipeline.commands import score
 
     r = score.run(comp, tmp_path / "half.csv", tmp_path)
     probs = sub.loc[half["id"]].to_numpy(dtype=float)
@@ -67,7 +69,7 @@ def test_a_bad_answer_key_is_refused_with_the_reason(pipeline_run, tmp_path, bre
     root, _, _ = pipeline_run
     paths = _project(root, tmp_path, "statefarm")
     breakage(pd.read_csv(paths.demo_answers, dtype=str)).to_csv(tmp_path / "bad.csv", index=False)
-    from pipeline import score
+    from pipeline.commands import score
 
     with pytest.raises(PipelineError, match=message):
         score.run("statefarm", tmp_path / "bad.csv", tmp_path)

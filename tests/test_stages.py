@@ -8,15 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline import finetune
-from pipeline.competitions import get_competition
-from pipeline.cache import encode_labels, load_cache
-from pipeline.data import build_transform
-from pipeline.scoring import scores
-from pipeline.io import read_json
-from pipeline.models import create_trunk
-from pipeline.paths import Paths
-from pipeline.submission import FLOAT_FORMAT, make_submission, read_sample, validate_submission
+from pipeline.stages import finetune
+from pipeline.core.competitions import get_competition
+from pipeline.data.cache import encode_labels, load_cache
+from pipeline.data.datasets import build_transform
+from pipeline.scoring.metrics import scores
+from pipeline.core.io import read_json
+from pipeline.training.models import create_trunk
+from pipeline.core.paths import Paths
+from pipeline.scoring.submission import FLOAT_FORMAT, make_submission, read_sample, validate_submission
 
 COMPS = ["dogscats", "statefarm"]
 
@@ -180,7 +180,7 @@ def test_usable_cpus_is_the_affinity_where_the_os_has_one_and_every_core_where_n
     """Linux restricts a process to some cores (containers, taskset); macOS has no sched_getaffinity."""
     import os
 
-    from pipeline.machine import usable_cpus
+    from pipeline.core.machine import usable_cpus
 
     assert usable_cpus() == len(os.sched_getaffinity(0))
     monkeypatch.delattr(os, "sched_getaffinity")
@@ -189,7 +189,7 @@ def test_usable_cpus_is_the_affinity_where_the_os_has_one_and_every_core_where_n
 
 def test_an_image_id_spelt_na_is_an_id_not_a_missing_value(tmp_path):
     """pandas reads "NA" as missing unless told not to: the fold's rows would be reported as not covered."""
-    from pipeline.outputs import load_oof
+    from pipeline.data.outputs import load_oof
 
     comp = get_competition("dogscats")
     fold = tmp_path / "fold0"

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.competitions import get_competition
-from pipeline.calibration import fit_calibration, with_clip, with_temperature
-from pipeline.scoring import scores
-from pipeline.errors import SubmissionError
-from pipeline.submission import make_submission, validate_submission
+from pipeline.core.competitions import get_competition
+from pipeline.scoring.calibration import fit_calibration, with_clip, with_temperature
+from pipeline.scoring.metrics import scores
+from pipeline.core.errors import SubmissionError
+from pipeline.scoring.submission import make_submission, validate_submission
 
 SF = get_competition("statefarm")
 DC = get_competition("dogscats")

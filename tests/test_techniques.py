@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_params
-from pipeline import finetune, head
-from pipeline.config import AugmentParams
-from pipeline.data import build_transform, reseed
-from pipeline.io import read_json
+from pipeline.stages import finetune, head
+from pipeline.core.sections import AugmentParams
+from pipeline.data.datasets import build_transform, reseed
+from pipeline.core.io import read_json
 from test_honest_scores import COMP, copy_upstream
 
 
@@ -63,7 +63,7 @@ def test_finetune_from_a_random_head_starts_elsewhere_than_from_the_trained_one(
 
 
 def test_neighbour_smoothing_pulls_a_prediction_towards_its_neighbours_only():
-    from pipeline.neighbours import neighbour_smooth
+    from pipeline.scoring.neighbours import neighbour_smooth
 
     rng = np.random.default_rng(0)
     features = np.concatenate([rng.normal(0, 0.05, (5, 8)) + 1, rng.normal(0, 0.05, (5, 8)) - 1])
@@ -81,7 +81,7 @@ def test_neighbour_smoothing_pulls_a_prediction_towards_its_neighbours_only():
 def test_neighbours_of_spatial_maps_are_searched_on_their_pooled_vectors_read_in_chunks():
     """A cut backbone's maps are averaged over space before the search (flattened, 80k test frames' maps are ~10
     GB): read in chunks or at once, from a memory-mapped file or not, the same vectors and the same neighbours."""
-    from pipeline.neighbours import nearest, pooled
+    from pipeline.scoring.neighbours import nearest, pooled
 
     rng = np.random.default_rng(2)
     maps = rng.normal(size=(23, 4, 3, 5)).astype(np.float16)
@@ -94,8 +94,8 @@ def test_neighbours_of_spatial_maps_are_searched_on_their_pooled_vectors_read_in
 def test_out_of_fold_rows_find_neighbours_within_their_own_fold(tmp_path):
     """A validation row's smoothed prediction depends only on its own fold's rows (unseen drivers, as at test
     time): changing another fold's predictions does not move it."""
-    from pipeline.neighbours import smooth_members
-    from pipeline.paths import Paths
+    from pipeline.scoring.neighbours import smooth_members
+    from pipeline.core.paths import Paths
 
     paths = Paths(COMP, tmp_path)
     paths.features.mkdir(parents=True)
@@ -147,7 +147,7 @@ def test_dropout_is_set_per_layer_and_can_spare_the_input():
     """The lesson's head has no dropout on its input; `head.input_dropout` sets that layer alone."""
     import torch
 
-    from pipeline.models import create_head
+    from pipeline.training.models import create_head
 
     params = tiny_params(**{f"{COMP}.head.input_dropout": 0.0, f"{COMP}.head.dropout": 0.4})
     hp = params.comp(COMP).head
@@ -188,7 +188,7 @@ def test_unfrozen_groups_train_at_decaying_rates_and_frozen_ones_stay_put(pipeli
 def test_a_model_can_see_the_cache_at_its_own_image_size(pipeline_run, tmp_path, monkeypatch):
     """`features.image_size` resizes the cached images for one model (features, finetuning and its predictions),
     so an ensemble can mix image sizes from one cache."""
-    from pipeline import features
+    from pipeline.stages import features
 
     root, _, _ = pipeline_run
     paths = copy_upstream(root, tmp_path)

@@ -10,7 +10,7 @@ import timm
 import torch
 from timm.models import group_parameters
 
-from pipeline.vgg import NoPretrainedWeightsError
+from pipeline.training.vgg import NoPretrainedWeightsError
 
 WIDTHS = {"vgg_lesson": (32, 64, 128), "vgg_lesson_wide": (64, 128, 256)}
 SIZES = [(28, 28), (32, 48)]

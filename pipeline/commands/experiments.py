@@ -1,0 +1,98 @@
+"""`pipeline compare --all <comp>`: every DVC experiment of the baseline commit, one block each: what it changed
+in params.yaml, its CV score, the change against the baseline with its corrected standard error, and the verdict.
+
+`dvc exp show` squeezes every param and metric into one table, which collapses to `…` in a terminal; this lists
+only what differs, wrapped to the terminal's width. The verdict is `compare`'s fold-paired corrected t-test.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from pipeline.commands.compare import Run, _read, paired_table, paired_test, quick_note, resolve, same_folds
+from pipeline.core.competitions import get_competition
+from pipeline.core.errors import OutputError
+from pipeline.core.paths import Paths
+from pipeline.scoring.metrics import HIGHER_IS_BETTER
+
+
+def experiment_refs(root: Path, baseline: str) -> list[tuple[str, str]]:
+    """(name, commit) of each DVC experiment whose baseline is commit `baseline`, oldest first (DVC keeps them
+    as git refs `refs/exps/<sha[:2]>/<sha[2:]>/<name>`)."""
+    listed = subprocess.run(["git", "for-each-ref", "--sort=committerdate", "--format=%(refname) %(objectname)",
+                             f"refs/exps/{baseline[:2]}/{baseline[2:]}/"], cwd=root, capture_output=True, text=True)
+    return [(ref.rsplit("/", 1)[-1], sha) for ref, sha in (line.split() for line in listed.stdout.splitlines())]
+
+
+def _flat(node, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def params_at(root: Path, commit: str) -> dict[str, object]:
+    shown = subprocess.run(["git", "show", f"{commit}:params.yaml"], cwd=root, capture_output=True, text=True)
+    return _flat(yaml.safe_load(shown.stdout) or {}) if shown.returncode == 0 else {}
+
+
+def changed_params(before: dict, after: dict) -> list[str]:
+    """`key: old -> new` for every dotted key whose value differs (added or removed keys included)."""
+    missing = "(none)"
+    return [f"{key}: {before.get(key, missing)} -> {after.get(key, missing)}"
+            for key in sorted(set(before) | set(after)) if before.get(key, missing) != after.get(key, missing)]
+
+
+def describe(base: Run, run: Run, comp_name: str) -> str:
+    """The score, its change over the paired folds, and the verdict, in one line."""
+    comp = get_competition(comp_name)
+    score, higher = comp.metric, HIGHER_IS_BETTER[comp.metric]
+    value = run.metrics.get(score)
+    shown = f"CV {score} {'-' if value is None else f'{value:.4f}'}"
+    if not same_folds(base, run):
+        return f"{shown}; its folds hold other rows (seed or folds changed): not paired"
+    folds = paired_table(base, [run], "folds", ("rows",), "fold", score)
+    if folds.empty:
+        return f"{shown}; no fold scored by both runs"
+    test = paired_test(folds[f"change {run.name}"].to_numpy(), higher_is_better=higher)
+    if test["t"] is None:
+        return f"{shown}; change {test['mean']:+.4f} on one fold: no spread to judge it by"
+    t = "inf" if math.isinf(test["t"]) else f"{test['t']:.1f}"
+    verdict = {"better": "likely better", "worse": "likely worse", "noise": "noise"}[test["verdict"]]
+    return (f"{verdict}: {shown}, mean fold change {test['mean']:+.4f}, corrected se {test['se']:.4f} ({t} se, "
+            f"{test['needed']:.1f} needed)")
+
+
+def run(comp_name: str, baseline: str = "HEAD", root: Path = Path("."), width: int | None = None) -> str:
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    base_sha = resolve(root, baseline)
+    paths = Paths(comp_name, root)
+    base = Run(baseline, base_sha, _read(root, base_sha, paths.cv, baseline), _read(root, base_sha, paths.metrics,
+                                                                                   baseline))
+    refs = experiment_refs(root, base_sha)
+    score = get_competition(comp_name).metric
+    head = (f"{comp_name}: {len(refs)} DVC experiment(s) of {baseline} ({base_sha[:7]}), against its CV {score} "
+            f"{base.metrics.get(score, float('nan')):.4f}")
+    out = [textwrap.fill(head, width)]
+    if not refs:
+        out.append(textwrap.fill("No experiments of this commit: `dvc exp run -S <key>=<value>` makes one.", width))
+    before = params_at(root, base_sha)
+    for name, sha in refs:
+        try:
+            run_ = Run(name, sha, _read(root, sha, paths.cv, name), _read(root, sha, paths.metrics, name))
+        except OutputError as e:  # an experiment without this competition's metrics: say so, list the others
+            out.append(f"\n{name} ({sha[:7]}): {e}")
+            continue
+        out.append(f"\n{name} ({sha[:7]})")
+        for line in (describe(base, run_, comp_name), quick_note(base, run_)):
+            if line:
+                out.append(textwrap.fill(line, width, initial_indent="  ", subsequent_indent="    "))
+        changes = changed_params(before, params_at(root, sha)) or ["(no param changed)"]
+        out += [textwrap.fill(c, width, initial_indent="  ", subsequent_indent="      ") for c in changes]
+    return "\n".join(out)
+

@@ -1,0 +1,118 @@
+"""Stage `summary`: the short table `dvc repro` ends with — every competition's scores and where its files are,
+and how long each kind of stage took when it last ran.
+
+Inputs: `metrics/` (written by the ensembles) and `plots/` (by the curves stages), so it runs last and only when
+a score or a picture changed; the stage timings come from `logs/stages/`, where every stage records its run.
+It writes nothing: the table goes to the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.core.config import Params, load_params
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import read_json
+from pipeline.core.paths import Paths
+from pipeline.core.stage import LOGS
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def scores_table(params: Params, root: Path) -> pd.DataFrame:
+    rows = []
+    for comp in params.competitions:
+        paths = Paths(comp, root)
+        m = read_json(paths.metrics) if paths.metrics.is_file() else {}
+        rows.append({
+            "competition": comp,
+            "metric": m.get("metric", "logloss") if m else "-",
+            "CV score": _num(m.get(m.get("metric", "logloss"))),
+            "CV log loss": _num(m.get("logloss")),
+            "accuracy": _num(m.get("accuracy")),
+            "demo test score": _num(m.get(f"demo_test_{m.get('metric', 'logloss')}")),
+            "chosen": f"{m.get('member')}+{m.get('calibration')}" if m else "-",
+            "source": m.get("source", "-"),
+            "submission": str(paths.submission.relative_to(root)) if paths.submission.is_file() else "(none)",
+        })
+    return pd.DataFrame(rows)
+
+
+def stale(params: Params, root: Path) -> dict[str, str]:
+    """Competitions whose scores are not what this workspace's models give, and why: after an interrupted run
+    `metrics/` holds the committed numbers (another run's) while the submission is missing or the fold models are
+    newer. The stage runs inside `dvc repro`, which holds DVC's lock, so it judges by the files themselves."""
+    found = {}
+    for comp in params.competitions:
+        paths = Paths(comp, root)
+        if not paths.metrics.is_file():
+            continue
+        folds = list((root / "models" / comp).glob("*/*/fold*/oof.csv"))
+        if not paths.submission.is_file():
+            found[comp] = "no submission beside them (the run that made them is not this workspace's)"
+        elif folds and max(f.stat().st_mtime for f in folds) > paths.metrics.stat().st_mtime:
+            found[comp] = "fold models newer than them (the ensemble has not run since)"
+    return found
+
+
+def timings_table(params: Params, root: Path) -> pd.DataFrame:
+    """Seconds per kind of stage and competition, from each stage's last run (per-fold stages summed)."""
+    seconds, runs, last = defaultdict(float), defaultdict(int), {}
+    for path in sorted((root / LOGS).glob("*.json")):
+        log = read_json(path)
+        per_model = log["stage"].split("@")[0] in ("features", "head", "finetune")
+        if (log.get("competition") not in params.competitions or log.get("fold") not in (None, *params.folds)
+                or (log.get("model") not in params.models if per_model else log.get("model") is not None)):
+            continue  # a stage no longer in the pipeline
+        kind = log["stage"].split("@")[0]
+        key = (log["competition"], kind)
+        seconds[key] += log["seconds"]
+        runs[key] += 1
+        last[key] = max(last.get(key, ""), log["finished"])
+    order = ["inputs", "download", "folds", "prepare", "features", "head", "finetune", "ensemble", "curves"]
+    rows = [{"competition": c, "stage": k, "runs": runs[c, k], "seconds": f"{seconds[c, k]:.1f}",
+             "last finished (UTC)": last[c, k][:19].replace("T", " ")}
+            for c, k in sorted(seconds, key=lambda ck: (ck[0], order.index(ck[1]) if ck[1] in order else 99))]
+    return pd.DataFrame(rows)
+
+
+def run(params: Params, root: Path = Path(".")) -> str:
+    with pd.option_context("display.width", 160, "display.max_colwidth", 40):
+        text = "Scores (cross-validated; `pipeline compare <comp>` shows them fold by fold against a baseline):\n"
+        text += scores_table(params, root).to_string(index=False)
+        for comp, why in stale(params, root).items():
+            text += f"\n{comp}: NOT this run's scores: {why}; `dvc repro` remakes them."
+        for comp in params.competitions:
+            paths = Paths(comp, root)
+            quick = read_json(paths.metrics).get("quick") if paths.metrics.is_file() else None
+            if quick:
+                text += (f"\n{comp}: a QUICK run ({quick}): compare it with a quick baseline made the same way; "
+                         "not a submission's score.")
+        timings = timings_table(params, root)
+        if len(timings):
+            text += "\n\nStage wall times (each stage's last run, per-fold stages summed):\n"
+            text += timings.to_string(index=False)
+    plots = sorted(str(p.relative_to(root)) for p in (root / "plots").glob("*/*.png"))
+    if plots:
+        text += "\n\nLearning curves: " + ", ".join(plots) + " (or `dvc plots show`)"
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    try:
+        print(run(load_params()))
+    except (PipelineError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Where a fold's finetuning starts (the features stage's backbone and the fold's trained head) and how a killed
+run resumes (the state after each epoch, kept beside the fold's folder)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from pipeline.core.competitions import get_competition
+from pipeline.core.config import Params
+from pipeline.core.io import read_json
+from pipeline.core.paths import Paths
+from pipeline.data.datasets import SeededRows, ShardedRows
+from pipeline.training.devices import Workers
+from pipeline.training.models import Classifier, create_trunk, head_for
+
+
+def load_start(params: Params, comp_name: str, model: str, fold: int, paths: Paths) -> Classifier:
+    """The features stage's (cut) backbone joined to the fold's trained head (or, with `finetune.init: random`, to
+    a freshly initialised one, seeded by fold)."""
+    mp = params.model(comp_name, model)
+    comp = get_competition(comp_name)
+    # weights come from the features stage's file, not the hub
+    backbone = create_trunk(mp.features, pretrained=False, key=params.model_key(comp_name, model, "features"),
+                            in_chans=comp.channels)
+    backbone.load_state_dict(load_file(paths.features / "backbone.safetensors"))
+    head = head_for(tuple(read_json(paths.features / "meta.json")["shape"]), comp.num_classes, mp.head)
+    if mp.finetune.init == "head":
+        head.load_state_dict(load_file(paths.fold_model("head", fold) / "head.safetensors"))
+    return Classifier(backbone, head)
+
+
+_STATEFUL = ("network", "optimizer", "scheduler", "scaler")  # what a checkpoint holds the state_dict of
+
+
+class Checkpoint:
+    """The state after each finetuning epoch, in `.fold<k>.checkpoint.pt` beside the fold's folder, so a killed run
+    resumes from its last finished epoch: the network, optimizer, schedule, the sampler's epoch and every
+    process's random state, which make the resumed run's result that of an uninterrupted one. It is used only
+    when its fingerprint matches (params, device type, number of processes, torch, the fold's rows, the start
+    weights and the pipeline's code), and removed once the fold's outputs are written. Rank 0 writes it;
+    every process reads it, and all resume only if each found it."""
+
+    def __init__(self, out: Path, same_run: dict, workers: Workers, inputs: list[Path]):
+        self.path = out.with_name(f".{out.name}.checkpoint.pt")
+        self.workers = workers
+        digest = hashlib.sha256(json.dumps(same_run, sort_keys=True, default=str).encode())
+        for path in inputs:
+            with open(path, "rb") as f:  # in pieces: a large backbone's weights need not be in memory whole
+                while piece := f.read(1 << 24):
+                    digest.update(piece)
+        self.fingerprint = digest.hexdigest()
+
+    def save(self, state: dict, epoch: int, history: list[dict]) -> None:
+        if epoch == 0:
+            return
+        rng = _everyone((torch.get_rng_state(), torch.cuda.get_rng_state() if state["device"].type == "cuda"
+                         else None), self.workers)  # every process's, by rank
+        if not self.workers.main:
+            return
+        saved = {"fingerprint": self.fingerprint, "history": history, "rows_epoch": _rows(state["rows"]).epoch,
+                 "rng": rng, **{k: state[k].state_dict() for k in _STATEFUL}}
+        tmp = self.path.with_name(self.path.name + ".part")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(saved, tmp)
+        os.replace(tmp, self.path)
+
+    def resume(self, state: dict) -> list[dict]:
+        """Load the checkpoint into `state` when it belongs to this run, as every process finds it (a node whose
+        copy is missing or stale makes all start again); the epochs it holds (or none)."""
+        saved = self._load()
+        if not all(_everyone(saved is not None, self.workers)):
+            return []
+        for k in _STATEFUL:
+            state[k].load_state_dict(saved[k])
+        _rows(state["rows"]).epoch = saved["rows_epoch"]
+        cpu_rng, cuda_rng = saved["rng"][self.workers.rank]
+        torch.set_rng_state(cpu_rng.cpu())
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng.cpu(), state["device"])
+        if self.workers.main:
+            print(f"resuming after epoch {saved['history'][-1]['epoch']} from {self.path}")
+        return saved["history"]
+
+    def _load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors, numbers, lists
+        except Exception:  # a checkpoint cut short by the kill: start again
+            return None
+        return saved if saved.get("fingerprint") == self.fingerprint else None
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _everyone(value, workers: Workers) -> list:
+    """`value` of every process, by rank (collective: every process calls it)."""
+    if workers.world == 1:
+        return [value]
+    import torch.distributed as td
+
+    values = [None] * workers.world
+    td.all_gather_object(values, value)
+    return values
+
+
+def _rows(sampler) -> SeededRows:
+    return sampler.rows if isinstance(sampler, ShardedRows) else sampler
