@@ -56,6 +56,7 @@ def main() -> None:
     shutil.copytree(work / "metrics", work / "baseline" / "metrics")
     shutil.copy(work / "dvc.lock", work / "baseline" / "dvc.lock")
     noop, out_noop = timed(dvc + ["repro"], work)
+    status, _ = timed(dvc + ["status"], work)  # issue 20: a no-op repro within 1.5x of this
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["statefarm"]["head"]["dropout"] = round(params["statefarm"]["head"]["dropout"] / 2, 3)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -68,6 +69,8 @@ def main() -> None:
         (f"full dvc repro ({n_stages} stages)", full, full / startup, "<= 600 s: " + ("ok" if full <= 600 else "MISSED")),
         ("no-op dvc repro (only inputs@ checks)", noop, noop / startup,
          "<= 5 s: " + ("ok" if noop <= 5 and all(s.startswith("inputs@") for s in stages(out_noop)) else "MISSED")),
+        ("bare dvc status", status, status / startup,
+         f"no-op within 1.5x: {noop / status:.1f}x " + ("ok" if noop <= 1.5 * status else "MISSED")),
         (f"head param changed ({len(rerun)} stages)", change, change / startup,
          "no upstream re-run: " + ("ok" if not upstream else f"MISSED {upstream}")),
     ]
