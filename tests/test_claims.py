@@ -33,3 +33,17 @@ def test_results_quotes_the_committed_demo_run():
                    f"demo test {dc['demo_test_logloss']:.4f}", f"digits CV accuracy {dg['accuracy']:.4f} ({dg['member']})",
                    f"{dg['demo_test_accuracy']:.3f}"):
         assert quoted in section, quoted
+
+
+def test_the_real_photo_headline_is_the_committed_benchmark_run():
+    """docs/scores.md's real-photo figures and RESULTS' row come from `finetune_pays.py --only photos --seed 2
+    --json benchmarks/results/finetune_pays_photos_seed2.json`, committed beside them (a run takes 8 minutes)."""
+    from finetune_pays import results_row
+
+    run = json.loads((REPO / "benchmarks" / "results" / "finetune_pays_photos_seed2.json").read_text())[0]
+    sub = run["test"]["submission"]
+    assert run["check"] == "photos" and run["seed"] == 2
+    assert results_row(run) in (REPO / "benchmarks" / "RESULTS.md").read_text()
+    scores = re.sub(r"\s+", " ", (REPO / "docs" / "scores.md").read_text())
+    assert (f"scores CV log loss {run['cv']:.3f}, and on the unseen drivers test log loss {sub['logloss']:.3f} and "
+            f"accuracy {sub['accuracy']:.3f}") in scores
