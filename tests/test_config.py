@@ -227,3 +227,8 @@ def test_changing_finetunings_augmentation_leaves_the_features_stage_alone():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert "${item.comp}.finetune" not in stages["features"]["params"]
     assert not any(p.endswith(".augment") for p in stages["features"]["params"] + stages["finetune"]["params"])
+
+
+def test_competitions_given_as_one_name_is_one_problem():
+    msg = _error(tiny_raw(competitions="dogscats"))
+    assert msg.splitlines()[1:] == ["  competitions: expected a list, got 'dogscats'"]

@@ -236,7 +236,8 @@ def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
         raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
     errors: list[str] = []
     top = _validate(TopLevel, raw, "", errors)
-    for name in raw.get("competitions") or []:
+    listed = raw.get("competitions")
+    for name in listed if isinstance(listed, list) else []:  # a non-list is pydantic's error, not one per letter
         if name not in COMPETITIONS:
             errors.append(f"competitions: unknown competition {name!r}; known: {', '.join(COMPETITIONS)}")
     if top:

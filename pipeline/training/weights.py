@@ -13,7 +13,7 @@ import importlib
 import importlib.resources
 
 from pipeline.core.errors import ModelError
-from pipeline.core.sections import PACKAGES, WeightsPackage  # noqa: F401  (the table: what `weights: package` allows)
+from pipeline.core.sections import PACKAGES  # the table: what `weights: package` allows
 
 
 def package_file(backbone: str, key: str = "features"):
