@@ -155,7 +155,7 @@ def stage_rows(project: Path, log: Path) -> list[dict]:
     by_cmd = {}
     for line in log.read_text().splitlines():
         record = json.loads(line)
-        by_cmd.setdefault(record["command"], record)  # the full repro's, not the no-op repro's (inputs@ runs again)
+        by_cmd.setdefault(record["command"], record)  # the full repro's, not the no-op repro's (inputs runs again)
     rows = []
     for name, entry in lock.items():
         command = entry["cmd"].split("stage_meter.py ", 1)[-1]

@@ -24,7 +24,7 @@ params.yaml for State Farm alone with `data.source` at the synthetic archive) ru
 `features@statefarm-main` (inputs, download, prepare, features: the 20k raw folder and cache are outputs with
 `cache: false`), then `dvc status` runs three times: the second (warm) run is timed and judged, the third shows
 how much the timing wobbles; for the pipeline's stages up to features (`--with-deps`: nothing but the always-run
-`inputs@` check should be reported) and for the whole dvc.yaml (which lists the stages that never ran). The same project at 2k images and `dvc --version` (the
+`inputs` check should be reported) and for the whole dvc.yaml (which lists the stages that never ran). The same project at 2k images and `dvc --version` (the
 start-up every dvc command pays) are the baselines.
 
     python benchmarks/memory_flat.py [--images 20000] [--baseline-images 2000] [--size 48 64] [--no-dvc] [--keep DIR]
@@ -268,13 +268,13 @@ def main() -> None:
         reported = [line for line in large["targeted_text"].splitlines() if line and not line[0].isspace()]
         print(f"  `dvc status {args.dvc_target} --with-deps` on {args.images} images reported: "
               + (" ".join(large["targeted_text"].split())[:300] or "nothing"))
-        noop = all(line.startswith("inputs@") for line in reported)
+        noop = all(line.startswith("inputs") for line in reported)
         base = status["baseline"]
         print(f"  {args.images}/{args.baseline_images} images: targeted {large['targeted'] / base['targeted']:.2f}x, "
               f"all {large['all'] / base['all']:.2f}x")
         print(f"  no-op dvc status on {args.images} images: {large['targeted']:.2f} s; target <= 2 s: "
               f"{'ok' if large['targeted'] <= 2 and noop else 'MISSED'}"
-              + ("" if noop else " (more than the always-run inputs@ check was reported)"))
+              + ("" if noop else " (more than the always-run inputs check was reported)"))
         print(f"  dvc status of all of dvc.yaml on {args.images} images: {large['all']:.2f} s (<= 2 s: "
               f"{'ok' if large['all'] <= 2 else 'MISSED'})")
 

@@ -37,7 +37,7 @@ def test_the_gpu_path_runs_the_shipped_pretrained_recipe_end_to_end(tmp_path):
     shipped = yaml.safe_load((REPO / "params.yaml").read_text())
     assert params["statefarm"]["features"]["backbone"] == shipped["statefarm"]["features"]["backbone"]
     assert params["statefarm"]["features"]["pretrained"] is True and params["device"] == "auto"
-    weights = json.loads((project / "data" / "statefarm" / "inputs" / "weights-main.json").read_text())
+    weights = json.loads((project / "data" / "inputs" / "statefarm" / "weights-main.json").read_text())
     assert weights["weights"] == "package", "the pretrained weights came from the installed package"
 
     submission = pd.read_csv(project / "submissions" / "statefarm.csv")

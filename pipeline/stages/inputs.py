@@ -1,7 +1,8 @@
-"""Stage `inputs@<comp>`: params.yaml checked, and the files outside the repository it points at fingerprinted.
+"""Stage `inputs`: params.yaml checked, and the files outside the repository it points at fingerprinted.
 
 Runs on every `dvc repro` (`always_changed`) and costs well under a second, so a typo anywhere in params.yaml
-fails the run even when no other stage would run. Outputs in `data/<comp>/inputs/`:
+fails the run even when no other stage would run. One stage for every competition (one interpreter start and one
+dvc.lock update per run, not one per competition). Outputs in `data/inputs/<comp>/`:
 - `source.json`: the content hash of a local archive (`data.source: <path>.zip`);
 - `weights-<model>.json`, per model in `models`: the content hash of its backbone's weights file, or of the
   installed weights package's file.
@@ -21,7 +22,7 @@ from pipeline.core.competitions import get_competition
 from pipeline.core.config import Params
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import atomic_dir, read_json, write_json
-from pipeline.core.paths import Paths
+from pipeline.core.paths import INPUTS, Paths
 from pipeline.core.stage import stage_main
 from pipeline.training.weights import PACKAGES, package_file
 
@@ -102,9 +103,13 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     return paths.inputs
 
 
+def run_all(params: Params, root: Path = Path(".")) -> list[Path]:
+    return [run(params, comp_name, root) for comp_name in params.competitions]
+
+
 def main(argv: list[str] | None = None) -> None:
-    stage_main(__doc__, run, argv=argv, summary=lambda out: "params.yaml checked; input fingerprints written",
-               wrote=lambda comp, model, fold: [Paths(comp).inputs])
+    stage_main(__doc__, run_all, per_comp=False, argv=argv, wrote=lambda *_: [INPUTS],
+               summary=lambda outs: "params.yaml checked; input fingerprints written")
 
 
 if __name__ == "__main__":
