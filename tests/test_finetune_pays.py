@@ -24,6 +24,7 @@ def test_planned_epochs_reach_min_steps_only_where_epochs_fall_short():
     assert finetune.planned_epochs(ft, 7) == 5  # rounded up: at least 30 steps
     assert finetune.planned_epochs(ft, 600) == 3  # a full-size fold keeps its epochs
     assert finetune.planned_epochs(FinetuneParams(epochs=3, min_steps=0), 3) == 3
+    assert finetune.planned_epochs(ft, 3, subsample=0.5) == 5  # quick mode: half the images, half the floor
 
 
 def test_a_small_fold_trains_for_min_steps(pipeline_run, tmp_path, monkeypatch):

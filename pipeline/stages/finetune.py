@@ -104,11 +104,14 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
     return split, meta, (train_loader, val_loader, test_loader), network, optimizer
 
 
-def planned_epochs(ft, steps_per_epoch: int) -> int:
+def planned_epochs(ft, steps_per_epoch: int, subsample: float = 1.0) -> int:
     """`finetune.epochs`, or more where a fold's epochs are too short to reach `finetune.min_steps`: 3 epochs of a
     Dogs vs Cats-like fold of 112 images are 9 steps, too few to move from the head's start (finetuning then
-    lost to its head on 3 of 5 folds; 30 steps beat it on 4). Full-size folds are unaffected."""
-    return max(ft.epochs, -(-ft.min_steps // max(1, steps_per_epoch)))
+    lost to its head on 3 of 5 folds; 30 steps beat it on 4). Full-size folds are unaffected. Quick mode's
+    `subsample` scales the floor too, so that a share of the images is that share of the steps on small folds
+    as it is on full-size ones (else the floor gives back the time the subsample saves)."""
+    floor = round(ft.min_steps * subsample)
+    return max(ft.epochs, -(-floor // max(1, steps_per_epoch)))
 
 
 def backbone_groups(trunk, ft) -> tuple[list[dict], list[torch.nn.Module]]:
@@ -155,7 +158,7 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
     split, meta, (train_loader, val_loader, test_loader), network, optimizer = setup(params, comp_name, model, fold,
                                                                                     paths, device, workers)
     val_labels = split.labels[split.val_rows]
-    epochs = planned_epochs(ft, len(train_loader))
+    epochs = planned_epochs(ft, len(train_loader), params.subsample)
     scheduler = one_cycle(optimizer, epochs, len(train_loader), ft.warmup)
     amp = {"amp": ft.amp, "channels_last": ft.channels_last}
     trained = network
