@@ -82,7 +82,11 @@ def stage_names() -> list[str]:
         return [stage.name for stage in repo.index.stages]
 
 
-def check(words: list[str], stage_names: list[str]) -> None:
+EXP_RUN_VALUED = {"-S", "--set-param", "-n", "--name", "-j", "--jobs", "-m", "--message"}  # flags taking a value
+
+
+def check(words: list[str], stage_names: list[str], named: set[str] = frozenset()) -> None:
+    """`named`: the experiments an earlier `dvc exp run -n NAME` on the same page made."""
     program, args = words[0], words[1:]
     if program in EXTERNAL:
         return
@@ -102,11 +106,18 @@ def check(words: list[str], stage_names: list[str]) -> None:
         return
     assert program == "dvc", f"no check for {program!r}: add one"
     if args[:2] == ["exp", "run"]:
-        raw = _shipped()
-        for flag, value in zip(args, args[1:]):
-            if flag == "-S":
-                _set(raw, value)
+        raw, targets, rest = _shipped(), [], iter(args[2:])
+        for word in rest:
+            if word in EXP_RUN_VALUED:
+                value = next(rest, None)  # None: prose naming the flag, as in "`dvc exp run -S` changes ..."
+                if word in ("-S", "--set-param") and value is not None:
+                    _set(raw, value)
+            elif not word.startswith("-"):
+                targets.append(word)
         parse_params(raw)
+        assert all(t in stage_names for t in targets), f"no stage {targets}"
+    elif args[:2] == ["exp", "apply"]:
+        assert args[2] in named, f"no `dvc exp run -n {args[2]}` before it on the page"
     elif args[0] in ("repro", "commit"):
         targets = [a for a in args[1:] if not a.startswith("-")]
         for target in targets:
@@ -118,10 +129,12 @@ def check(words: list[str], stage_names: list[str]) -> None:
 def test_every_documented_command_is_checked_and_runs_as_written(stage_names):
     found = commands()
     assert len(found) > 20 and any(w[:3] == ["dvc", "exp", "run"] for _, w in found)
-    failed = []
+    failed, named = [], {}
     for page, words in found:
+        if words[:3] == ["dvc", "exp", "run"] and "-n" in words:
+            named.setdefault(page, set()).add(words[words.index("-n") + 1])
         try:
-            check(words, stage_names)
+            check(words, stage_names, named.get(page, set()))
         except (SystemExit, Exception) as e:
             failed.append(f"{page}: `{shlex.join(words)}`: {e!r}")
     assert not failed, "\n".join(failed)
