@@ -135,3 +135,12 @@ def test_every_per_fold_or_per_model_stage_writes_its_own_outputs():
             for out in spec.get("outs", []):
                 name = out if isinstance(out, str) else next(iter(out))
                 assert (f"${{item.{key}}}" in name) == per, (stage, name)
+
+
+def test_the_committed_lock_holds_exactly_the_pipelines_stages():
+    """DVC keeps a removed stage's entry in dvc.lock; a stale one misleads `dvc status` readers and diffs."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        names = {stage.addressing for stage in repo.index.stages}
+    assert set(yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]) == names

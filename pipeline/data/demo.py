@@ -59,7 +59,7 @@ STRIPE_SPREAD = 30.0  # degrees around horizontal (cat) or vertical (dog)
 TOY_CHANCE = 0.5
 
 
-def _striped(img: Image.Image, rng: np.random.Generator, box: list[float], round_: float, angle: float,
+def _striped(img: Image.Image, box: list[float], round_: float, angle: float,
              fur: tuple, contrast: float) -> None:
     """A rounded box (`round_` 0: square, 1: round) of `fur`, striped at `angle` degrees with `contrast`."""
     w, h = img.size
@@ -84,14 +84,14 @@ def pet_image(rng: np.random.Generator, label: str) -> Image.Image:
     if rng.random() < TOY_CHANCE:  # a small striped toy, of either kind, somewhere
         toy = rng.uniform(0.15, 0.3) * min(w, h)
         x, y = rng.uniform(0, w - toy), rng.uniform(0, h - toy)
-        _striped(img, rng, [x, y, x + toy, y + toy], rng.uniform(0, 1), rng.uniform(-90, 90),
+        _striped(img, [x, y, x + toy, y + toy], rng.uniform(0, 1), rng.uniform(-90, 90),
                  tuple(int(v) for v in rng.uniform(0, 255, 3)), rng.uniform(0.3, 1.0))
     side = rng.uniform(0.45, 0.8) * min(w, h)
     x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
     cat = label == "cat"
     round_ = rng.uniform(0.4, 1.0) if cat else rng.uniform(0.0, 0.6)
     angle = (0.0 if cat else 90.0) + rng.normal(0, STRIPE_SPREAD)
-    _striped(img, rng, [x0, y0, x0 + side, y0 + side], round_, angle,
+    _striped(img, [x0, y0, x0 + side, y0 + side], round_, angle,
              tuple(int(v) for v in rng.uniform(0, 255, 3)), rng.uniform(0.15, 1.0))
     return img
 
