@@ -128,10 +128,13 @@ def params(comp: str, source: Path, gpu: bool, image_size: list[int] | None = No
 
 
 def with_changes(raw: dict, changes: list[str]) -> dict:
-    """`raw` with each `dotted.key=yaml-value` of `changes` set, as `dvc exp run -S` would."""
+    """`raw` with each `dotted.key=yaml-value` of `changes` set, as `dvc exp run -S` would; a change to another
+    competition's section than the one `raw` runs is left out."""
     for change in changes:
         key, _, value = change.partition("=")
         *parents, last = key.split(".")
+        if parents and parents[0] in FULL and parents[0] not in raw["competitions"]:
+            continue
         node = raw
         for part in parents:
             node = node.setdefault(part, {})

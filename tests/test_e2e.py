@@ -160,6 +160,16 @@ def test_pipeline_submit_refuses_demo_and_stale_submissions(project):
     finally:
         (root / "params.yaml").write_text(original)
         (root / "pipeline" / "stages" / "ensemble.py").write_text(code)
+    # one inputs stage checks every competition: another competition's replaced archive is not this one's business
+    other = root / "data" / "inputs" / "statefarm" / "source.json"
+    fingerprint = other.read_text()
+    try:
+        other.write_text('{"source": "file", "md5": "0123", "size": 1}')
+        assert not any("older than" in r for r in submit.refusals("dogscats", root))
+        # statefarm's own check refreshes its fingerprint (the demo's again): up to date
+        assert not any("older than" in r for r in submit.refusals("statefarm", root))
+    finally:
+        other.write_text(fingerprint)
 
 
 def test_a_top_level_params_typo_fails_repro_even_when_nothing_else_would_run(project):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny_params
 from pipeline.stages import finetune
 from pipeline.core.competitions import get_competition
 from pipeline.data.cache import encode_labels, load_cache
@@ -198,3 +199,20 @@ def test_an_image_id_spelt_na_is_an_id_not_a_missing_value(tmp_path):
     pd.DataFrame({"id": ["NA", "7"], "label": [second, first], first: [0.2, 0.9], second: [0.8, 0.1]}).to_csv(
         fold / "oof.csv", index=False)
     assert load_oof(comp, [fold], np.array(["7", "NA"])).tolist() == [[0.9, 0.1], [0.2, 0.8]]
+
+
+def test_the_summary_times_the_one_inputs_stage_and_drops_logs_of_stages_gone(tmp_path):
+    from pipeline.core.io import write_json
+    from pipeline.core.stage import LOGS
+    from pipeline.stages.summary import timings_table
+
+    def log(stage, comp, seconds):
+        write_json(tmp_path / LOGS / f"{stage}.json", {"stage": stage, "competition": comp, "model": None,
+                                                       "fold": None, "seconds": seconds, "finished": "2026-12-03T10"})
+
+    log("inputs", None, 0.5)
+    log("inputs@dogscats", "dogscats", 2.5)  # left by the per-competition inputs stages this one replaced
+    log("download@dogscats", "dogscats", 1.0)
+    table = timings_table(tiny_params(), tmp_path)
+    rows = {(r.competition, r.stage): r.seconds for r in table.itertuples()}
+    assert rows == {("(all)", "inputs"): "0.5", ("dogscats", "download"): "1.0"}

@@ -133,6 +133,8 @@ def stale_stages(comp_name: str, root: Path) -> dict[str, list[str]]:
                             f"failed ({e}). Fix that, or `pipeline submit --force` to send it unchecked.") from None
     stale = {}
     for stage, changes in status.items():
+        if stage.rsplit(":", 1)[-1] == "inputs":
+            continue  # every competition's check: a change of this one's files shows in its download or features
         what = []
         for change in changes:
             if not isinstance(change, dict):

@@ -65,14 +65,16 @@ def stale(params: Params, root: Path) -> dict[str, str]:
 def timings_table(params: Params, root: Path) -> pd.DataFrame:
     """Seconds per kind of stage and competition, from each stage's last run (per-fold stages summed)."""
     seconds, runs, last = defaultdict(float), defaultdict(int), {}
-    for path in sorted((root / LOGS).glob("*.json")):
-        log = read_json(path)
-        per_model = log["stage"].split("@")[0] in ("features", "head", "finetune")
-        if (log.get("competition") not in params.competitions or log.get("fold") not in (None, *params.folds)
-                or (log.get("model") not in params.models if per_model else log.get("model") is not None)):
-            continue  # a stage no longer in the pipeline
+    logs = [read_json(path) for path in sorted((root / LOGS).glob("*.json"))]
+    every = {log["stage"] for log in logs if log.get("competition") is None}  # one stage for all competitions
+    for log in logs:
         kind = log["stage"].split("@")[0]
-        key = (log["competition"], kind)
+        per_model = kind in ("features", "head", "finetune")
+        if (log.get("competition") not in (*params.competitions, None) or log.get("fold") not in (None, *params.folds)
+                or (log.get("model") not in params.models if per_model else log.get("model") is not None)
+                or (kind in every and log.get("competition") is not None)):
+            continue  # a stage no longer in the pipeline (e.g. inputs@<comp>, before one inputs stage did them all)
+        key = (log.get("competition") or "(all)", kind)
         seconds[key] += log["seconds"]
         runs[key] += 1
         last[key] = max(last.get(key, ""), log["finished"])
