@@ -35,7 +35,7 @@ import yaml
 from pipeline.stages import download, ensemble, features, finetune, folds, head, prepare
 from pipeline.commands.compare import fold_verdict
 from pipeline.core.competitions import get_competition
-from pipeline.core.config import parse_params
+from pipeline.core.config import parse_params, with_changes
 from pipeline.scoring.metrics import scores
 from pipeline.data.outputs import load_oof, train_rows
 from pipeline.core.io import read_json, write_csv, write_text
@@ -92,15 +92,7 @@ def params_for(comp: str, changes: dict, source: str | None, seed: int | None = 
         raw[comp]["data"]["source"] = source
     if seed is not None:
         raw["seed"] = seed
-    for dotted, value in changes.items():
-        if dotted == "models":
-            raw["models"] = value
-            continue
-        *parents, key = dotted.split(".")
-        node = raw[comp]
-        for parent in parents:
-            node = node[parent]
-        node[key] = value
+    with_changes(raw, {dotted if dotted == "models" else f"{comp}.{dotted}": value for dotted, value in changes.items()})
     return parse_params(raw, "ablation params")
 
 

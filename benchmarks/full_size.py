@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from pipeline.core.config import with_changes
 from memory_flat import make_dvc_project, run_cmd
 from synthetic_statefarm import _ZIP_DATE, _frame_job, _photos, _update, write_statefarm_archive
 
@@ -127,19 +128,12 @@ def params(comp: str, source: Path, gpu: bool, image_size: list[int] | None = No
     return {**top, "competitions": [comp], "models": ["main"], "launch": "python", comp: section}
 
 
-def with_changes(raw: dict, changes: list[str]) -> dict:
+def set_params(raw: dict, changes: list[str]) -> dict:
     """`raw` with each `dotted.key=yaml-value` of `changes` set, as `dvc exp run -S` would; a change to another
     competition's section than the one `raw` runs is left out."""
-    for change in changes:
-        key, _, value = change.partition("=")
-        *parents, last = key.split(".")
-        if parents and parents[0] in FULL and parents[0] not in raw["competitions"]:
-            continue
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    return raw
+    others = set(FULL) - set(raw["competitions"])
+    pairs = (change.partition("=") for change in changes)
+    return with_changes(raw, {key: yaml.safe_load(value) for key, _, value in pairs if key.split(".")[0] not in others})
 
 
 def metered_project(project: Path, raw_params: dict, log: Path) -> dict:
@@ -174,7 +168,7 @@ def run_scale(comp: str, scale: float, cache_dir: Path, work: Path, gpu: bool,
               image_size: list[int] | None = None, changes: tuple[str, ...] = ()) -> dict:
     source = archive(cache_dir, comp, scale)
     project, log = work / f"{comp}-{scale:g}", work / f"{comp}-{scale:g}.jsonl"
-    env = metered_project(project, with_changes(params(comp, source, gpu, image_size), list(changes)), log)
+    env = metered_project(project, set_params(params(comp, source, gpu, image_size), list(changes)), log)
     dvc = [sys.executable, "-m", "dvc"]
     full_s, _ = run_cmd(dvc + ["repro"], project, env)
     noop_s, _ = run_cmd(dvc + ["repro"], project, env)

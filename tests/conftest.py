@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.core.config import parse_params
+from pipeline.core.config import parse_params, with_changes
 from pipeline.stages.inprocess import run_competition
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,20 +51,9 @@ TINY = {
 }
 
 
-def with_changes(raw: dict, **changes) -> dict:
-    """`raw` (a params mapping, changed in place) with `changes`: dotted keys to new values."""
-    for dotted, value in changes.items():
-        node = raw
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return raw
-
-
 def tiny_raw(**changes) -> dict:
     """The tiny params as a plain mapping; `changes` maps dotted keys to new values."""
-    return with_changes(copy.deepcopy(TINY), **changes)
+    return with_changes(copy.deepcopy(TINY), changes)
 
 
 def tiny_params(**changes):

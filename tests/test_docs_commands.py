@@ -23,7 +23,7 @@ from dvc.repo import Repo
 from conftest import REPO
 from pipeline import cli
 from pipeline.core.competitions import load_record
-from pipeline.core.config import parse_params
+from pipeline.core.config import parse_params, with_changes
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 EXTERNAL = {"git", "pytest", "cd", "wait", "kaggle", "pip", ".", "source"}  # not ours: left to their own documentation
@@ -69,11 +69,7 @@ def _merge(base: dict, patch: dict) -> dict:
 def _set(raw: dict, change: str) -> None:
     """DVC's `-S key=value` (`+key=value` adds a key), the value read as YAML."""
     key, _, value = change.lstrip("+").partition("=")
-    *path, last = key.split(".")
-    node = raw
-    for part in path:
-        node = node.setdefault(part, {})
-    node[last] = yaml.safe_load(value)
+    with_changes(raw, {key: yaml.safe_load(value)})
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 
-from conftest import _STAGE, with_changes
+from conftest import _STAGE
 from pipeline.stages import curves, download, prepare, report
 from pipeline.stages.inprocess import run_competition
 from pipeline.core.competitions import COMPETITIONS, Competition
-from pipeline.core.config import parse_params
+from pipeline.core.config import parse_params, with_changes
 from pipeline.core.errors import ArchiveError, ConfigError
 from pipeline.core.io import read_json
 from pipeline.core.paths import Paths
@@ -111,7 +111,7 @@ def tiny_section(source: str, size, **changes) -> dict:
     section["speed"] = {**section["speed"], "prepare_workers": 1}
     section["features"]["aug_copies"] = 0
     section["models"] = {"main": {}}
-    return with_changes(section, **changes)
+    return with_changes(section, changes)
 
 
 def run_all(tmp_path, name: str, section: dict) -> tuple[dict, Paths]:

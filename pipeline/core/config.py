@@ -280,6 +280,17 @@ def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
                   top.fold_count, top.subsample)
 
 
+def with_changes(raw: dict, changes: dict) -> dict:
+    """`raw` (changed in place) with each dotted key of `changes` set, as `dvc exp run -S` sets params.yaml."""
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return raw
+
+
 def resolved_raw(models, model: str) -> dict:
     """A model's overrides as written in `<comp>.models` (an empty mapping when it has none)."""
     over = models.get(model) if isinstance(models, dict) else None
