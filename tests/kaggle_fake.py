@@ -1,7 +1,8 @@
 """A fake Kaggle API server (stdlib only) that the REAL `kaggle` client (2.2.x / kagglesdk 0.1.x) can talk to.
 
-Wire protocol: /work/shared/KAGGLE-API.md. Every API call is `POST .../v1/competitions.CompetitionApiService/<Method>`
-with a camelCase JSON body. The server accepts both request forms:
+Wire protocol: /work/shared/KAGGLE-API.md. Every API call is `POST .../v1/<package>.<Service>/<Method>` with a
+camelCase JSON body. The CSV competition calls are answered here; datasets, blob uploads, kernels and code submissions
+by `CodeServices` (tests/kaggle_fake_code.py), which FakeKaggle mixes in. The server accepts both request forms:
 
 * in process, after `point_client_at` patched kagglesdk's endpoint table: `POST /v1/competitions...`;
 * from a subprocess configured by `FakeKaggle.client_env` (KAGGLE_API_ENVIRONMENT=LOCALHOST and HTTP_PROXY=this
@@ -20,10 +21,12 @@ import json
 import os
 import threading
 import zipfile
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from kaggle_fake_code import ApiError as _ApiError
+from kaggle_fake_code import CodeServices, now_iso as _now_iso
 
 SERVICE = "competitions.CompetitionApiService"
 # Sent as Last-Modified of every archive. The client stamps the downloaded file's mtime with it and, on a later
@@ -35,19 +38,9 @@ UPLOAD_FAILED = "Could not submit to competition"
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
-
-
-class _ApiError(Exception):
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class FakeKaggle:
-    """A local Kaggle. Fill `archives`, set `fail`, then inspect `requests`, `uploads`, `submissions`."""
+class FakeKaggle(CodeServices):
+    """A local Kaggle. Fill `archives`, set `fail` and the knobs, then inspect `requests`, `uploads`, `submissions`,
+    and for code competitions `datasets`, `blobs`, `kernels`, `code_submissions` (see tests/kaggle_fake_code.py)."""
 
     last_modified: str = LAST_MODIFIED
 
@@ -68,6 +61,7 @@ class FakeKaggle:
         self._tokens = itertools.count(1)
         self._pending_uploads: dict[str, dict] = {}  # token -> {"competition", "file_name"}
         self._polls_left: dict[int, int] = {}  # submission ref -> ListSubmissions calls still answered PENDING
+        self._init_code_services()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -152,8 +146,14 @@ class FakeKaggle:
         if isinstance(failure, int) and not isinstance(failure, bool):
             raise _ApiError(failure, f"Fake Kaggle: {step} fails with HTTP {failure}")
 
+    def _dispatch(self, service: str, method: str, body: dict) -> tuple[int, dict, dict]:
+        """Answer one API call of any service: (HTTP status, extra headers, JSON body)."""
+        if service == SERVICE and method != "CreateCodeSubmission":
+            return self._api(method, body)
+        return self._code_api(service, method, body)
+
     def _api(self, method: str, body: dict) -> tuple[int, dict, dict]:
-        """Answer one API call: (HTTP status, extra headers, JSON body)."""
+        """Answer one CSV competition call: (HTTP status, extra headers, JSON body)."""
         slug = body.get("competitionName")
         if method == "ListDataFiles":
             self._check_slug(slug)
@@ -320,12 +320,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         path = self._path()
         body_bytes = self._read_body()
-        marker = f"/v1/{SERVICE}/"
-        if marker not in path:
+        parts = path.split("/v1/", 1)[-1].strip("/").split("/") if "/v1/" in path else []
+        if len(parts) != 2:
             self.fake._log("POST", path, None)
             self._send_error(_ApiError(404, f"Unknown path '{path}'"))
             return
-        method = path.split(marker, 1)[1].strip("/")
+        service, method = parts
         auth = self.headers.get("Authorization")
         self.fake._log("POST", method, auth or "")
         try:
@@ -335,7 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body = json.loads(body_bytes or b"{}")
             except ValueError:
                 raise _ApiError(400, "Body is not JSON") from None
-            status, headers, obj = self.fake._api(method, body if isinstance(body, dict) else {})
+            status, headers, obj = self.fake._dispatch(service, method, body if isinstance(body, dict) else {})
         except _ApiError as e:
             self._send_error(e)
             return
@@ -344,11 +344,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         path = self._path()
         self.fake._log(self.command, path, None)
-        prefix = "/files/"
         try:
-            if not path.startswith(prefix):
+            if path.startswith("/files/"):
+                status, headers, data = self.fake._file(path[len("/files/"):])
+            elif path.startswith("/kernel-output/"):
+                status, headers, data = self.fake._kernel_file(path[len("/kernel-output/"):])
+            else:
                 raise _ApiError(404, f"Unknown path '{path}'")
-            status, headers, data = self.fake._file(path[len(prefix):])
         except _ApiError as e:
             self._send_error(e)
             return
@@ -360,6 +362,10 @@ class _Handler(BaseHTTPRequestHandler):
         path = self._path()
         data = self._read_body()
         self.fake._log("PUT", path, None)
+        if path.startswith("/blob-upload/"):
+            status, headers = self.fake._put_blob(path[len("/blob-upload/"):], self.headers, data)
+            self._send(status, headers, b"")
+            return
         prefix = "/upload/"
         try:
             if not path.startswith(prefix):

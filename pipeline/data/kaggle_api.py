@@ -38,8 +38,12 @@ def connect():
     return api
 
 
-def explain(error: Exception, slug: str, action: str) -> KaggleError:
-    """Turn the client's HTTP and network errors into a KaggleError naming the fix."""
+def explain(error: Exception, slug: str, action: str, kind: str = "competition") -> KaggleError:
+    """Turn the client's HTTP and network errors into a KaggleError naming the fix.
+
+    `kind` is what `slug` names: "competition" (403 means its rules are not accepted), "dataset" or "kernel"
+    (`slug` is then "owner/slug", and 403/404 mean your account cannot see or change it).
+    """
     import requests
 
     if isinstance(error, requests.exceptions.HTTPError) and error.response is not None:
@@ -49,17 +53,26 @@ def explain(error: Exception, slug: str, action: str) -> KaggleError:
                 f"Kaggle rejected your credentials (HTTP 401) when trying to {action} '{slug}'. The token may be "
                 f"expired or mistyped. {CREDENTIALS_HELP}"
             )
-        if code == 403:
+        if code == 403 and kind == "competition":
             return KaggleError(
                 f"Kaggle refused to {action} '{slug}' (HTTP 403): you have not accepted this competition's rules. "
                 f"Open {rules_url(slug)}, accept the rules with the account whose token you use, then run again."
+            )
+        if code in (403, 404) and kind != "competition":
+            return KaggleError(
+                f"Kaggle refused to {action} the {kind} '{slug}' (HTTP {code}): your account cannot see or change "
+                f"it. Check the ref (owner/slug, the owner being the Kaggle username of your token) and run again."
             )
         if code == 404:
             return KaggleError(
                 f"Kaggle has no competition '{slug}' (HTTP 404) that your account can see; check the slug "
                 "(kaggle competitions list -s <words>)."
             )
-        return KaggleError(f"Kaggle answered HTTP {code} when trying to {action} '{slug}'; try again later.")
+        if code == 429 or code >= 500:
+            return KaggleError(f"Kaggle answered HTTP {code} when trying to {action} '{slug}'; try again later.")
+        return KaggleError(
+            f"Kaggle refused to {action} '{slug}' (HTTP {code}): {_first_line(error)}. Fix what it names and run again."
+        )
     if isinstance(error, requests.exceptions.RequestException):
         fallback = (" Or download the archive on another machine and set data.source to its path."
                     if action == "download" else "")
@@ -67,7 +80,11 @@ def explain(error: Exception, slug: str, action: str) -> KaggleError:
             f"Cannot reach Kaggle to {action} '{slug}' ({type(error).__name__}). Check your internet connection "
             f"and proxy settings.{fallback}"
         )
-    return KaggleError(f"Kaggle client failed to {action} '{slug}': {error}")
+    return KaggleError(f"Kaggle client failed to {action} '{slug}': {_first_line(error)}")
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def download_competition(slug: str, folder: Path) -> Path:
