@@ -7,10 +7,12 @@ to `_code_api`, blob PUTs to `_put_blob` and kernel output GETs to `_kernel_file
 scored by ListSubmissions exactly like a CSV one.
 
 Knobs: `dataset_polls_until_ready`, `dataset_final_status`, `kernel_polls_until_complete`, `kernel_failure`,
-`kernel_log`, `kernel_outputs`, `interrupt_blob_uploads`, and in `fail`: "dataset" / "kernel" (an HTTP status for
-every call of that service), "dataset": any text (CreateDataset/CreateDatasetVersion answer it as `error` with
-status "error", as for a taken slug), "kernel": "no_version" / "string_version" (SaveKernel leaves versionNumber out / sends
-it as a string) or any other text (SaveKernel answers it as `error`), "submit" (an HTTP status, or "upload_fail": a reply with a message and no ref).
+`kernel_log`, `kernel_outputs`, `interrupt_blob_uploads`; and in `fail`:
+* "dataset" / "kernel" / "submit": an HTTP status answers every call of that service with that error;
+* "dataset": any text is answered by CreateDataset/CreateDatasetVersion as `error` with status "error" (a taken slug);
+* "kernel": "no_version" / "string_version" (SaveKernel leaves versionNumber out / sends it as a string), or any
+  other text (SaveKernel answers it as `error`);
+* "submit": "upload_fail" (CreateCodeSubmission answers a message and no ref).
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ def test_publish_push_wait_submit_and_score(fake, tmp_path):
     (folder / "weights.bin").write_bytes(b"better weights")
     assert publish_dataset(folder, "second", poll_seconds=0.01) == DATASET
     assert [v["notes"] for v in dataset["versions"]] == ["", "second"]
+    assert sorted(dataset["versions"][1]["files"]) == ["code.zip", "weights.bin"], "a version has every file too"
     assert dataset["versions"][1]["files"]["weights.bin"] == b"better weights"
 
     kernel = kernel_folder(tmp_path, dataset_sources=[DATASET])

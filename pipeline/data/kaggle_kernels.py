@@ -73,8 +73,9 @@ def publish_dataset(folder: Path, notes: str, poll_seconds: float = 5.0, timeout
     status = str(getattr(result, "status", "") or "")
     if getattr(result, "error", None) or status.lower() != "ok":
         raise KaggleError(
-            f"Kaggle did not publish dataset '{ref}' (status {status or 'missing'}: {result.error or 'no reason given'}); "
-            f"if the slug is taken, choose another 'id' in {meta_path}, then run again."
+            f"Kaggle did not publish dataset '{ref}' (status {status or 'missing'}: "
+            f"{result.error or 'no reason given'}); if the slug is taken, choose another 'id' in {meta_path}, then "
+            "run again."
         )
     _wait_for_dataset(api, ref, poll_seconds, timeout)
     return ref
