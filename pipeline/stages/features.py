@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from pipeline.core.config import Params, as_dict
 from pipeline.core.io import NpyRows, atomic_dir, read_json, write_json
@@ -25,29 +23,10 @@ from pipeline.core.machine import environment
 from pipeline.core.paths import Paths
 from pipeline.core.stage import stage_main
 from pipeline.data.cache import image_rows
-from pipeline.data.datasets import ImageDataset, SeededRows, build_transform
-from pipeline.training.devices import autocast, loader_workers, pick_device, to_device
+from pipeline.data.datasets import ImageDataset, build_transform
+from pipeline.training.devices import pick_device
+from pipeline.training.inference import extract
 from pipeline.training.models import create_trunk, normalisation, save_weights
-
-
-@torch.no_grad()
-def extract(backbone, dataset, out: NpyRows, fp, speed, device, desc: str, seed=None, first: int = 0) -> None:
-    """Write the backbone's features of every `dataset` row into `out`'s rows `first`..., in order, a batch at a
-    time (augmented with `seed`).
-
-    `speed.features_workers` processes read, resize and augment the uint8 images while the backbone runs (each
-    image's augmentation is seeded by `SeededRows`, so the features do not depend on the number of workers);
-    batches travel as uint8 through pinned memory and are normalised on the device."""
-    sampler = None if seed is None else SeededRows(len(dataset), seed, shuffle=False)
-    workers = loader_workers(speed.features_workers, device)
-    loader = DataLoader(dataset, batch_size=speed.features_batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
-    start = first
-    for x in tqdm(loader, desc=desc, unit="batch", disable=None):
-        with autocast(device, fp.amp):
-            f = backbone(to_device(x, device, fp.channels_last))
-        out.write(start, f.float().cpu().numpy())
-        start += len(f)
 
 
 def feature_shape(backbone, image_size: tuple[int, int], channels: int, device) -> tuple[int, ...]:

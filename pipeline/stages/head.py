@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from pipeline.core.competitions import get_competition
 from pipeline.core.config import Params, as_dict
@@ -26,26 +26,8 @@ from pipeline.core.stage import stage_main
 from pipeline.data.outputs import fold_outputs, fold_split, fold_summary, save_fold
 from pipeline.training.devices import pick_device
 from pipeline.training.engine import fit, fold_seed, one_cycle, predict
+from pipeline.training.inference import HEAD_BATCH, FeatureRows
 from pipeline.training.models import head_for, save_weights
-
-
-class FeatureRows(Dataset):
-    """Chosen rows of (memory-mapped, float16) feature arrays, cast to float32 a row at a time, with their labels:
-    a cut backbone's spatial maps of 100k images are never in memory whole. `parts`: (array, rows) pairs, read in
-    that order."""
-
-    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray | None = None):
-        self.parts, self.labels = parts, labels
-        self.starts = np.cumsum([0] + [len(rows) for _, rows in parts])
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def __getitem__(self, i: int):
-        k = int(np.searchsorted(self.starts, i, side="right")) - 1
-        array, rows = self.parts[k]
-        x = torch.from_numpy(np.asarray(array[rows[i - self.starts[k]]], dtype=np.float32))
-        return x if self.labels is None else (x, int(self.labels[i]))
 
 
 def _loader(data: FeatureRows, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
@@ -76,8 +58,8 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, p
         y_train = np.concatenate([y_train, pseudo[2]])
     test = np.load(paths.features / "test.npy", mmap_mode="r")
     loaders = (_loader(FeatureRows(train, y_train), hp.batch_size, True, seed),
-               _loader(FeatureRows([(feats, split.val_rows)], split.labels[split.val_rows]), 1024, False, 0),
-               _loader(FeatureRows([(test, np.arange(len(test)))]), 1024, False, 0))
+               _loader(FeatureRows([(feats, split.val_rows)], split.labels[split.val_rows]), HEAD_BATCH, False, 0),
+               _loader(FeatureRows([(test, np.arange(len(test)))]), HEAD_BATCH, False, 0))
     head = head_for(feats.shape[1:], comp.num_classes, hp)
     optimizer = torch.optim.AdamW(head.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     return split, loaders, head, optimizer

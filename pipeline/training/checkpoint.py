@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from pipeline.core.competitions import get_competition
 from pipeline.core.config import Params
@@ -17,7 +16,8 @@ from pipeline.core.io import read_json
 from pipeline.core.paths import Paths
 from pipeline.data.datasets import SeededRows, ShardedRows
 from pipeline.training.devices import Workers
-from pipeline.training.models import Classifier, create_trunk, head_for
+from pipeline.training.inference import load_head, load_trunk
+from pipeline.training.models import Classifier
 
 
 def load_start(params: Params, comp_name: str, model: str, fold: int, paths: Paths) -> Classifier:
@@ -26,12 +26,10 @@ def load_start(params: Params, comp_name: str, model: str, fold: int, paths: Pat
     mp = params.model(comp_name, model)
     comp = get_competition(comp_name)
     # weights come from the features stage's file, not the hub
-    backbone = create_trunk(mp.features, pretrained=False, key=params.model_key(comp_name, model, "features"),
-                            in_chans=comp.channels)
-    backbone.load_state_dict(load_file(paths.features / "backbone.safetensors"))
-    head = head_for(tuple(read_json(paths.features / "meta.json")["shape"]), comp.num_classes, mp.head)
-    if mp.finetune.init == "head":
-        head.load_state_dict(load_file(paths.fold_model("head", fold) / "head.safetensors"))
+    backbone = load_trunk(mp.features, paths.features / "backbone.safetensors", comp.channels,
+                          params.model_key(comp_name, model, "features"))
+    trained = paths.fold_model("head", fold) / "head.safetensors" if mp.finetune.init == "head" else None
+    head = load_head(read_json(paths.features / "meta.json")["shape"], comp.num_classes, mp.head, trained)
     return Classifier(backbone, head)
 
 
