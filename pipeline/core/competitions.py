@@ -18,6 +18,8 @@ RECORDS = Path(__file__).resolve().parents[1] / "competitions"
 LAYOUTS = ("images", "pixels")
 SUBMISSIONS = ("probs", "binary", "label")
 METRICS = ("logloss", "accuracy", "roc_auc", "f1_micro", "f1_macro")
+SUBMITS = ("csv", "notebook")
+ACCELERATORS = ("none", "gpu")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,15 @@ class Competition:
     """3 for colour, 1 for greyscale: the decoded cache's and the network's input channels."""
     pixels: tuple[int, int] | None = None
     """(height, width) of images stored as CSV rows of pixel values (`pixel0`, `pixel1`, ...), row-major."""
+    submit: str = "csv"
+    """How Kaggle takes a submission: `csv` (an upload of the file) or `notebook` (a code competition: Kaggle
+    re-runs a notebook, internet off, on the hidden test set; `pipeline notebook` writes it)."""
+    notebook_accelerator: str = "none"
+    """With `submit: notebook`: `gpu` to ask for one (the notebook uses it when there is one), or `none`."""
+    notebook_hours: float = 9.0
+    """With `submit: notebook`: the competition's run-time limit for the whole notebook, in hours."""
+    notebook_internet: bool = False
+    """With `submit: notebook`: always false; Kaggle scores code submissions only from notebooks without internet."""
     pixels_id: str | None = None
     """With `pixels`: the test CSV's column of ids before the pixels (Kannada MNIST's `id`); None: a test row's id
     is its row number from 1 (Digit Recognizer's ImageId)."""
@@ -119,6 +130,18 @@ class Competition:
             problems.append("roc_auc ranks probabilities; a 'label' submission has none")
         if self.metric == "logloss" and self.submission == "label":
             problems.append("logloss scores probabilities; a 'label' submission has none")
+        if self.submit not in SUBMITS:
+            problems.append(f"submit must be one of {', '.join(SUBMITS)}; got {self.submit!r}")
+        if self.notebook_accelerator not in ACCELERATORS:
+            problems.append(f"notebook_accelerator must be one of {', '.join(ACCELERATORS)}; got "
+                            f"{self.notebook_accelerator!r}")
+        if not (isinstance(self.notebook_hours, (int, float)) and 0 < self.notebook_hours <= 24):
+            problems.append(f"notebook_hours must be the run-time limit in hours (0 to 24]; got {self.notebook_hours!r}")
+        if self.submit == "notebook" and self.pixels:
+            problems.append("submit: notebook reads test image files; a pixel-CSV competition's notebook is not supported")
+        if self.notebook_internet is not False:
+            problems.append("notebook_internet must be false: Kaggle scores code submissions only from notebooks "
+                            "with the internet off")
         if self.pixels_id and not self.pixels:
             problems.append("pixels_id is a column of a pixel CSV: set pixels too, or drop it")
         if self.pixels and self.channels != 1:

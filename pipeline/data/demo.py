@@ -7,8 +7,7 @@ position) and their frames are near duplicates, so a split that ignores drivers 
 
 from __future__ import annotations
 
-import io
-import zipfile
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,30 +18,18 @@ from pipeline.core.competitions import Competition
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import write_csv
 from pipeline.core.sections import DemoParams
+from pipeline.data.demo_code import jpeg, labelled_images, zipped
 from pipeline.data.demo_digits import DIGIT_SIZE, digit_image
 
 _ZIP_DATE = (2016, 4, 5, 0, 0, 0)  # fixed, so the same params give byte-identical archives
 STATEFARM_SIZE = (128, 96)  # (width, height): 640x480 frames, scaled down 5x
 
 
-def _jpeg(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
-    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
-    info.compress_type = zipfile.ZIP_DEFLATED
-    zf.writestr(info, data)
+_jpeg = jpeg
 
 
 def _zip_bytes(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            _add(zf, name, data)
-    return buf.getvalue()
+    return zipped(files, _ZIP_DATE)
 
 
 def _noisy_background(rng: np.random.Generator, w: int, h: int, base: np.ndarray) -> Image.Image:
@@ -208,9 +195,9 @@ def write_demo_archive(comp: Competition, demo: DemoParams, seed: int, path: Pat
     if answers is not None:
         write_csv(answers, pd.DataFrame(test_labels, columns=["id", "label"]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in files.items():
-            _add(zf, name, data)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(_zip_bytes(files))
+    tmp.replace(path)
     return path
 
 
@@ -238,4 +225,26 @@ def _digits_files(comp: Competition, demo: DemoParams, rng: np.random.Generator)
     return files, answers
 
 
-_BUILDERS["digits"] = _digits_files
+def _code_files(comp: Competition, demo: DemoParams, rng: np.random.Generator):
+    """Cassava (loose `train_images/`, `test_images/`) or Aerial Cactus (`train.zip`, `test.zip`): images named by
+    id, labels in train.csv, as Kaggle lays them out."""
+    labels = [label for label in comp.classes for _ in range(demo.train_per_class)]
+    train = labelled_images(comp.name, [labels[i] for i in rng.permutation(len(labels))], rng)
+    test = labelled_images(comp.name, [str(c) for c in rng.choice(comp.classes, demo.test)], rng)
+    train_dir, test_dir = (p.split("/")[0] for p in (comp.train_pattern, comp.test_pattern))
+    train_files = {f"{train_dir}/{name}": data for name, _, data in train}
+    test_files = {f"{test_dir}/{name}": data for name, _, data in test}
+    listing = pd.DataFrame([(name, label) for name, label, _ in train], columns=[comp.labels_id, comp.labels_label])
+    blank = 0.5 if comp.binary else comp.classes[0]
+    sample = pd.DataFrame({comp.id_column: [name for name, _, _ in test], comp.submission_columns[0]: blank})
+    files = {comp.labels_file: listing.to_csv(index=False).encode(),
+             "sample_submission.csv": sample.to_csv(index=False).encode()}
+    if comp.name == "cactus":  # the images in nested zips
+        files.update({"train.zip": _zip_bytes(train_files), "test.zip": _zip_bytes(test_files)})
+    else:
+        files.update({**train_files, **test_files, "label_num_to_disease_map.json": json.dumps(
+            dict(zip(comp.classes, comp.class_descriptions))).encode()})
+    return files, [(name, label) for name, label, _ in test]
+
+
+_BUILDERS.update(digits=_digits_files, cassava=_code_files, cactus=_code_files)
