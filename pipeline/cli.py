@@ -1,4 +1,4 @@
-"""The `pipeline` console script: compare, report, submit, submissions, score, lr-find, overfit.
+"""The `pipeline` console script: compare, report, submit, notebook, submissions, score, lr-find, overfit.
 
 The DVC stages have their own entry points (`python -m pipeline.<stage>`); these are run by hand: compare reads
 committed metrics of experiments, two talk to Kaggle, lr-find plots loss against learning rate, overfit checks that
@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="submit even a file made from demo data or outputs older than their params or code")
     p.add_argument("--poll-seconds", type=float, default=10.0, help="seconds between polls with --wait")
     p.add_argument("--timeout", type=float, default=1800.0, help="give up waiting after this many seconds")
+    p = sub.add_parser("notebook", help="a code competition's Kaggle notebook: DIR/dataset (networks, choice, wheel) "
+                       "and DIR/kernel (metadata, script)")
+    p.add_argument("comp", choices=sorted(COMPETITIONS))
+    p.add_argument("dir", type=Path, help="folder to write dataset/ and kernel/ into")
+    p.add_argument("--owner", help="Kaggle user owning the dataset and notebook (default: your credentials' username)")
+    p.add_argument("--wheels", type=Path, help="folder of extra wheels to ship, for packages the Kaggle image lacks "
+                   "(e.g. from `pip download --no-deps`)")
     p = sub.add_parser("submissions", help="Kaggle's scores of your submissions beside their CV scores")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
     p = sub.add_parser("score", help="score submissions/<comp>.csv against your own answer key, beside CV")
@@ -115,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
                              force=args.force)
             print(f"Submitted {args.comp} (ref {row['ref']}): status {row['status']}, public score "
                   f"{row['public_score']}, CV {row['metric']} {row['cv_score']}; recorded in submissions/scores.csv")
+        elif args.command == "notebook":
+            from pipeline.commands import notebook
+
+            wheels = sorted(args.wheels.glob("*.whl")) if args.wheels else []
+            print(notebook.describe(notebook.run(args.comp, args.dir, args.owner, wheels)))
         elif args.command == "score":
             from pipeline.commands import score
 

@@ -13,6 +13,7 @@ row's group and fold), which the report reads.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -130,6 +131,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         "run": {"folds": list(params.folds), "fold_count": params.fold_count, "subsample": params.subsample},
         "logloss": metrics["logloss"],
         "calibration_value": final_choice.value,
+        "choice": dataclasses.asdict(final_choice),  # exact (unrounded): a code competition's notebook applies it
         "weights": _rounded(final_choice.weights),
         "members_logloss": _rounded({m: scores(p, labels)["logloss"] for m, p in oof.items()}),
         "threshold": final_choice.threshold,
