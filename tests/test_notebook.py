@@ -195,3 +195,49 @@ def test_an_unreadable_test_image_stops_the_notebook_with_its_name(runs, tmp_pat
         predict.main(tmp_path / "k" / "input" / "cassava-pipeline-models" / "bundle",
                      tmp_path / "k" / "input" / "cassava-leaf-disease-classification", tmp_path / "s.csv")
     assert "\n" not in str(e.value)
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    import tempfile
+
+    from kaggle_fake import FakeKaggle, point_client_at
+
+    with FakeKaggle() as server:
+        server.archives[get_competition("cactus").slug] = b""  # a known competition; its files are not used here
+        point_client_at(server, monkeypatch, tmp_path / "home")
+        (tmp_path / "tmp").mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the client's resumable-upload state
+        yield server
+
+
+def test_submit_publishes_pushes_waits_submits_and_records(runs, fake, capsys):
+    from pipeline.commands import submit
+
+    base, _, _ = runs
+    root = base / "visible"
+    for version in (1, 2):  # the second submission versions the dataset and pushes version 2
+        row = submit.run("cactus", f"try {version}", wait=True, root=root, poll_seconds=0.01, force=True)
+        assert row["notebook"] == f"testuser/cactus-pipeline-submission/{version}" and row["status"] == "COMPLETE"
+    dataset = fake.datasets["testuser/cactus-pipeline-models"]
+    assert len(dataset["versions"]) == 2 and "dataset-metadata.json" not in dataset["versions"][0]["files"]
+    pushed = fake.kernels["testuser/cactus-pipeline-submission"]["versions"]
+    assert [v["enableInternet"] for v in pushed] == [False, False]
+    assert "pipeline.kernel.predict" in pushed[0]["text"]
+    assert [(s["kernel"], s["version"], s["file_name"]) for s in fake.code_submissions] == [
+        ("testuser/cactus-pipeline-submission", v, "submission.csv") for v in (1, 2)]
+    scores = pd.read_csv(root / "submissions" / "scores.csv", dtype=str)
+    assert list(scores["notebook"]) == [f"testuser/cactus-pipeline-submission/{v}" for v in (1, 2)]
+    assert list(scores["public_score"]) == ["0.12345"] * 2 and list(scores["metric"]) == ["roc_auc"] * 2
+    assert "testkey" not in capsys.readouterr().out  # credentials are never printed
+
+
+def test_a_failed_notebook_run_shows_its_log_and_submits_nothing(runs, fake):
+    from pipeline.commands import submit
+    from pipeline.core.errors import KaggleError
+
+    base, _, _ = runs
+    fake.kernel_failure = "CUDA out of memory"
+    with pytest.raises(KaggleError, match="ended ERROR; its log ends: .*Read the whole log") as e:
+        submit.run("cactus", "try", root=base / "visible", poll_seconds=0.01, force=True)
+    assert "\n" not in str(e.value) and fake.code_submissions == []

@@ -1,4 +1,5 @@
-"""`pipeline submit <comp>`: upload `submissions/<comp>.csv` to Kaggle and record its score beside the CV score.
+"""`pipeline submit <comp>`: upload `submissions/<comp>.csv` to Kaggle and record its score beside the CV score; for a
+code competition (its record says `submit: notebook`), send the notebook that makes it instead.
 
 Not a DVC stage (it talks to Kaggle, and each upload counts against a daily limit): run it when a submission is
 worth a leaderboard look. The file is checked against `sample_submission.csv` before anything is sent. Every
@@ -29,9 +30,10 @@ from pipeline.data import kaggle_api
 from pipeline.scoring.submission import read_sample, validate_submission
 
 SCORES_COLUMNS = ["time", "competition", "commit", "experiment", "cv_logloss", "public_score", "private_score",
-                  "status", "message", "ref", "metric", "cv_score", "local_score"]
+                  "status", "message", "ref", "metric", "cv_score", "local_score", "notebook"]
 """`cv_score` is the CV score in the competition's metric (what Kaggle's public score measures); `cv_logloss`
-the CV log loss, for every competition; `local_score` a `pipeline score` against local answers (status LOCAL)."""
+the CV log loss, for every competition; `local_score` a `pipeline score` against local answers (status LOCAL);
+`notebook` a code competition's notebook, `owner/slug/version`, whose output was submitted."""
 DONE = ("COMPLETE", "ERROR")
 
 
@@ -103,7 +105,7 @@ def source_problems(comp_name: str, root: Path) -> list[str]:
     if "quick" in recorded:
         problems.append(f"it was made by a quick run ({recorded['quick']}): its models saw less than the data. Run "
                         "the full folds (params.yaml's folds and subsample as shipped) for a submission")
-    if comp.test_images is not None and rows != comp.test_images:
+    if comp.submit == "csv" and comp.test_images is not None and rows != comp.test_images:
         problems.append(f"it has {rows} rows, but the real competition's test set has {comp.test_images}: it was not "
                         f"made from Kaggle's archive (source: {source})")
     return problems
@@ -183,8 +185,9 @@ def wait_for_score(slug: str, ref: str, poll_seconds: float, timeout: float):
 
 def run(comp_name: str, message: str | None = None, wait: bool = False, root: Path = Path("."),
         poll_seconds: float = 10.0, timeout: float = 1800.0, force: bool = False) -> dict:
-    """Validate, refuse what should not be sent (unless `force`), upload, optionally wait for the score, and
-    append the row to submissions/scores.csv."""
+    """Validate, refuse what should not be sent (unless `force`), upload (a code competition: publish the dataset,
+    push the notebook, wait for its run and submit its output), optionally wait for the score, and append the row
+    to submissions/scores.csv."""
     comp = get_competition(comp_name)
     path = checked_submission(comp_name, root)
     problems = [] if force else refusals(comp_name, root)
@@ -198,11 +201,15 @@ def run(comp_name: str, message: str | None = None, wait: bool = False, root: Pa
     if message is None:
         message = (f"{comp_name} cv_{comp.metric}={cv_score:.5f} {commit[:12]}" if cv_score is not None
                    else f"{comp_name} {commit[:12]}")
-    ref = kaggle_api.submit_file(comp.slug, path, message)
+    notebook = None
+    if comp.submit == "notebook":
+        ref, notebook = send_notebook(comp_name, message, root, poll_seconds, timeout)
+    else:
+        ref = kaggle_api.submit_file(comp.slug, path, message)
     row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": comp_name,
            "commit": commit, "experiment": experiment, "cv_logloss": cv, "public_score": None,
            "private_score": None, "status": "PENDING", "message": message, "ref": ref, "metric": comp.metric,
-           "cv_score": cv_score}
+           "cv_score": cv_score, "notebook": notebook}
     failure = None
     if wait:
         scored = wait_for_score(comp.slug, ref, poll_seconds, timeout)
@@ -217,6 +224,31 @@ def run(comp_name: str, message: str | None = None, wait: bool = False, root: Pa
     if failure:
         raise kaggle_api.KaggleError(f"Kaggle could not score submission {ref} of '{comp.slug}': {failure}")
     return row
+
+
+def send_notebook(comp_name: str, message: str, root: Path, poll_seconds: float, timeout: float,
+                  progress=print) -> tuple[str, str]:
+    """A code competition's submission: `pipeline notebook` into submissions/<comp>_notebook/, the dataset
+    published (created, or a new version), the notebook pushed with the internet off, its run waited for, and
+    the version that ran submitted. Returns the submission's ref and the notebook as owner/slug/version."""
+    from pipeline.commands import notebook
+    from pipeline.data import kaggle_kernels
+
+    comp = get_competition(comp_name)
+    made = notebook.run(comp_name, Path(root) / "submissions" / f"{comp_name}_notebook", root=root)
+    progress(notebook.describe(made))
+    dataset = kaggle_kernels.publish_dataset(made["dataset"], message, poll_seconds, timeout)
+    kernel, version = kaggle_kernels.push_kernel(made["kernel"])
+    progress(f"dataset {dataset} published; notebook {kernel} version {version} pushed (internet off); its run:")
+    status = kaggle_kernels.wait_for_kernel(kernel, poll_seconds, timeout, progress=progress)
+    if status != "COMPLETE":
+        tail = [line.strip() for line in kaggle_kernels.kernel_log_tail(kernel, 40).splitlines() if line.strip()]
+        raise kaggle_api.KaggleError(
+            f"the notebook {kernel} version {version} ended {status}; its log ends: "
+            f"{' | '.join(tail[-3:]) or '(no log)'}. Read the whole log with `kaggle kernels output {kernel} -p "
+            f"<dir>`, fix it, then run `pipeline submit {comp_name}` again (nothing was submitted).")
+    ref = kaggle_kernels.submit_code(comp.slug, kernel, version, "submission.csv", message)
+    return ref, f"{kernel}/{version}"
 
 
 def record(root: Path, row: dict) -> None:
