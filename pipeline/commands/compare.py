@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from scipy import stats
 from pipeline.commands.leaderboard import plot_cv_vs_leaderboard, submissions
 from pipeline.core.competitions import get_competition
 from pipeline.core.errors import ConfigError, OutputError
+from pipeline.core.gitinfo import git
 from pipeline.core.machine import describe
 from pipeline.core.paths import Paths
 from pipeline.scoring.metrics import HIGHER_IS_BETTER
@@ -42,10 +42,6 @@ class Run:
     commit: str | None
     cv: dict
     metrics: dict
-
-
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
 
 
 def resolve(root: Path, rev: str) -> str:
@@ -73,12 +69,12 @@ def _read(root: Path, commit: str | None, path: Path, rev: str) -> dict:
         if not path.is_file():
             raise OutputError(f"{rel} does not exist in the workspace; run `dvc repro` first.")
         return json.loads(path.read_text())
-    shown = _git(root, "show", f"{commit}:{rel}")
-    if shown.returncode:
+    shown = git(root, "show", f"{commit}:{rel}")
+    if shown is None:
         raise OutputError(f"{rel} is not in {rev!r} ({commit[:12]}): that run's metrics were not committed, or it "
                           "predates per-fold metrics. Commit a run's dvc.lock and metrics/ (DVC experiments do this "
                           "themselves), or compare against another revision.")
-    return json.loads(shown.stdout)
+    return json.loads(shown)
 
 
 def load_run(root: Path, comp_name: str, rev: str) -> Run:

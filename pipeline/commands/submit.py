@@ -15,7 +15,6 @@ produced it (`dvc status` of the ensemble stage and everything upstream is not c
 
 from __future__ import annotations
 
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 
 from pipeline.core.competitions import get_competition
 from pipeline.core.errors import PipelineError
+from pipeline.core.gitinfo import provenance
 from pipeline.core.io import read_json, write_csv
 from pipeline.core.paths import EXTRACTED, Paths
 from pipeline.data import kaggle_api
@@ -39,23 +39,6 @@ DONE = ("COMPLETE", "ERROR")
 
 def scores_path(root: Path) -> Path:
     return root / "submissions" / "scores.csv"
-
-
-def _git(root: Path, *args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
-def provenance(root: Path) -> tuple[str, str]:
-    """The git commit (marked '-dirty' when params or the lock file differ from it) and DVC experiment names."""
-    commit = _git(root, "rev-parse", "HEAD")
-    if commit and _git(root, "status", "--porcelain", "--", "params.yaml", "dvc.lock", "dvc.yaml", "pipeline"):
-        commit += "-dirty"
-    refs = _git(root, "for-each-ref", "--points-at", "HEAD", "--format=%(refname)", "refs/exps")
-    return commit, " ".join(ref.rsplit("/", 1)[-1] for ref in refs.split())
 
 
 def _status(submission) -> str:
