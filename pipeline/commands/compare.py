@@ -12,7 +12,6 @@ leaderboard over every recorded submission.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import textwrap
@@ -25,8 +24,8 @@ from scipy import stats
 
 from pipeline.commands.leaderboard import plot_cv_vs_leaderboard, submissions
 from pipeline.core.competitions import get_competition
-from pipeline.core.errors import ConfigError, OutputError
-from pipeline.core.gitinfo import git
+from pipeline.core.errors import ConfigError
+from pipeline.core.gitinfo import read_json_at
 from pipeline.core.machine import describe
 from pipeline.core.paths import Paths
 from pipeline.scoring.metrics import HIGHER_IS_BETTER
@@ -63,24 +62,11 @@ def resolve(root: Path, rev: str) -> str:
                           f"name from `dvc exp show`, or {WORKSPACE!r} for the files on disk.") from None
 
 
-def _read(root: Path, commit: str | None, path: Path, rev: str) -> dict:
-    rel = path.relative_to(root).as_posix()
-    if commit is None:
-        if not path.is_file():
-            raise OutputError(f"{rel} does not exist in the workspace; run `dvc repro` first.")
-        return json.loads(path.read_text())
-    shown = git(root, "show", f"{commit}:{rel}")
-    if shown is None:
-        raise OutputError(f"{rel} is not in {rev!r} ({commit[:12]}): that run's metrics were not committed, or it "
-                          "predates per-fold metrics. Commit a run's dvc.lock and metrics/ (DVC experiments do this "
-                          "themselves), or compare against another revision.")
-    return json.loads(shown)
-
-
 def load_run(root: Path, comp_name: str, rev: str) -> Run:
     paths = Paths(comp_name, root)
     commit = None if rev == WORKSPACE else resolve(root, rev)
-    return Run(rev, commit, _read(root, commit, paths.cv, rev), _read(root, commit, paths.metrics, rev))
+    return Run(rev, commit, read_json_at(root, commit, paths.cv, rev),
+               read_json_at(root, commit, paths.metrics, rev))
 
 
 def fold_verdict(diffs: np.ndarray, weights: np.ndarray, repeats: int = 1, higher_is_better: bool = False) -> str:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import math
 import shutil
-import subprocess
 import textwrap
 from pathlib import Path
 
-import yaml
-
-from pipeline.commands.compare import Run, _read, paired_table, paired_test, quick_note, resolve, same_folds
+from pipeline.commands.compare import Run, load_run, paired_table, paired_test, quick_note, resolve, same_folds
 from pipeline.core.competitions import get_competition
 from pipeline.core.errors import OutputError
+from pipeline.core.gitinfo import git, params_at, read_json_at
 from pipeline.core.paths import Paths
 from pipeline.scoring.metrics import HIGHER_IS_BETTER
 
@@ -25,20 +23,9 @@ from pipeline.scoring.metrics import HIGHER_IS_BETTER
 def experiment_refs(root: Path, baseline: str) -> list[tuple[str, str]]:
     """(name, commit) of each DVC experiment whose baseline is commit `baseline`, oldest first (DVC keeps them
     as git refs `refs/exps/<sha[:2]>/<sha[2:]>/<name>`)."""
-    listed = subprocess.run(["git", "for-each-ref", "--sort=committerdate", "--format=%(refname) %(objectname)",
-                             f"refs/exps/{baseline[:2]}/{baseline[2:]}/"], cwd=root, capture_output=True, text=True)
-    return [(ref.rsplit("/", 1)[-1], sha) for ref, sha in (line.split() for line in listed.stdout.splitlines())]
-
-
-def _flat(node, prefix: str = "") -> dict[str, object]:
-    if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: node}
-
-
-def params_at(root: Path, commit: str) -> dict[str, object]:
-    shown = subprocess.run(["git", "show", f"{commit}:params.yaml"], cwd=root, capture_output=True, text=True)
-    return _flat(yaml.safe_load(shown.stdout) or {}) if shown.returncode == 0 else {}
+    listed = git(root, "for-each-ref", "--sort=committerdate", "--format=%(refname) %(objectname)",
+                 f"refs/exps/{baseline[:2]}/{baseline[2:]}/") or ""
+    return [(ref.rsplit("/", 1)[-1], sha) for ref, sha in (line.split() for line in listed.splitlines())]
 
 
 def changed_params(before: dict, after: dict) -> list[str]:
@@ -72,8 +59,7 @@ def run(comp_name: str, baseline: str = "HEAD", root: Path = Path("."), width: i
     width = width or shutil.get_terminal_size((100, 24)).columns
     base_sha = resolve(root, baseline)
     paths = Paths(comp_name, root)
-    base = Run(baseline, base_sha, _read(root, base_sha, paths.cv, baseline), _read(root, base_sha, paths.metrics,
-                                                                                   baseline))
+    base = load_run(root, comp_name, baseline)
     refs = experiment_refs(root, base_sha)
     score = get_competition(comp_name).metric
     head = (f"{comp_name}: {len(refs)} DVC experiment(s) of {baseline} ({base_sha[:7]}), against its CV {score} "
@@ -84,7 +70,8 @@ def run(comp_name: str, baseline: str = "HEAD", root: Path = Path("."), width: i
     before = params_at(root, base_sha)
     for name, sha in refs:
         try:
-            run_ = Run(name, sha, _read(root, sha, paths.cv, name), _read(root, sha, paths.metrics, name))
+            run_ = Run(name, sha, read_json_at(root, sha, paths.cv, name),
+                       read_json_at(root, sha, paths.metrics, name))
         except OutputError as e:  # an experiment without this competition's metrics: say so, list the others
             out.append(f"\n{name} ({sha[:7]}): {e}")
             continue

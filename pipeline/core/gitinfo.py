@@ -3,8 +3,13 @@ commit holds them (`pipeline compare` reads each run's metrics and params from t
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
+
+import yaml
+
+from pipeline.core.errors import OutputError
 
 
 def git(root: Path, *args: str) -> str | None:
@@ -23,3 +28,35 @@ def provenance(root: Path) -> tuple[str, str]:
         commit += "-dirty"
     refs = git(root, "for-each-ref", "--points-at", "HEAD", "--format=%(refname)", "refs/exps") or ""
     return commit, " ".join(ref.rsplit("/", 1)[-1] for ref in refs.split())
+
+
+def read_json_at(root: Path, commit: str | None, path: Path, rev: str) -> dict:
+    """A JSON file (a run's metrics) as commit `commit` holds it, or as the workspace does when `commit` is None;
+    `rev` is the name the user gave it, for the error."""
+    rel = path.relative_to(root).as_posix()
+    if commit is None:
+        if not path.is_file():
+            raise OutputError(f"{rel} does not exist in the workspace; run `dvc repro` first.")
+        return json.loads(path.read_text())
+    shown = git(root, "show", f"{commit}:{rel}")
+    if shown is None:
+        raise OutputError(f"{rel} is not in {rev!r} ({commit[:12]}): that run's metrics were not committed, or it "
+                          "predates per-fold metrics. Commit a run's dvc.lock and metrics/ (DVC experiments do this "
+                          "themselves), or compare against another revision.")
+    return json.loads(shown)
+
+
+def _flat(node, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def params_at(root: Path, commit: str | None) -> dict[str, object]:
+    """params.yaml as commit `commit` holds it (the workspace's when None), as dotted keys; {} where it has none."""
+    if commit is None:
+        path = root / "params.yaml"
+        text = path.read_text() if path.is_file() else None
+    else:
+        text = git(root, "show", f"{commit}:params.yaml")
+    return _flat(yaml.safe_load(text) or {}) if text is not None else {}
