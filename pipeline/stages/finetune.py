@@ -30,7 +30,7 @@ from pipeline.data.cache import image_rows
 from pipeline.data.datasets import ImageDataset, SeededRows, ShardedRows, build_transform
 from pipeline.data.outputs import fold_outputs, fold_split, fold_summary, save_fold
 from pipeline.reporting.readings import finetune_health
-from pipeline.training.checkpoint import Checkpoint, load_start
+from pipeline.training.checkpoint import Checkpoint, load_start, tracked_code
 from pipeline.training.devices import Workers, distributed, grad_scaler, loader_workers
 from pipeline.training.engine import fit, fold_seed, one_cycle, predict
 from pipeline.training.models import save_weights
@@ -180,8 +180,9 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
                 "device": str(device.type), "processes": workers.world, "torch": torch.__version__,
                 "rows": [split.ids[split.train_rows].tolist(), split.ids[split.val_rows].tolist()]}
     checkpoint = Checkpoint(paths.fold_model("finetune", fold), same_run, workers,
-                            [paths.features / "backbone.safetensors", paths.fold_model("head", fold) / "head.safetensors",
-                             *sorted(Path(__file__).parent.glob("*.py"))])
+                            {"backbone": paths.features / "backbone.safetensors",
+                             "head": paths.fold_model("head", fold) / "head.safetensors",
+                             **tracked_code("finetune", comp_name)})  # dvc.yaml's code deps of this stage
     scaler = grad_scaler(device, ft.amp)  # one for the run, kept in the checkpoint with the schedule
     state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler,
              "rows": train_loader.sampler, "device": device}

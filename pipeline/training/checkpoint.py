@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
+import yaml
 
 from pipeline.core.competitions import get_competition
 from pipeline.core.config import Params
@@ -35,24 +37,52 @@ def load_start(params: Params, comp_name: str, model: str, fold: int, paths: Pat
 
 _STATEFUL = ("network", "optimizer", "scheduler", "scaler")  # what a checkpoint holds the state_dict of
 
+SOURCE = Path(__file__).resolve().parents[2]
+"""The folder holding the running `pipeline` package: in a checkout, the project with its dvc.yaml."""
+
+
+def tracked_code(stage: str, comp_name: str, source: Path = SOURCE) -> dict[str, Path]:
+    """The code files DVC tracks for `stage` of `comp_name`, read from dvc.yaml's deps of the stage at run time so
+    the two cannot differ: its `pipeline/...` entries (`${item.comp}` resolved: the competition's record), as
+    files of `source`, the checkout the running code comes from; by their dvc.yaml name. Without a dvc.yaml there
+    (the package installed as a wheel) every file of the package: more than the stage needs, never less."""
+    dvc_yaml = source / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        package = source / "pipeline"
+        return {p.relative_to(source).as_posix(): p for p in sorted(package.rglob("*"))
+                if p.suffix in (".py", ".yaml")}
+    deps = yaml.safe_load(dvc_yaml.read_text())["stages"][stage]["deps"]
+    names = [dep.replace("${item.comp}", comp_name) for dep in deps if dep.startswith("pipeline/")]
+    return {name: source / name for name in names}
+
+
+# What torch.load raises for a file cut short (OSError, EOFError, RuntimeError from its zip reader) or one that is
+# not a checkpoint or is damaged (UnpicklingError from the weights-only unpickler; ValueError, LookupError from a
+# garbled pickle stream). Anything else is a bug, and shows.
+_UNREADABLE = (OSError, EOFError, RuntimeError, pickle.UnpicklingError, ValueError, LookupError)
+
 
 class Checkpoint:
     """The state after each finetuning epoch, in `.fold<k>.checkpoint.pt` beside the fold's folder, so a killed run
     resumes from its last finished epoch: the network, optimizer, schedule, the sampler's epoch and every
     process's random state, which make the resumed run's result that of an uninterrupted one. It is used only
-    when its fingerprint matches (params, device type, number of processes, torch, the fold's rows, the start
-    weights and the pipeline's code), and removed once the fold's outputs are written. Rank 0 writes it;
-    every process reads it, and all resume only if each found it."""
+    when its fingerprint matches: every entry of `same_run` (params, device type, number of processes, torch,
+    the fold's rows) and the content of every file of `inputs` (name -> path: the start weights and the code DVC
+    tracks for the stage, `tracked_code`); otherwise the run starts over and says what differs. It is removed once
+    the fold's outputs are written. Rank 0 writes it; every process reads it, and all resume only if each found
+    it."""
 
-    def __init__(self, out: Path, same_run: dict, workers: Workers, inputs: list[Path]):
+    def __init__(self, out: Path, same_run: dict, workers: Workers, inputs: dict[str, Path]):
         self.path = out.with_name(f".{out.name}.checkpoint.pt")
         self.workers = workers
-        digest = hashlib.sha256(json.dumps(same_run, sort_keys=True, default=str).encode())
-        for path in inputs:
+        self.fingerprint = {key: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+                            for key, value in same_run.items()}
+        for name, path in inputs.items():
+            digest = hashlib.sha256()
             with open(path, "rb") as f:  # in pieces: a large backbone's weights need not be in memory whole
                 while piece := f.read(1 << 24):
                     digest.update(piece)
-        self.fingerprint = digest.hexdigest()
+            self.fingerprint[name] = digest.hexdigest()
 
     def save(self, state: dict, epoch: int, history: list[dict]) -> None:
         if epoch == 0:
@@ -86,13 +116,27 @@ class Checkpoint:
         return saved["history"]
 
     def _load(self) -> dict | None:
+        """The saved state when it belongs to this run; otherwise None, and one line (rank 0's) says why."""
         if not self.path.is_file():
             return None
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors, numbers, lists
-        except Exception:  # a checkpoint cut short by the kill: start again
-            return None
-        return saved if saved.get("fingerprint") == self.fingerprint else None
+        except _UNREADABLE as e:
+            why = str(e).strip().split("\n", 1)[0][:200]
+            return self._start_over(f"{self.path} cannot be read ({type(e).__name__}: {why}): it was cut short "
+                                    "or is not a checkpoint")
+        found = saved.get("fingerprint") if isinstance(saved, dict) else None
+        if not isinstance(found, dict):
+            return self._start_over(f"{self.path} is not a checkpoint of this version of the pipeline")
+        changed = sorted(k for k in self.fingerprint.keys() | found.keys() if found.get(k) != self.fingerprint.get(k))
+        if changed:
+            return self._start_over(f"{self.path} was saved by another run (changed since: {', '.join(changed)})")
+        return saved
+
+    def _start_over(self, why: str) -> None:
+        if self.workers.main:
+            print(f"finetuning starts over from epoch 0: {why}")
+        return None
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
