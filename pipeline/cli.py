@@ -16,6 +16,7 @@ import pandas as pd
 from pipeline.commands import submit
 from pipeline.core.competitions import COMPETITIONS
 from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.core.stage import check_platform
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +118,7 @@ def _overfit(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        check_platform()
         if args.command == "submit":
             row = submit.run(args.comp, args.message, args.wait, poll_seconds=args.poll_seconds, timeout=args.timeout,
                              force=args.force)

@@ -24,6 +24,20 @@ from pipeline.core.io import write_json
 LOGS = Path("logs") / "stages"
 
 
+def check_platform(platform: str = sys.platform, preadv: bool = hasattr(os, "preadv")) -> None:
+    """Refuse, in one line, a system the pipeline cannot run on (every stage and the console script call this
+    first): Windows (the image cache is written and read with os.pwrite and os.preadv, and prepare's decoding
+    processes start by forkserver: none exists there), and a macOS before 11 (no os.preadv). Linux is what is
+    tested; macOS 11+ has both, untested."""
+    if platform == "win32":
+        raise PipelineError("Windows is not supported (found sys.platform 'win32'): the pipeline needs os.pwrite, "
+                            "os.preadv and forkserver processes, which Windows lacks. Run it on Linux, e.g. in WSL 2.")
+    if not preadv:
+        raise PipelineError(f"this system's Python has no os.preadv (sys.platform {platform!r}), which reading the "
+                            "image cache needs; expected Linux or macOS 11 or later. Upgrade the system, or run on "
+                            "Linux.")
+
+
 def stage_name(run: Callable, comp: str | None, model: str | None, fold: int | None) -> str:
     """The DVC stage's name, e.g. finetune@statefarm-main-0, or inputs (`python -m` runs the module as __main__)."""
     spec = getattr(sys.modules.get(run.__module__), "__spec__", None)
@@ -62,6 +76,7 @@ def stage_main(
     fold = args.fold if per_fold else None
     start = time.perf_counter()
     try:
+        check_platform()
         params = load_params()
         if per_fold and args.fold not in params.folds:
             parser.error(f"fold {args.fold} is not one of params.yaml's folds {list(params.folds)}")
