@@ -49,12 +49,14 @@ def _row_losses(rng, n, gap, noise):
 
 def test_a_gain_within_noise_keeps_the_simpler_choice():
     rng = np.random.default_rng(0)
-    assert choosing.simplest_within_noise(_row_losses(rng, 100, 0.01, 0.3)) == ("finetune", "none")
+    rows = np.arange(100)  # independent rows: each its own unit
+    assert choosing.simplest_within_noise(_row_losses(rng, 100, 0.01, 0.3), rows) == ("finetune", "none")
     # the same gain measured on enough rows is real
-    assert choosing.simplest_within_noise(_row_losses(rng, 100_000, 0.01, 0.3)) == ("finetune", "temperature")
+    many = np.arange(100_000)
+    assert choosing.simplest_within_noise(_row_losses(rng, 100_000, 0.01, 0.3), many) == ("finetune", "temperature")
     # a member that diverged (NaN row losses) is passed over, not a crash or a choice
     losses = {("head", "none"): np.full(100, np.nan), **_row_losses(rng, 100, 0.01, 0.3)}
-    assert choosing.simplest_within_noise(losses) == ("finetune", "none")
+    assert choosing.simplest_within_noise(losses, rows) == ("finetune", "none")
 
 
 def test_averaging_in_the_heads_must_beat_noise_too():
@@ -64,10 +66,10 @@ def test_averaging_in_the_heads_must_beat_noise_too():
     rng = np.random.default_rng(2)
     small = {("both" if k == ("finetune", "temperature") else "finetune", "none"): v
              for k, v in _row_losses(rng, 100, 0.01, 0.3).items()}
-    assert choosing.simplest_within_noise(small) == ("finetune", "none")
+    assert choosing.simplest_within_noise(small, np.arange(100)) == ("finetune", "none")
     large = {("both" if k == ("finetune", "temperature") else "finetune", "none"): v
              for k, v in _row_losses(rng, 100_000, 0.01, 0.3).items()}
-    assert choosing.simplest_within_noise(large) == ("both", "none")
+    assert choosing.simplest_within_noise(large, np.arange(100_000)) == ("both", "none")
 
 
 def test_a_real_miscalibration_is_still_fixed():
@@ -79,3 +81,64 @@ def test_a_real_miscalibration_is_still_fixed():
     choice = choosing.choose({"a/head": p, "a/finetune": p}, labels, np.arange(1000) % 5, choosing.KINDS,
                              ("none", "temperature"))
     assert choice.method == "temperature" and choice.value > 1.5, choice.value
+
+
+def _clustered(rng, drivers=8, per_driver=50, classes=4):
+    """State Farm-like rows: each driver's frames look alike, so the members are far too confident on half the
+    drivers and too little on the others, driver by driver, not row by row: one temperature helps the first
+    half a lot and costs the others."""
+    labels = rng.integers(classes, size=drivers * per_driver)
+    group = np.repeat(np.arange(drivers), per_driver)
+    sharp = np.where(rng.permutation(drivers) % 2 == 0, 2.5, 0.4)[group]
+    logits = rng.normal(size=(len(labels), classes)) + 1.2 * np.eye(classes)[labels]
+    return softmax(sharp[:, None] * logits, axis=1), labels, group
+
+
+def test_a_gain_counted_over_drivers_not_rows():
+    """A temperature that wins by a row-level standard error (400 rows as if independent) but not by the
+    driver-level one (8 drivers): the rows of a driver move together, so the choice stays uncalibrated. The old
+    rule, rows as units, took the temperature."""
+    rng = np.random.default_rng(0)
+    p, labels, group = _clustered(rng)
+    losses = {("finetune", "none"): choosing.row_losses(p, labels)}
+    t = choosing.fit_calibration("temperature", p, labels)
+    losses["finetune", "temperature"] = choosing.row_losses(choosing.calibrate("temperature", t, p), labels)
+    rows = np.arange(len(labels))
+    assert choosing.simplest_within_noise(losses, rows) == ("finetune", "temperature")  # rows: "beyond noise"
+    assert choosing.simplest_within_noise(losses, group) == ("finetune", "none")
+
+
+def test_the_cross_fitted_choice_takes_its_units_from_the_groups(monkeypatch):
+    """Each fold's choice weighs the other folds' drivers as its units (the folds only where there are no
+    groups)."""
+    rng = np.random.default_rng(0)
+    p, labels, group = _clustered(rng)
+    folds = group // 2
+    seen, rule = [], choosing.simplest_within_noise
+    monkeypatch.setattr(choosing, "simplest_within_noise", lambda losses, units: seen.append(units) or rule(losses, units))
+    comp = get_competition("statefarm")
+    choosing.cross_fitted(comp, {"a/head": p, "a/finetune": p}, labels, folds, ("finetune",), ("none", "temperature"),
+                          group)
+    assert [sorted(set(u)) for u in seen] == [sorted(set(group[folds != k])) for k in range(4)]
+    seen.clear()
+    choosing.cross_fitted(comp, {"a/head": p, "a/finetune": p}, labels, folds, ("finetune",), ("none", "temperature"))
+    assert [sorted(set(u)) for u in seen] == [sorted(set(folds[folds != k])) for k in range(4)]
+
+
+def test_a_calibration_is_not_fitted_on_near_perfect_folds():
+    """Other folds with almost no misclassified rows tell nothing about over-confidence (sharper is always
+    better on rows one gets right): no temperature is fitted there, however consistently it wins on them."""
+    rng = np.random.default_rng(5)
+    n = 200
+    labels = rng.integers(2, size=n)
+    margin = rng.uniform(1.0, 3.0, n)
+    p_right = 1 / (1 + np.exp(-margin))  # right on every row, under-confident: a sharper temperature wins everywhere
+    p = np.where(labels[:, None] == np.arange(2), p_right[:, None], 1 - p_right[:, None])
+    oof = {"a/head": p, "a/finetune": p}
+    folds = np.arange(n) % 4
+    assert not choosing.enough_errors("finetune", "temperature", oof, labels)
+    choice = choosing.choose(oof, labels, folds, ("finetune",), ("none", "temperature"), None)
+    assert choice.method == "none"
+    wrong = labels.copy()
+    wrong[:30] = 1 - wrong[:30]  # 30 misses: enough to fit a temperature (and a weight, and both)
+    assert choosing.enough_errors("weighted", "temperature", oof, wrong)

@@ -101,8 +101,11 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     if len(params.folds) == 1:  # no other fold to choose or fit on: the finetuned networks as they are
         kinds, methods = ("finetune",), ("none",)
 
-    honest, fold_choices = cross_fitted(comp, oof, labels, fold_of, kinds, methods)
-    final_choice = choose_all(comp, oof, labels, fold_of, kinds, methods)  # for the submission: every row
+    _, train_index = load_cache(paths.cache, "train")
+    groups = train_index["group"].astype(str).to_numpy()[kept]
+    units = groups if comp.group_column else None  # drivers: the choice's standard errors are over them
+    honest, fold_choices = cross_fitted(comp, oof, labels, fold_of, kinds, methods, units)
+    final_choice = choose_all(comp, oof, labels, fold_of, kinds, methods, units)  # for the submission: every row
 
     _, test_index = load_cache(paths.cache, "test")
     sample = read_sample(comp, paths.raw)
@@ -125,8 +128,6 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     metrics = _rounded({**metrics, "member": final_choice.kind, "calibration": final_choice.method,
                         "source": read_json(paths.raw / "summary.json")["source"], "test_rows": len(sub),
                         **({"quick": quick_label(params)} if params.quick else {})})
-    _, train_index = load_cache(paths.cache, "train")
-    groups = train_index["group"].astype(str).to_numpy()[kept]
     detail = {
         "run": {"folds": list(params.folds), "fold_count": params.fold_count, "subsample": params.subsample},
         "logloss": metrics["logloss"],
