@@ -20,8 +20,8 @@ def decode(data: bytes, size: tuple[int, int], where: str, out: np.ndarray | Non
     """Image bytes (JPEG or PNG) -> uint8 (height, width, channels) in `out` (new when None): RGB, or grey with 1
     channel. A JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scaled decoding, through
     OpenCV) whenever the image is at least that much larger than `size`, then resized with area averaging. EXIF
-    orientation is ignored, as Kaggle's labels were made on the stored pixels. An unreadable image raises
-    ImageError naming `where`, with `advice`."""
+    orientation is ignored, as Kaggle's labels were made on the stored pixels. An unreadable image, or one whose
+    header claims more pixels than PIL's decompression-bomb limit, raises ImageError naming `where`, with `advice`."""
     import cv2  # here: a worker process imports it once; the stage's other imports need it not
 
     height, width = size
@@ -30,6 +30,10 @@ def decode(data: bytes, size: tuple[int, int], where: str, out: np.ndarray | Non
             full_w, full_h = img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise _unreadable(where, e, advice) from None
+    except Image.DecompressionBombError:  # before a byte of pixels is decoded
+        raise _unreadable(where, "its header claims more pixels than the "
+                          f"{2 * Image.MAX_IMAGE_PIXELS:,} an image may have: a decompression bomb or a "
+                          "damaged header", advice) from None
     factor = max((f for f in (8, 4, 2) if full_w // f >= width and full_h // f >= height), default=1)
     if channels == 1:
         flag = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
