@@ -1,8 +1,10 @@
-"""Inputs crafted to hurt: an image whose header claims 20000x20000 pixels. It is refused in one line naming it,
-or with `prepare.skip_unreadable` skipped like any other unreadable image; it never gives a traceback."""
+"""Inputs crafted to hurt: an image whose header claims 20000x20000 pixels, a zip member whose directory claims
+300 MiB. Each is refused in one line naming it, or with `prepare.skip_unreadable` skipped like any other unreadable
+image; neither gives a traceback or a wrong answer."""
 
 import io
 import struct
+import zipfile
 import zlib
 
 import pandas as pd
@@ -13,7 +15,7 @@ from conftest import read_zip, tiny_params, write_zip
 from pipeline.core.competitions import get_competition
 from pipeline.core.errors import ImageError
 from pipeline.data.demo import write_demo_archive
-from pipeline.data.images import decode
+from pipeline.data.images import MAX_IMAGE_BYTES, decode
 from pipeline.stages import download, folds, prepare
 
 COMP = "statefarm"
@@ -30,13 +32,31 @@ def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
             + _chunk(b"IEND", b""))
 
 
-def _archive_with(tmp_path, image: bytes, skip: bool = False):
-    """The tiny State Farm demo archive with one train image's bytes replaced by `image`; params reading it."""
+def claiming(path, member: str, size: int) -> None:
+    """Make the central directory of the zip at `path` say that `member` unpacks to `size` bytes."""
+    data = bytearray(path.read_bytes())
+    start = 0
+    while (start := data.find(b"PK\x01\x02", start)) >= 0:
+        name_length = struct.unpack_from("<H", data, start + 28)[0]
+        if data[start + 46 : start + 46 + name_length].decode() == member:
+            struct.pack_into("<I", data, start + 24, size)
+            path.write_bytes(bytes(data))
+            return
+        start += 4
+    raise AssertionError(f"{member} not in {path}")
+
+
+def _archive_with(tmp_path, image: bytes | None = None, skip: bool = False, claim: bool = False):
+    """The tiny State Farm demo archive with one train image's bytes replaced by `image`, or (`claim`) its
+    directory entry claiming 300 MiB; params reading it."""
     good = write_demo_archive(get_competition(COMP), tiny_params().comp(COMP).data.demo, 0, tmp_path / "good.zip")
     files = read_zip(good)
     victim = sorted(k for k in files if k.startswith("imgs/train/c2/"))[1]
-    files[victim] = image
+    if image is not None:
+        files[victim] = image
     bad = write_zip(tmp_path / "bad.zip", files)
+    if claim:
+        claiming(bad, victim, 300 << 20)
     params = tiny_params(**{f"{COMP}.data.source": str(bad), f"{COMP}.prepare.skip_unreadable": skip})
     return params, victim
 
@@ -72,3 +92,27 @@ def test_a_decompression_bomb_in_the_archive_stops_prepare_or_is_skipped(tmp_pat
     skipped = pd.read_csv(cache / "skipped.csv", dtype=str)
     assert list(skipped["file"].str.split(":").str[1]) == [victim] and "decompression bomb" in skipped["error"][0]
     assert "1 unreadable image(s) skipped" in prepare.summary(cache)
+
+
+def test_a_member_claiming_more_than_an_image_may_is_refused_before_it_is_read(tmp_path):
+    params, victim = _archive_with(tmp_path, claim=True)
+    raw = download.run(params, COMP, tmp_path / "root")
+    index = pd.read_csv(raw / "train.csv", dtype=str)
+    container = index.loc[index["member"] == victim, "container"].iloc[0]
+    with zipfile.ZipFile(raw / container) as zf:
+        assert zf.getinfo(victim).file_size == 300 << 20 > MAX_IMAGE_BYTES
+    with pytest.raises(ImageError) as e:
+        prepare.run(params, COMP, tmp_path / "root")
+    message = str(e.value)
+    assert "\n" not in message and f"{container}:{victim} would unpack to 300 MiB" in message
+    assert f"more than the {MAX_IMAGE_BYTES >> 20} MiB one image may" in message
+
+
+def test_a_member_claiming_too_much_is_skipped_with_skip_unreadable(tmp_path):
+    params, victim = _archive_with(tmp_path, skip=True, claim=True)
+    root = tmp_path / "root"
+    download.run(params, COMP, root)
+    folds.run(params, COMP, root)
+    cache = prepare.run(params, COMP, root)
+    skipped = pd.read_csv(cache / "skipped.csv", dtype=str)
+    assert list(skipped["file"].str.split(":").str[1]) == [victim] and "300 MiB" in skipped["error"][0]

@@ -11,6 +11,9 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.core.errors import ImageError
 
 
+MAX_IMAGE_BYTES = 256 << 20
+"""The most one image file may unpack to: a photo is a few MiB; more is a damaged archive or a zip bomb."""
+
 ARCHIVE_ADVICE = ("The archive is damaged; download it again (or delete that image and its row from the CSVs if you "
                   "built the archive yourself).")
 

@@ -4,8 +4,9 @@ Outputs: `train.npy` and `test.npy`, uint8 arrays of shape (N, height, width, ch
 competitions) in the row order of `train.csv` / `test.csv` (copied beside them), `skipped.csv` and `meta.json`.
 Later stages read these and never touch a JPEG, PNG or pixel CSV again. Images are resized to `prepare.image_size` without cropping (the whole
 frame matters), decoding at reduced size where the JPEG allows it, by `speed.prepare_workers` processes that each
-read their own images from the archive. An unreadable image stops the stage with its name, or with
-`prepare.skip_unreadable` is listed in `skipped.csv`.
+read their own images from the archive. An unreadable image (a damaged one, a decompression bomb, or a member that
+would unpack to more than 256 MiB) stops the stage with its name, or with `prepare.skip_unreadable` is listed in
+`skipped.csv`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pipeline.core.io import NpyRows, atomic_dir, write_csv, write_json
 from pipeline.core.machine import usable_cpus
 from pipeline.core.paths import Paths
 from pipeline.core.stage import stage_main
-from pipeline.data.images import decode, pixel_row
+from pipeline.data.images import MAX_IMAGE_BYTES, decode, pixel_row
 
 CHUNK = 256
 
@@ -53,8 +54,13 @@ def _read(raw: Path, container: str, member: str) -> bytes:
         except (zipfile.BadZipFile, OSError) as e:  # the whole archive, never one image to skip
             raise ArchiveError(f"{raw / container} cannot be opened ({type(e).__name__}: {e}); re-run "
                                "`dvc repro download@<comp>` (download the archive again if it is damaged).") from None
+    info = _ZIPS[key].getinfo(member)
+    if info.file_size > MAX_IMAGE_BYTES:  # zipfile never unpacks more than the size its directory gives
+        raise ImageError(f"{container}:{member} would unpack to {info.file_size / 2**20:,.0f} MiB, more than the "
+                         f"{MAX_IMAGE_BYTES >> 20} MiB one image may: the archive is damaged or a zip bomb. Download "
+                         "it again (or delete that image and its row from the CSVs if you built the archive yourself).")
     try:
-        return _ZIPS[key].read(member)
+        return _ZIPS[key].read(info)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a damaged member behind an intact directory
         raise ImageError(
             f"{container}:{member} cannot be read from the archive ({type(e).__name__}: {e}); the archive is "
