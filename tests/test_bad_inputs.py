@@ -1,21 +1,25 @@
 """Inputs crafted to hurt: an image whose header claims 20000x20000 pixels, a zip member whose directory claims
-300 MiB. Each is refused in one line naming it, or with `prepare.skip_unreadable` skipped like any other unreadable
-image; neither gives a traceback or a wrong answer."""
+300 MiB, and a submission whose ids look like NA. Each is refused in one line naming it, or (the two images, with
+`prepare.skip_unreadable`) skipped like any other unreadable image; none gives a traceback or a wrong answer."""
 
 import io
 import struct
 import zipfile
 import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from conftest import read_zip, tiny_params, write_zip
+from pipeline.commands.submit import read_checked_submission
 from pipeline.core.competitions import get_competition
 from pipeline.core.errors import ImageError
+from pipeline.core.paths import EXTRACTED, Paths
 from pipeline.data.demo import write_demo_archive
 from pipeline.data.images import MAX_IMAGE_BYTES, decode
+from pipeline.scoring.submission import make_submission
 from pipeline.stages import download, folds, prepare
 
 COMP = "statefarm"
@@ -116,3 +120,20 @@ def test_a_member_claiming_too_much_is_skipped_with_skip_unreadable(tmp_path):
     cache = prepare.run(params, COMP, root)
     skipped = pd.read_csv(cache / "skipped.csv", dtype=str)
     assert list(skipped["file"].str.split(":").str[1]) == [victim] and "300 MiB" in skipped["error"][0]
+
+
+@pytest.mark.parametrize("ids", [["NA", "img_2.jpg", "null"], ["N/A", "nan", "None"]])
+def test_a_probability_submission_whose_ids_look_like_na_is_read_as_text(tmp_path, ids):
+    comp = get_competition(COMP)
+    paths = Paths(COMP, tmp_path)
+    sample = paths.raw / EXTRACTED / "sample_submission.csv"
+    sample.parent.mkdir(parents=True)
+    uniform = np.full((len(ids), len(comp.classes)), 1 / len(comp.classes))
+    make_submission(comp, ids, uniform).to_csv(sample, index=False)
+    paths.submission.parent.mkdir()
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(len(comp.classes)), len(ids))
+    make_submission(comp, ids, probs).to_csv(paths.submission, index=False)
+    path, sub = read_checked_submission(COMP, tmp_path)
+    assert path == paths.submission and list(sub[comp.id_column]) == ids
+    assert sub[list(comp.submission_columns)].dtypes.map(lambda t: t.kind == "f").all(), "probabilities stay numbers"

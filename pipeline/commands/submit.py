@@ -58,9 +58,10 @@ def read_checked_submission(comp_name: str, root: Path) -> tuple[Path, pd.DataFr
     for needed in (paths.submission, paths.raw / EXTRACTED / "sample_submission.csv"):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} does not exist; create it with `dvc repro ensemble@{comp_name}`.")
-    labels = comp.submission == "label"  # a class may be spelt 'NA' or '01': read labels as written
-    sub = pd.read_csv(paths.submission, dtype={comp.id_column: str, **(dict.fromkeys(comp.submission_columns, str)
-                                                                       if labels else {})}, keep_default_na=not labels)
+    # ids and labels as written, never as NaN or numbers: an id or a class may be spelt 'NA', 'null' or '01'; a
+    # probability stays a number, and an empty one fails the validation as missing
+    text = [comp.id_column, *(comp.submission_columns if comp.submission == "label" else [])]
+    sub = pd.read_csv(paths.submission, dtype=dict.fromkeys(text, str), keep_default_na=False)
     validate_submission(comp, sub, read_sample(comp, paths.raw), str(paths.submission))
     return paths.submission, sub
 
