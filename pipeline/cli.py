@@ -46,8 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="experiments against a baseline, fold by fold and per driver, with noise")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
     p.add_argument("experiments", nargs="*", metavar="EXP",
-                   help="DVC experiment names, git commits, branches or tags, or 'workspace' (default: workspace)")
-    p.add_argument("-b", "--baseline", default="HEAD", help="revision to compare against (default: HEAD)")
+                   help="DVC experiment names, git commits, branches or tags, or 'workspace' (default: workspace); "
+                   "with several baselines: one change's runs of several seeds")
+    p.add_argument("-b", "--baseline", nargs="+", default=["HEAD"], metavar="BASE",
+                   help="revision to compare against (default: HEAD); several (after the EXPs): the baseline's runs "
+                   "of the same seeds, each paired with the EXP of its seed (README: repeated seeds)")
     p.add_argument("--all", action="store_true", help="list every DVC experiment of the baseline: its changed "
                    "params, CV, corrected standard error and verdict")
     p = sub.add_parser("report", help="reports/<comp>/index.html: scores, curves, errors, images, the model")
@@ -136,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "compare":
             from pipeline.commands import compare, experiments
 
-            if args.all and args.experiments:
-                raise ConfigError("compare --all lists every experiment of the baseline; name none, or drop --all")
-            print(experiments.run(args.comp, args.baseline) if args.all
+            if args.all and (args.experiments or len(args.baseline) > 1):
+                raise ConfigError("compare --all lists every experiment of one baseline; name no EXP and one -b, "
+                                  "or drop --all")
+            print(experiments.run(args.comp, args.baseline[0]) if args.all
                   else compare.run(args.comp, args.experiments, args.baseline))
         elif args.command == "report":
             from pipeline.core.config import load_params

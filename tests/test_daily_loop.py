@@ -52,19 +52,19 @@ def test_a_missing_curve_names_the_stage_to_rerun(pipeline_run, tmp_path):
 
 def test_verdict_calls_a_consistent_gain_real_and_a_small_scattered_one_noise():
     rows = np.full(5, 100.0)
-    real = compare.fold_verdict(np.array([-0.05, -0.06, -0.055, -0.05, -0.045]), rows)
+    real = compare.fold_verdict(np.array([-0.05, -0.06, -0.055, -0.05, -0.045]), rows, 5)
     assert "likely better" in real and "lower on 5/5 folds" in real
     # accuracy, F1, ROC AUC: a consistent rise is the gain
     gain = np.array([0.05, 0.06, 0.055, 0.05, 0.045])
-    assert "likely better" in compare.fold_verdict(gain, rows, higher_is_better=True)
-    assert "likely worse" in compare.fold_verdict(gain, rows)
-    noise = compare.fold_verdict(np.array([0.002, -0.01, 0.012, -0.004, 0.003]), rows)
+    assert "likely better" in compare.fold_verdict(gain, rows, 5, higher_is_better=True)
+    assert "likely worse" in compare.fold_verdict(gain, rows, 5)
+    noise = compare.fold_verdict(np.array([0.002, -0.01, 0.012, -0.004, 0.003]), rows, 5)
     assert "not distinguishable from noise" in noise and "2.8 needed" in noise  # t(0.975, 4) = 2.78
     # one fold driving a large mean is no consistent gain, though the naive t (2.4) would call it one
-    assert "not distinguishable" in compare.fold_verdict(np.array([-0.05, -0.05, -0.05, 0.001, 0.001]), rows)
-    assert compare.fold_verdict(np.zeros(5), rows).startswith("identical on every fold")
+    assert "not distinguishable" in compare.fold_verdict(np.array([-0.05, -0.05, -0.05, 0.001, 0.001]), rows, 5)
+    assert compare.fold_verdict(np.zeros(5), rows, 5).startswith("identical on every fold")
     # the test takes each fold once; the row-weighted change of the overall score is shown beside it
-    one_big_fold = compare.fold_verdict(np.array([-0.1, 0, 0, 0, 0]), np.array([1000.0, 10, 10, 10, 10]))
+    one_big_fold = compare.fold_verdict(np.array([-0.1, 0, 0, 0, 0]), np.array([1000.0, 10, 10, 10, 10]), 5)
     assert "mean fold change -0.0200 (overall, row-weighted: -0.0962)" in one_big_fold
     assert "not distinguishable from noise: 0.7 corrected standard errors from zero, 2.8 needed" in one_big_fold
 
@@ -73,7 +73,7 @@ def test_verdict_is_the_corrected_test_where_the_naive_one_would_call_a_gain():
     diffs = np.array([-0.03, -0.01, -0.025, 0.0, -0.02])
     naive_t = abs(diffs.mean()) / (diffs.std(ddof=1) / np.sqrt(5))
     assert naive_t > 2.78, "the naive t-test (t(0.975, 4) = 2.78) calls it real"
-    shown = compare.fold_verdict(diffs, np.full(5, 100.0))
+    shown = compare.fold_verdict(diffs, np.full(5, 100.0), 5)
     assert "not distinguishable from noise: 2.1 corrected standard errors from zero, 2.8 needed" in shown
 
 
@@ -81,11 +81,11 @@ def test_repeated_cross_validation_uses_the_corrected_repeated_test():
     """r seeds x k folds: variance scaled by 1/(r k) + 1/(k - 1), Student's t on r k - 1 degrees of freedom
     (Bouckaert & Frank): the fold-overlap term does not shrink with repeats, so repeats help, but less than r-fold."""
     diffs = np.array([-0.03, -0.01, -0.02, 0.005, -0.025] * 3)
-    shown = compare.fold_verdict(diffs, np.full(15, 100.0), repeats=3)
+    shown = compare.fold_verdict(diffs, np.full(15, 100.0), 5)
     se = diffs.std(ddof=1) * np.sqrt(1 / 15 + 1 / 4)
     assert f"corrected standard error {se:.4f}" in shown and "lower on 12/15 folds" in shown
     assert "likely better: 2.2 corrected standard errors from zero" in shown  # t(0.975, 14) = 2.14
-    single = compare.fold_verdict(diffs[:5], np.full(5, 100.0))
+    single = compare.fold_verdict(diffs[:5], np.full(5, 100.0), 5)
     assert "not distinguishable" in single and "2.8 needed" in single
 
 

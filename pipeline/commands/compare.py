@@ -1,26 +1,24 @@
-"""`pipeline compare <comp> [EXP ...]`: experiments against a baseline, fold by fold and group by group, with
-the noise that tells a real gain from luck.
+"""`pipeline compare <comp> [EXP ...] [-b BASE ...]`: experiments against a baseline, fold by fold, member by
+member and group by group, with the noise that tells a real gain from luck.
 
 Each run's per-fold and per-group (State Farm: per-driver) cross-fitted scores live in `metrics/<comp>/cv.json`,
 committed to git with the top-level metrics (DVC `cache: false`), so any commit, branch, tag or DVC experiment
 can be read in any clone; `workspace` is the files on disk. A difference is paired: the same fold (or driver)
-scored by both runs. Its mean over folds, spread, standard error and the number of folds that agree in sign say
-whether it is more than noise. Kaggle scores recorded by `pipeline submit` in `submissions/scores.csv` are shown
-beside the CV score of the same commit, and `reports/<comp>/cv_vs_leaderboard.png` draws CV against the public
-leaderboard over every recorded submission.
+scored by both runs, only like with like (`pipeline.scoring.pairing`: the same split, the same scored folds, or
+said why not). Its mean over folds, spread, corrected standard error and the number of folds that agree in sign
+say whether it is more than noise. Several baselines (`-b BASE-s1 BASE-s2`) make one comparison over repeated
+seeds (`pipeline.commands.seeds`). Kaggle scores recorded by `pipeline submit` in `submissions/scores.csv` are
+shown beside the CV score of the same commit, and `reports/<comp>/cv_vs_leaderboard.png` draws CV against the
+public leaderboard over every recorded submission.
 """
 
 from __future__ import annotations
 
-import math
 import shutil
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from pipeline.commands.leaderboard import plot_cv_vs_leaderboard, submissions
 from pipeline.core.competitions import get_competition
@@ -29,18 +27,25 @@ from pipeline.core.gitinfo import read_json_at
 from pipeline.core.machine import describe
 from pipeline.core.paths import Paths
 from pipeline.scoring.metrics import HIGHER_IS_BETTER
+from pipeline.scoring.pairing import (
+    Run,
+    fold_verdict,
+    group_counts,
+    member_changes,
+    paired_table,
+    procedure_note,
+    quick_note,
+    same_folds,
+    same_procedure,
+    seeds_advice,
+    settings,
+    unpaired,
+    unshared_members,
+)
+
+__all__ = ["Run", "fold_verdict", "load_run", "paired_table", "quick_note", "resolve", "run", "same_folds"]
 
 WORKSPACE = "workspace"
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run's scores: its name, the git commit it was read from (None for the workspace) and cv.json."""
-
-    name: str
-    commit: str | None
-    cv: dict
-    metrics: dict
 
 
 def resolve(root: Path, rev: str) -> str:
@@ -69,86 +74,15 @@ def load_run(root: Path, comp_name: str, rev: str) -> Run:
                read_json_at(root, commit, paths.metrics, rev))
 
 
-def fold_verdict(diffs: np.ndarray, weights: np.ndarray, repeats: int = 1, higher_is_better: bool = False) -> str:
-    """The fold-paired change of the score (log loss unless said otherwise), and whether it stands out from the
-    noise.
-
-    Cross-validation's fold differences are correlated (each pair of training sets shares most rows), so the
-    naive standard error is too small: the corrected resampled t-test (Nadeau & Bengio, 2003) scales the variance
-    by 1/k + 1/(k - 1) instead of 1/k, and compares with Student's t at 95% (two-sided) on k - 1 degrees of
-    freedom. With `repeats` k-fold runs (other seeds, so other folds) the diffs hold r*k folds, and the corrected
-    repeated k-fold test (Bouckaert & Frank, 2004) uses 1/(r k) + 1/(k - 1) on r k - 1 degrees of freedom. The
-    test takes the plain mean of the fold differences, as those tests do (a row-weighted mean over an unweighted
-    spread would let one big fold pass for a consistent change); the change of the overall, row-weighted score is
-    shown beside it.
-    """
-    n = len(diffs)
-    overall = float(np.average(diffs, weights=weights))
-    counts = f"lower on {int((diffs < 0).sum())}/{n} folds, higher on {int((diffs > 0).sum())}/{n}"
-    if not np.any(diffs):
-        return f"identical on every fold ({counts})"
-    test = paired_test(diffs, repeats, higher_is_better)
-    if test["t"] is None:
-        return f"change {test['mean']:+.4f} on a single fold: no spread to judge it by"
-    if test["verdict"] != "noise":
-        judged = f"likely {test['verdict']}: {test['t']:.1f} corrected standard errors from zero"
-    else:
-        judged = (f"not distinguishable from noise: {test['t']:.1f} corrected standard errors from zero, "
-                  f"{test['needed']:.1f} needed; repeat with other seeds (`dvc exp run -S seed=...`) before deciding")
-    return (f"mean fold change {test['mean']:+.4f} (overall, row-weighted: {overall:+.4f}), spread (sd) "
-            f"{test['sd']:.4f}, corrected standard error {test['se']:.4f}; {counts} -> {judged}")
+def load_run(root: Path, comp_name: str, rev: str) -> Run:
+    """A revision's (or the workspace's) cv.json and metrics of one competition."""
+    paths = Paths(comp_name, root)
+    commit = None if rev == WORKSPACE else resolve(root, rev)
+    return Run(rev, commit, read_json_at(root, commit, paths.cv, rev),
+               read_json_at(root, commit, paths.metrics, rev))
 
 
-def paired_test(diffs: np.ndarray, repeats: int = 1, higher_is_better: bool = False) -> dict:
-    """`fold_verdict`'s numbers: mean, sd, corrected se, t, the t needed, and the verdict (better, worse, noise);
-    t is None with fewer than two folds."""
-    n = len(diffs)
-    k = n // repeats
-    mean = float(np.mean(diffs))
-    if k < 2:
-        return {"mean": mean, "sd": None, "se": None, "t": None, "needed": None, "verdict": "noise"}
-    sd = float(diffs.std(ddof=1))
-    se = sd * math.sqrt(1 / n + 1 / (k - 1))
-    t = abs(mean) / se if se > 0 else (math.inf if mean else 0.0)
-    needed = float(stats.t.ppf(0.975, n - 1))
-    verdict = "noise" if t < needed else ("better" if (mean > 0) == higher_is_better else "worse")
-    return {"mean": mean, "sd": sd, "se": se, "t": t, "needed": needed, "verdict": verdict}
-
-
-def group_counts(diffs: np.ndarray, weights: np.ndarray, noun: str) -> str:
-    """Per group, only a description: a fold's groups share one model, so they are not independent samples."""
-    return (f"mean change {np.average(diffs, weights=weights):+.4f}; lower on {int((diffs < 0).sum())}/{len(diffs)} "
-            f"{noun}s, higher on {int((diffs > 0).sum())}/{len(diffs)} (does the change help most {noun}s, or one?)")
-
-
-def same_folds(a: Run, b: Run) -> bool:
-    """Whether the folds both runs scored hold the same rows (a changed seed or fold count gives other folds; a
-    quick run scores fewer of the same folds)."""
-    fa, fb = a.cv["folds"], b.cv["folds"]
-    common = set(fa) & set(fb)
-    return bool(common) and all(fa[k].get("rows_md5") == fb[k].get("rows_md5") is not None for k in common)
-
-
-def paired_table(base: Run, runs: list[Run], key: str, extra: tuple[str, ...], label: str,
-                 score: str = "logloss") -> pd.DataFrame:
-    """Rows of cv.json's `key` (folds or groups) present in every run with a `score` (the competition's metric):
-    each run's score, and its change against the baseline."""
-    def value(r: Run, k: str) -> float:
-        v = r.cv[key][k].get(score)
-        return math.nan if v is None else float(v)  # e.g. ROC AUC of a group of one class
-
-    common = [k for k in base.cv[key] if all(k in r.cv[key] for r in runs)]
-    rows = []
-    for k in common:
-        row = {label: k, **{c: base.cv[key][k][c] for c in extra}, base.name: value(base, k)}
-        for r in runs:
-            row[r.name] = value(r, k)
-            row[f"change {r.name}"] = value(r, k) - value(base, k)
-        rows.append(row)
-    return pd.DataFrame(rows).dropna() if rows else pd.DataFrame(rows)
-
-
-def _wrapped(line: str) -> str:
+def wrapped(line: str) -> str:
     """A verdict folded to the terminal's width, continued under its text."""
     return textwrap.fill(line, shutil.get_terminal_size((100, 24)).columns, subsequent_indent="    ")
 
@@ -157,11 +91,40 @@ def _num(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _table(df: pd.DataFrame) -> str:
-    """Log losses to 4 decimals, changes with their sign."""
-    formats = {c: ("{:+.4f}" if c.startswith("change ") else "{:.4f}").format
+def table(df: pd.DataFrame) -> str:
+    """Scores to 4 decimals, changes with their sign."""
+    formats = {c: ("{:+.4f}" if c.startswith("change") else "{:.4f}").format
                for c in df.columns if df[c].dtype.kind == "f"}
     return df.to_string(index=False, formatters=formats)
+
+
+def overall(runs: list[Run], score: str, name: str) -> pd.DataFrame:
+    """Each run's overall scores and the ensemble it chose."""
+    return pd.DataFrame([{"run": r.name, **({} if score == "logloss" else {score: _num(r.metrics.get(score))}),
+                          "log loss": _num(r.metrics.get("logloss")), "accuracy": _num(r.metrics.get("accuracy")),
+                          f"demo test {name}": _num(r.metrics.get(f"demo_test_{score}")),
+                          "chosen": f"{r.metrics.get('member')}+{r.metrics.get('calibration')}"} for r in runs])
+
+
+def member_block(pairs: list[tuple[Run, Run]], advice: str | None = None) -> list[str]:
+    """Each member both sides have (`<model>/<stage>`), its own log loss before the ensemble, averaged over the
+    paired folds; with the corrected test when `advice` is given (the ensembles themselves could not be paired)."""
+    changes = member_changes(pairs)
+    if changes.empty:
+        return []
+    by_member = changes.groupby("member", sort=False)
+    one = len(pairs) == 1
+    base, run = (pairs[0][0].name, pairs[0][1].name) if one else ("baseline", "experiment")
+    shown = (by_member[["base", "run", "change"]].mean().reset_index()
+             .rename(columns={"base": base, "run": run, "change": "change (mean)"})
+             .assign(folds=by_member.size().to_numpy()))
+    out = ["\n" + wrapped(f"Per member, {run} against {base} (each network's own out-of-fold log loss before the "
+                          "ensemble, mean over the paired folds; members both have):"), table(shown)]
+    if advice is not None:
+        fold_count = settings(pairs[0][0])["fold_count"]
+        out += [wrapped(f"  {m}: " + fold_verdict(g["change"].to_numpy(), g["rows"].to_numpy(dtype=float),
+                                                   fold_count, advice=advice)) for m, g in by_member]
+    return out
 
 
 def _made_by(row, runs: list[Run]) -> str:
@@ -176,17 +139,6 @@ def _made_by(row, runs: list[Run]) -> str:
         if commit.endswith("-dirty") and cv is not None and abs(row["cv_logloss"] - cv) < 5e-7:
             return r.name
     return ""
-
-
-def quick_note(base: Run, run: Run) -> str | None:
-    """Two runs scored with other quick settings (folds, subsample) cannot be told apart from their change."""
-    a, b = (r.cv.get("run", {}).get("subsample", 1.0) for r in (base, run))
-    if a == b:
-        return None
-    return (f"Note: {base.name} learnt from {a:.0%} of each fold's training images, {run.name} from {b:.0%}: "
-            f"the change includes that. Make the baseline the same way, e.g. `dvc exp run -S subsample={b:g}` "
-            f"{'with the same folds ' if len(run.cv.get('folds', {})) < len(base.cv.get('folds', {})) else ''}"
-            "on the baseline commit.")
 
 
 def machine_note(base: Run, run: Run) -> str | None:
@@ -205,74 +157,83 @@ def machine_note(base: Run, run: Run) -> str | None:
             "and metrics/.")
 
 
-def run(comp_name: str, experiments: list[str], baseline: str = "HEAD", root: Path = Path(".")) -> str:
-    """The comparison as text (and the CV-vs-leaderboard picture when submissions were scored)."""
+def run(comp_name: str, experiments: list[str], baseline: str | list[str] = "HEAD", root: Path = Path(".")) -> str:
+    """The comparison as text (and the CV-vs-leaderboard picture when submissions were scored). Several
+    baselines: one change over repeated seeds, each experiment paired with the baseline of its seed."""
+    baselines = [baseline] if isinstance(baseline, str) else list(baseline)
     comp = get_competition(comp_name)
+    if len(baselines) > 1 and not experiments:
+        raise ConfigError(f"compare with several baselines ({' '.join(baselines)}) pairs each with the experiment of "
+                          f"its seed; none was named. Put the change's runs before -b: `pipeline compare {comp_name} "
+                          "CHANGE-s1 CHANGE-s2 -b BASE-s1 BASE-s2`.")
     experiments = experiments or [WORKSPACE]
-    if len(set([baseline, *experiments])) <= len(experiments):
-        raise ConfigError(f"compare needs distinct runs; got baseline {baseline!r} and {experiments}")
-    for rev in [baseline, *experiments]:  # a mistyped name is reported before anything is read
+    named = [*baselines, *experiments]
+    if len(set(named)) < len(named):
+        raise ConfigError(f"compare needs distinct runs; got baseline {' '.join(baselines)} and {experiments}")
+    for rev in named:  # a mistyped name is reported before anything is read
         if rev != WORKSPACE:
             resolve(root, rev)
-    base = load_run(root, comp_name, baseline)
+    if len(baselines) > 1:
+        from pipeline.commands import seeds
+
+        return seeds.run(comp_name, experiments, baselines, root)
+    base = load_run(root, comp_name, baselines[0])
     runs = [load_run(root, comp_name, e) for e in experiments]
     score, higher = comp.metric, HIGHER_IS_BETTER[comp.metric]
     name = "log loss" if score == "logloss" else score
     out = [f"{comp_name}: cross-validated {name} ({'higher' if higher else 'lower'} is better) against baseline "
-           f"{baseline!r}"]
-    overall = pd.DataFrame([{"run": r.name, **({} if score == "logloss" else {score: _num(r.metrics.get(score))}),
-                             "log loss": _num(r.metrics.get("logloss")),
-                             "accuracy": _num(r.metrics.get("accuracy")),
-                             f"demo test {name}": _num(r.metrics.get(f"demo_test_{score}")),
-                             "chosen": f"{r.metrics.get('member')}+{r.metrics.get('calibration')}"}
-                            for r in [base, *runs]])
-    out.append(overall.to_string(index=False))
-    out += ["\n" + _wrapped(note.lstrip("\n")) for r in runs for note in (machine_note(base, r), quick_note(base, r))
-            if note]
+           f"{base.name!r}", overall([base, *runs], score, name).to_string(index=False)]
+    out += ["\n" + wrapped(note.lstrip("\n")) for r in runs
+            for note in (machine_note(base, r), quick_note(base, r), unpaired(base, r) or procedure_note(base, r),
+                         unshared_members(base, r)) if note]
 
-    paired = [r for r in runs if same_folds(base, r)]
-    for r in runs:
-        if r not in paired:
-            out.append(f"\n{r.name}'s folds hold other rows than {base.name}'s (the seed or the folds changed): its "
-                       "per-fold scores cannot be paired; compare the overall score, or per group below.")
-    if paired:
-        folds = paired_table(base, paired, "folds", ("rows",), "fold", score)
-        if folds.empty:
-            out.append(f"\nNo fold has a {name} in every run (outputs of an older version?): compare the overall "
-                       "scores above.")
-            paired = []
-    if paired:
-        out.append("\nPer fold (each change paired on the same rows):")
-        out.append(_table(folds))
+    split = [r for r in runs if unpaired(base, r) is None]  # the same rows in the folds both scored
+    paired = [r for r in split if procedure_note(base, r) is None]  # and the same folds: ensembles comparable
+    folds = paired_table(base, paired, "folds", ("rows",), "fold", score) if paired else pd.DataFrame()
+    if paired and folds.empty:
+        out.append(f"\nNo fold has a {name} in every run (outputs of an older version?): compare the overall "
+                   "scores above.")
+    elif paired:
+        out += ["\nPer fold (each change paired on the same rows):", table(folds)]
         weights = folds["rows"].to_numpy(dtype=float)
-        for r in paired:
-            out.append(_wrapped(f"  {r.name}: " + fold_verdict(folds[f"change {r.name}"].to_numpy(), weights,
-                                                                higher_is_better=higher)))
+        fold_count = settings(base)["fold_count"]
+        out += [wrapped(f"  {r.name}: " + fold_verdict(folds[f"change {r.name}"].to_numpy(), weights, fold_count,
+                                                        higher, seeds_advice(comp_name))) for r in paired]
+    for r in split:
+        out += member_block([(base, r)], None if r in paired else seeds_advice(comp_name))
 
-    if comp.group_column and base.cv.get("groups"):
+    grouped = [r for r in runs if same_procedure(base, r)]  # a group's score is its fold's ensemble's
+    if comp.group_column and base.cv.get("groups") and grouped:
         noun = comp.group_noun
-        groups = paired_table(base, runs, "groups", ("fold", "rows"), noun, score)
+        groups = paired_table(base, grouped, "groups", ("fold", "rows"), noun, score)
         out.append(f"\nPer {noun} ({comp.group_column}; each {noun}'s rows are scored by the fold that held them out):")
         if len(groups):
-            out.append(_table(groups))
-            for r in runs:
-                out.append(_wrapped(f"  {r.name}: " + group_counts(groups[f"change {r.name}"].to_numpy(),
-                                                                    groups["rows"].to_numpy(dtype=float), noun)))
+            out.append(table(groups))
+            out += [wrapped(f"  {r.name}: " + group_counts(groups[f"change {r.name}"].to_numpy(),
+                                                            groups["rows"].to_numpy(dtype=float), noun))
+                    for r in grouped]
         else:
             out.append(f"(no {noun} in common)")
+    out += ["\n" + wrapped(f"{r.name} is not compared per {comp.group_noun}: its ensemble was chosen on other folds "
+                           f"than {base.name}'s.") for r in runs if comp.group_column and r not in grouped]
+    return "\n".join(out + submissions_block(root, comp_name, [base, *runs]))
 
+
+def submissions_block(root: Path, comp_name: str, runs: list[Run]) -> list[str]:
+    """Recorded Kaggle scores beside the compared runs that made them, and the CV-vs-leaderboard picture."""
     scores = submissions(root, comp_name)
-    if len(scores):
-        shown = scores.assign(run=[_made_by(row, [base, *runs]) for _, row in scores.iterrows()])
-        out.append("\nKaggle submissions and local scores (submissions/scores.csv; `pipeline score` rows: local_score); "
-                   "`run` names the compared run that made it:")
-        out.append(shown[["run", "time", "commit", "experiment", "cv_logloss", "cv", "public_score", "private_score",
-                          "local_score"]]
-                   .assign(commit=shown["commit"].str.replace(r"^(\w{12})\w*", r"\1", regex=True))
-                   .astype(object).fillna("").to_string(index=False))
-        picture = plot_cv_vs_leaderboard(scores, comp_name, Paths(comp_name, root).reports / "cv_vs_leaderboard.png")
-        if picture is not None:
-            scored = scores.dropna(subset=["cv", "public_score"])
-            corr = (f"; correlation {scored['cv'].corr(scored['public_score']):.2f}" if len(scored) >= 3 else "")
-            out.append(f"CV against public leaderboard over {len(scored)} scored submissions{corr}: {picture}")
-    return "\n".join(out)
+    if not len(scores):
+        return []
+    shown = scores.assign(run=[_made_by(row, runs) for _, row in scores.iterrows()])
+    out = ["\nKaggle submissions and local scores (submissions/scores.csv; `pipeline score` rows: local_score); "
+           "`run` names the compared run that made it:",
+           shown[["run", "time", "commit", "experiment", "cv_logloss", "cv", "public_score", "private_score",
+                  "local_score"]]
+           .assign(commit=shown["commit"].str.replace(r"^(\w{12})\w*", r"\1", regex=True))
+           .astype(object).fillna("").to_string(index=False)]
+    picture = plot_cv_vs_leaderboard(scores, comp_name, Paths(comp_name, root).reports / "cv_vs_leaderboard.png")
+    if picture is not None:
+        scored = scores.dropna(subset=["cv", "public_score"])
+        corr = f"; correlation {scored['cv'].corr(scored['public_score']):.2f}" if len(scored) >= 3 else ""
+        out.append(f"CV against public leaderboard over {len(scored)} scored submissions{corr}: {picture}")
+    return out

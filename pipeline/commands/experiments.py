@@ -12,12 +12,22 @@ import shutil
 import textwrap
 from pathlib import Path
 
-from pipeline.commands.compare import Run, load_run, paired_table, paired_test, quick_note, resolve, same_folds
+from pipeline.commands.compare import load_run, resolve
 from pipeline.core.competitions import get_competition
 from pipeline.core.errors import OutputError
-from pipeline.core.gitinfo import git, params_at, read_json_at
+from pipeline.core.gitinfo import changed_params, git, params_at, read_json_at
 from pipeline.core.paths import Paths
 from pipeline.scoring.metrics import HIGHER_IS_BETTER
+from pipeline.scoring.pairing import (
+    Run,
+    paired_table,
+    paired_test,
+    procedure_note,
+    quick_note,
+    seeds_advice,
+    settings,
+    unpaired,
+)
 
 
 def experiment_refs(root: Path, baseline: str) -> list[tuple[str, str]]:
@@ -28,27 +38,21 @@ def experiment_refs(root: Path, baseline: str) -> list[tuple[str, str]]:
     return [(ref.rsplit("/", 1)[-1], sha) for ref, sha in (line.split() for line in listed.splitlines())]
 
 
-def changed_params(before: dict, after: dict) -> list[str]:
-    """`key: old -> new` for every dotted key whose value differs (added or removed keys included)."""
-    missing = "(none)"
-    return [f"{key}: {before.get(key, missing)} -> {after.get(key, missing)}"
-            for key in sorted(set(before) | set(after)) if before.get(key, missing) != after.get(key, missing)]
-
-
 def describe(base: Run, run: Run, comp_name: str) -> str:
     """The score, its change over the paired folds, and the verdict, in one line."""
     comp = get_competition(comp_name)
     score, higher = comp.metric, HIGHER_IS_BETTER[comp.metric]
     value = run.metrics.get(score)
     shown = f"CV {score} {'-' if value is None else f'{value:.4f}'}"
-    if not same_folds(base, run):
-        return f"{shown}; its folds hold other rows (seed or folds changed): not paired"
+    reason = unpaired(base, run) or procedure_note(base, run)
+    if reason:
+        return f"{shown}; not paired: {reason}"
     folds = paired_table(base, [run], "folds", ("rows",), "fold", score)
     if folds.empty:
         return f"{shown}; no fold scored by both runs"
-    test = paired_test(folds[f"change {run.name}"].to_numpy(), higher_is_better=higher)
+    test = paired_test(folds[f"change {run.name}"].to_numpy(), settings(base)["fold_count"], higher)
     if test["t"] is None:
-        return f"{shown}; change {test['mean']:+.4f} on one fold: no spread to judge it by"
+        return f"{shown}; change {test['mean']:+.4f} on one fold: no spread to judge it by; {seeds_advice(comp_name)}"
     t = "inf" if math.isinf(test["t"]) else f"{test['t']:.1f}"
     verdict = {"better": "likely better", "worse": "likely worse", "noise": "noise"}[test["verdict"]]
     return (f"{verdict}: {shown}, mean fold change {test['mean']:+.4f}, corrected se {test['se']:.4f} ({t} se, "

@@ -60,3 +60,10 @@ def params_at(root: Path, commit: str | None) -> dict[str, object]:
     else:
         text = git(root, "show", f"{commit}:params.yaml")
     return _flat(yaml.safe_load(text) or {}) if text is not None else {}
+
+
+def changed_params(before: dict, after: dict) -> list[str]:
+    """`key: old -> new` for every dotted key whose value differs (added or removed keys included)."""
+    missing = "(none)"
+    return [f"{key}: {before.get(key, missing)} -> {after.get(key, missing)}"
+            for key in sorted(set(before) | set(after)) if before.get(key, missing) != after.get(key, missing)]
