@@ -41,7 +41,7 @@ def commands() -> list[tuple[str, list[str]]]:
     found = []
     for page, block in blocks("bash"):
         for line in block.splitlines():
-            line = re.sub(r"(^|\s+)#.*$", "", line).replace("$k", "0")
+            line = re.sub(r"\$[a-z]\b", "0", re.sub(r"(^|\s+)#.*$", "", line))  # a loop's $k, $s: 0
             for part in re.split(r"&&|;|(?<![&>])&(?!&)", line):
                 words = shlex.split(part.strip().removeprefix("do ").removeprefix("for k in 0 1 2 3"))
                 while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value before the command
