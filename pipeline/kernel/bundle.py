@@ -136,13 +136,17 @@ def attached(slug):
 
 
 data = attached(DATASET)
-wheels = sorted(glob.glob(f"{{data}}/wheels/*.whl"))
+# wherever Kaggle unpacked the uploaded wheels.zip and bundle.zip below the dataset's folder
+wheels = sorted(glob.glob(f"{{data}}/**/*.whl", recursive=True))
+bundle = sorted(glob.glob(f"{{data}}/**/manifest.json", recursive=True), key=len)
+if not wheels or not bundle:
+    sys.exit(f"{{data}} lacks the wheels or bundle/manifest.json that `pipeline notebook` wrote: attach its dataset.")
 subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--ignore-installed",
                 *wheels], check=True)
 
 from pipeline.kernel.predict import main  # noqa: E402  (installed just above)
 
-main(f"{{data}}/bundle", attached(COMPETITION), "/kaggle/working/submission.csv")
+main(bundle[0].rsplit("/", 1)[0], attached(COMPETITION), "/kaggle/working/submission.csv")
 '''
 
 
