@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pandas as pd
@@ -189,7 +190,9 @@ def test_dvc_exp_run_set_param_changes_one_line_of_params_yaml(tmp_path):
 
 
 def test_the_summary_says_which_scores_are_not_this_runs(pipeline_run, tmp_path):
-    """After an interrupted run, metrics/ holds the committed numbers: the closing table must not pass them off."""
+    """After an interrupted run, metrics/ holds the committed numbers: the closing table must not pass them off. After
+    the README's discard (`git checkout params.yaml dvc.lock metrics && dvc checkout`) they are this run's, though
+    `dvc checkout` rewrote the models after git rewrote the metrics (the old rule, by modification times, said not)."""
     import os
     import time
 
@@ -200,16 +203,37 @@ def test_the_summary_says_which_scores_are_not_this_runs(pipeline_run, tmp_path)
     for folder in ("metrics", "submissions", "models"):
         shutil.copytree(src / folder, root / folder)  # modification times kept
     assert "NOT this run's" not in summary.run(params, root)
-    (root / "submissions" / "statefarm.csv").unlink()
-    shown = summary.run(params, root)
-    assert "statefarm: NOT this run's scores: no submission beside them" in shown and "dogscats: NOT" not in shown
     later = time.time() + 60
-    os.utime(next((root / "models" / "dogscats").glob("*/*/fold*/oof.csv")), (later, later))
-    assert "dogscats: NOT this run's scores: fold models newer than them" in summary.run(params, root)
+    for oof in (root / "models").glob("*/*/*/fold*/oof.csv"):  # the discard: the same files, written after
+        os.utime(oof, (later, later))
+    assert "NOT this run's" not in summary.run(params, root)
+    (root / "submissions" / "statefarm.csv").unlink()
+    shown = " ".join(summary.run(params, root).split())
+    assert "statefarm: NOT this run's scores: no submission beside them" in shown and "dogscats: NOT" not in shown
+    oof = root / "models" / "dogscats" / params.models[0] / "finetune" / "fold0" / "oof.csv"
+    oof.write_text(oof.read_text().replace("0.", "0.1", 1))  # an interrupted run's new fold predictions
+    shown = " ".join(summary.run(params, root).split())  # its notes wrap at the terminal's width
+    assert f"dogscats: NOT this run's scores: {oof.relative_to(root)} is not the one they were scored on" in shown
     assert "QUICK" not in summary.run(params, root)
     metrics = Paths("dogscats", root).metrics
     metrics.write_text(json.dumps({**read_json(metrics), "quick": "folds [0] of 3"}))
-    assert "dogscats: a QUICK run (folds [0] of 3)" in summary.run(params, root)
+    assert "dogscats: a QUICK run (folds [0] of 3)" in " ".join(summary.run(params, root).split())
+    assert max(map(len, summary.run(params, root).splitlines())) <= summary.WIDTH
+
+
+def test_the_summary_times_the_full_run_after_a_quick_experiment_is_discarded(tmp_path, monkeypatch):
+    """A quick run's stage logs go apart: after the discard the table shows the full run's times, not the quick
+    run's (which overwrote them when every run logged to one place)."""
+    from pipeline.core.stage import stage_main
+    from pipeline.stages.summary import timings_table
+
+    monkeypatch.chdir(tmp_path)
+    for params, pause in ((tiny_params(), 0.0), (tiny_params(subsample=0.5), 0.3)):  # the full run, then a quick one
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
+        stage_main("inputs", lambda p: time.sleep(pause), per_comp=False, argv=[], root=tmp_path)
+    full = timings_table(tiny_params(), tmp_path)
+    quick = timings_table(tiny_params(subsample=0.5), tmp_path)
+    assert len(full) == len(quick) == 1 and float(quick.seconds[0]) - float(full.seconds[0]) >= 0.25
 
 
 def test_compare_all_lists_each_experiment_with_its_changed_params_and_verdict(pipeline_run, tmp_path):

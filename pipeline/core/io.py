@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -44,6 +45,11 @@ def write_json(path: str | Path, data) -> None:
 
 def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
+
+
+def file_md5(path: str | Path) -> str:
+    """A file's md5: cv.json's `inputs_md5` records each fold's oof.csv by it, and the summary compares."""
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 def write_csv(path: str | Path, df, **kwargs) -> None:

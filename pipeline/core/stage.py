@@ -2,7 +2,8 @@
 for a stage over every competition).
 
 After the work it prints what the stage did (its key figure, the files it wrote, its wall time) and records the
-same in `logs/stages/<stage>.json`, from which the `summary` stage prints its table at the end of `dvc repro`.
+same in `logs/stages/<stage>.json` (a quick run's in `logs/stages/quick/`), from which the `summary` stage prints
+its table at the end of `dvc repro`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_json
 
 LOGS = Path("logs") / "stages"
+
+
+def logs_dir(root: Path, quick: bool) -> Path:
+    """Where the stages' run logs go: a quick run's apart, so that discarding the quick experiment (the README's
+    `git checkout ... && dvc checkout`) leaves the full run's own times for the summary to show."""
+    return root / LOGS / "quick" if quick else root / LOGS
 
 
 def check_platform(platform: str = sys.platform, preadv: bool = hasattr(os, "preadv")) -> None:
@@ -105,7 +112,7 @@ def stage_main(
         print(f"  wrote {', '.join(files)}")
     total = time.time() - psutil.Process().create_time()  # with the interpreter's start and imports
     print(f"  took {total:.1f} s ({seconds:.1f} s of work, {total - seconds:.1f} s start-up and imports)")
-    write_json(root / LOGS / f"{name}.json",
+    write_json(logs_dir(root, params.quick) / f"{name}.json",
                {"stage": name, "competition": comp, "model": model, "fold": fold, "summary": figure, "wrote": files,
                 "seconds": round(total, 2), "work_seconds": round(seconds, 2),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})

@@ -22,7 +22,7 @@ import pandas as pd
 
 from pipeline.core.competitions import Competition, get_competition
 from pipeline.core.config import Params
-from pipeline.core.io import read_json, write_csv, write_json
+from pipeline.core.io import file_md5, read_json, write_csv, write_json
 from pipeline.core.paths import Paths
 from pipeline.core.stage import stage_main
 from pipeline.data.cache import load_cache
@@ -85,11 +85,12 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     ids, labels, fold_of = train_rows(paths, comp)
     kept = np.isin(fold_of, params.folds)  # quick mode scores fewer folds: their rows only
     ids, labels, fold_of = ids[kept], labels[kept], fold_of[kept]
-    oof, test = {}, {}
+    oof, test, read = {}, {}, {}
     for model in params.models:  # every model's fold predictions are members, named <model>/<stage>
         for stage in STAGES:
             dirs = [paths.of(model).fold_model(stage, k) for k in params.folds]
             oof[f"{model}/{stage}"] = load_oof(comp, dirs, ids)
+            read.update({str((d / "oof.csv").relative_to(root)): file_md5(d / "oof.csv") for d in dirs})
             test[f"{model}/{stage}"] = log_average(load_test(dirs))
     own = dict(oof)
     if ep.neighbours:  # fixed k and weight: nothing is chosen on the rows they are scored on
@@ -139,6 +140,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         "environments": environments(paths, params.models, params.folds, STAGES),
         "folds": per_fold(comp, list(params.folds), ids, honest, labels, fold_of, fold_choices, own),
         "groups": per_group(comp, groups, honest, labels, fold_of, fold_choices) if comp.group_column else {},
+        "inputs_md5": read,  # the fold predictions these scores came from: the summary tells a stale score by them
     }
     # The cross-fitted out-of-fold predictions themselves, for the report's confusion matrix and image grids.
     oof_df = pd.DataFrame(honest, columns=list(comp.classes))

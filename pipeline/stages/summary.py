@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,9 +18,11 @@ import pandas as pd
 
 from pipeline.core.config import Params, load_params
 from pipeline.core.errors import PipelineError
-from pipeline.core.io import read_json
+from pipeline.core.io import file_md5, read_json
 from pipeline.core.paths import Paths
-from pipeline.core.stage import LOGS
+from pipeline.core.stage import logs_dir
+
+WIDTH = 100  # a terminal's columns the table fits in
 
 
 def _num(value) -> str:
@@ -39,33 +42,37 @@ def scores_table(params: Params, root: Path) -> pd.DataFrame:
             "accuracy": _num(m.get("accuracy")),
             "demo test score": _num(m.get(f"demo_test_{m.get('metric', 'logloss')}")),
             "chosen": f"{m.get('member')}+{m.get('calibration')}" if m else "-",
-            "source": m.get("source", "-"),
-            "submission": str(paths.submission.relative_to(root)) if paths.submission.is_file() else "(none)",
+            "source": Path(m.get("source", "-")).name,  # a zip's file name: its folder would overflow a terminal
+            "submission": ("QUICK" if m.get("quick") else "yes") if paths.submission.is_file() else "(none)",
         })
     return pd.DataFrame(rows)
 
 
 def stale(params: Params, root: Path) -> dict[str, str]:
     """Competitions whose scores are not what this workspace's models give, and why: after an interrupted run
-    `metrics/` holds the committed numbers (another run's) while the submission is missing or the fold models are
-    newer. The stage runs inside `dvc repro`, which holds DVC's lock, so it judges by the files themselves."""
+    `metrics/` holds the committed numbers (another run's) while the submission is missing or a fold's predictions
+    are not the ones cv.json's `inputs_md5` says they were scored on. By content, not modification times: the
+    README's discard (`git checkout ... metrics && dvc checkout`) rewrites the models after the metrics, unchanged.
+    The stage runs inside `dvc repro`, which holds DVC's lock, so it judges by the files themselves."""
     found = {}
     for comp in params.competitions:
         paths = Paths(comp, root)
         if not paths.metrics.is_file():
             continue
-        folds = list((root / "models" / comp).glob("*/*/fold*/oof.csv"))
+        scored = read_json(paths.cv).get("inputs_md5", {}) if paths.cv.is_file() else {}
+        changed = [name for name, md5 in scored.items() if not (root / name).is_file() or file_md5(root / name) != md5]
         if not paths.submission.is_file():
             found[comp] = "no submission beside them (the run that made them is not this workspace's)"
-        elif folds and max(f.stat().st_mtime for f in folds) > paths.metrics.stat().st_mtime:
-            found[comp] = "fold models newer than them (the ensemble has not run since)"
+        elif changed:
+            found[comp] = f"{changed[0]} is not the one they were scored on (the ensemble has not run since)"
     return found
 
 
 def timings_table(params: Params, root: Path) -> pd.DataFrame:
-    """Seconds per kind of stage and competition, from each stage's last run (per-fold stages summed)."""
+    """Seconds per kind of stage and competition, from each stage's last run (per-fold stages summed); a quick run
+    shows the quick runs' logs, a full run the full runs' (a discarded quick experiment leaves them as they were)."""
     seconds, runs, last = defaultdict(float), defaultdict(int), {}
-    logs = [read_json(path) for path in sorted((root / LOGS).glob("*.json"))]
+    logs = [read_json(path) for path in sorted(logs_dir(root, params.quick).glob("*.json"))]
     every = {log["stage"] for log in logs if log.get("competition") is None}  # one stage for all competitions
     for log in logs:
         kind = log["stage"].split("@")[0]
@@ -86,24 +93,26 @@ def timings_table(params: Params, root: Path) -> pd.DataFrame:
 
 
 def run(params: Params, root: Path = Path(".")) -> str:
-    with pd.option_context("display.width", 160, "display.max_colwidth", 40):
+    with pd.option_context("display.width", WIDTH, "display.max_colwidth", 24):
         text = "Scores (cross-validated; `pipeline compare <comp>` shows them fold by fold against a baseline):\n"
         text += scores_table(params, root).to_string(index=False)
-        for comp, why in stale(params, root).items():
-            text += f"\n{comp}: NOT this run's scores: {why}; `dvc repro` remakes them."
+        notes = [f"{comp}: NOT this run's scores: {why}; `dvc repro` remakes them."
+                 for comp, why in stale(params, root).items()]
         for comp in params.competitions:
             paths = Paths(comp, root)
             quick = read_json(paths.metrics).get("quick") if paths.metrics.is_file() else None
             if quick:
-                text += (f"\n{comp}: a QUICK run ({quick}): compare it with a quick baseline made the same way; "
-                         "not a submission's score.")
+                notes.append(f"{comp}: a QUICK run ({quick}): compare it with a quick baseline made the same way; "
+                             "not a submission's score.")
+        text += "".join("\n" + textwrap.fill(note, WIDTH, subsequent_indent="  ") for note in notes)
         timings = timings_table(params, root)
         if len(timings):
             text += "\n\nStage wall times (each stage's last run, per-fold stages summed):\n"
             text += timings.to_string(index=False)
-    plots = sorted(str(p.relative_to(root)) for p in (root / "plots").glob("*/*.png"))
-    if plots:
-        text += "\n\nLearning curves: " + ", ".join(plots) + " (or `dvc plots show`)"
+    pictured = sorted({p.parent.name for p in (root / "plots").glob("*/*.png")})
+    if pictured:
+        text += "\n\n" + textwrap.fill(f"Learning curves: plots/<comp>/*.png for {', '.join(pictured)} (or `dvc "
+                                       "plots show`)", WIDTH)
     return text
 
 
