@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from pipeline.core.config import TOP_KEYS
+from pipeline.core.config import RESOLVED_FROM, TOP_KEYS
 from pipeline.core.sections import CompetitionParams
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -70,6 +70,8 @@ def params_read(module: str, per_model: bool = True) -> set[str]:
             read.add("seed")
         elif node.attr in TOP_KEYS and isinstance(node.value, ast.Name) and node.value.id == "params":
             read.add(node.attr)
+    # a section whose values config.py resolves from another (prepare's size from data.source) reads that one too
+    read |= {f"${{item.comp}}.{RESOLVED_FROM[s]}" for s in RESOLVED_FROM if f"${{item.comp}}.{s}" in read}
     return read
 
 
@@ -77,6 +79,13 @@ def test_no_stage_lists_the_speed_settings():
     """Workers, the features' batch size and compile change no result: changing one must re-run nothing."""
     assert not [(stage, p) for stage, spec in DVC.items() for p in spec.get("params", []) if "speed" in p]
     assert "${item.comp}.speed" not in params_read("stages.finetune")
+
+
+def test_a_stage_reading_the_cache_size_lists_what_picks_it():
+    """prepare.image_size is the real archive's or, while data.source is demo, data.demo.image_size: a change of
+    either re-runs the stages that read it (download's output alone would not: the demo archive is the same)."""
+    assert "${item.comp}.data" in params_read("stages.prepare")
+    assert "${item.comp}.data" in DVC["prepare"]["params"]
 
 
 def test_params_read_ignores_attributes_that_only_share_a_sections_name():

@@ -2,7 +2,7 @@
 
 This module is the only reader of params.yaml. Every problem (unknown key, wrong type, value out of range, a
 setting the competition's facts forbid) is reported at once, one line each, naming its dotted key and what is
-allowed.
+allowed. It also resolves what depends on `data.source` (`effective`): the stages read the values in effect.
 """
 
 from __future__ import annotations
@@ -274,10 +274,26 @@ def parse_params(raw: dict, origin: str = "params.yaml") -> Params:
         resolved.update(_resolve_models(name, cp, top.models, top.seed, errors))
     if errors:
         raise ConfigError(f"{origin} has {len(errors)} problem(s):\n  " + "\n  ".join(errors))
-    sections = {name: cp.model_copy(update={"models": {m: resolved_raw(cp.models, m) for m in top.models}})
+    sections = {name: effective(cp).model_copy(update={"models": {m: resolved_raw(cp.models, m)
+                                                                  for m in top.models}})
                 for name, cp in sections.items()}
     return Params(top.competitions, top.folds, top.seed, top.device, sections, top.models, resolved, top.launch,
                   top.fold_count, top.subsample)
+
+
+RESOLVED_FROM = {"prepare": "data"}
+"""Sections whose values at load depend on another section (`effective`): dvc.yaml lists both for every stage that
+reads the first (tests/test_dvc_yaml.py), so DVC re-runs it when either changes."""
+
+
+def effective(cp: CompetitionParams) -> CompetitionParams:
+    """The section as the stages read it. `prepare.image_size` is the real archive's; while `data.source` is `demo`
+    the demo's own size, `data.demo.image_size` (when set), takes its place: setting the source alone switches
+    between the demo's and the real recipe. The one place that chooses."""
+    demo_size = cp.data.demo.image_size
+    if cp.data.source != "demo" or demo_size is None:
+        return cp
+    return cp.model_copy(update={"prepare": cp.prepare.model_copy(update={"image_size": demo_size})})
 
 
 def with_changes(raw: dict, changes: dict) -> dict:

@@ -62,6 +62,9 @@ class DemoParams(Section):
     train_per_class: Int = between(2, 100_000, 40, "train images per class")
     test: Int = between(1, 100_000, 40, "test images")
     drivers: Int = between(2, 1000, 6, "train drivers, for competitions grouped by driver")
+    image_size: tuple[Side, Side] | None = Field(None, description="(height, width) of the demo's cache, in place "
+                                                 "of prepare.image_size (the real archive's) while source is demo; "
+                                                 "null: prepare.image_size for both")
 
 
 class DataParams(Section):
@@ -73,7 +76,8 @@ class DataParams(Section):
 
 
 class PrepareParams(Section):
-    """The decode-once image cache."""
+    """The decode-once image cache, at the real archive's size (config.py puts `data.demo.image_size` in its
+    place while `data.source` is `demo`)."""
 
     image_size: tuple[Side, Side] = Field((64, 64), description="(height, width) of cached images")
     skip_unreadable: Bool = Field(False, description="false: stop at the first unreadable image, naming it; true: "
