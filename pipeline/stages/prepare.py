@@ -7,10 +7,13 @@ frame matters), decoding at reduced size where the JPEG allows it, by `speed.pre
 read their own images from the archive. An unreadable image (a damaged one, a decompression bomb, or a member that
 would unpack to more than 256 MiB) stops the stage with its name, or with `prepare.skip_unreadable` is listed in
 `skipped.csv`.
+On a real archive (`data.source` not `demo`) it first prints a rough time estimate of the run and the share of
+the images' pixels the cache keeps.
 """
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import zipfile
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
 from pipeline.core.competitions import get_competition
@@ -30,6 +34,7 @@ from pipeline.core.machine import usable_cpus
 from pipeline.core.paths import Paths
 from pipeline.core.stage import stage_main
 from pipeline.data.images import MAX_IMAGE_BYTES, decode, pixel_row
+from pipeline.training import estimate
 
 CHUNK = 256
 
@@ -203,6 +208,52 @@ def drop_rows(path: Path, drop: list[int]) -> None:
     os.replace(kept.path, path)
 
 
+SAMPLED = 16
+"""Train images whose size the pixel-share line reads (their headers only)."""
+
+
+def source_size(raw: Path, index: pd.DataFrame, pixels: tuple[int, int] | None) -> tuple[int, int] | None:
+    """(width, height) of the archive's images: a pixel CSV's, or the median of the first few train images'
+    headers (None when none can be read: decoding then names the problem)."""
+    if pixels:
+        return pixels[1], pixels[0]
+    sizes = []
+    try:
+        for container, member in zip(index["container"][:SAMPLED], index["member"][:SAMPLED]):
+            try:
+                sizes.append(Image.open(io.BytesIO(_read(raw, container, member))).size)
+            except (ImageError, OSError, Image.DecompressionBombError):
+                continue
+    finally:
+        _close_zips()
+    if not sizes:
+        return None
+    widths, heights = sorted(w for w, _ in sizes), sorted(h for _, h in sizes)
+    return widths[len(sizes) // 2], heights[len(sizes) // 2]
+
+
+def pixel_share(comp_name: str, size: tuple[int, int] | None, image_size: tuple[int, int]) -> str | None:
+    """One line: the share of the archive's pixels (`size`, width x height) that the cache (`image_size`, height
+    and width as params.yaml spells it) keeps."""
+    if size is None:
+        return None
+    share = image_size[0] * image_size[1] / (size[0] * size[1])
+    kept = f"keeping {share:.0%} of" if share <= 1 else f"enlarging {share:.1f}x"
+    return (f"{comp_name}: {kept} the {size[0]}x{size[1]} images' pixels (prepare.image_size "
+            f"[{image_size[0]}, {image_size[1]}])")
+
+
+def announce(params: Params, comp_name: str, raw: Path, indexes: dict[str, pd.DataFrame]) -> None:
+    """Before decoding a real archive: the run's rough time on this device, and the pixels the cache keeps."""
+    comp = get_competition(comp_name)
+    for line in estimate.lines(params, comp_name, len(indexes["train"]), len(indexes["test"])):
+        print(line, flush=True)
+    share = pixel_share(comp_name, source_size(raw, indexes["train"], comp.pixels),
+                        params.comp(comp_name).prepare.image_size)
+    if share:
+        print(share, flush=True)
+
+
 def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     comp = get_competition(comp_name)
     prep = params.comp(comp_name).prepare
@@ -211,6 +262,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         indexes = {split: pd.read_csv(paths.raw / f"{split}.csv", dtype={"id": str, "label": str, "group": str},
                                       keep_default_na=False)
                    for split in ("train", "test")}
+        if params.comp(comp_name).data.source != "demo":
+            announce(params, comp_name, paths.raw, indexes)
         jobs = {split: (index, NpyRows(out / f"{split}.npy", np.uint8, (len(index), *prep.image_size, comp.channels)))
                 for split, index in indexes.items()}
         # pixel CSVs are read whole by each process: one process reads one CSV once
