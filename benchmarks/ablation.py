@@ -90,6 +90,8 @@ def params_for(comp: str, changes: dict, source: str | None, seed: int | None = 
             raw.pop(other)
     if source:
         raw[comp]["data"]["source"] = source
+        demo_size = raw[comp]["data"]["demo"]["image_size"]  # RESULTS' rows were measured at the demo's size
+        raw[comp]["prepare"]["image_size"] = demo_size or raw[comp]["prepare"]["image_size"]
     if seed is not None:
         raw["seed"] = seed
     with_changes(raw, {dotted if dotted == "models" else f"{comp}.{dotted}": value for dotted, value in changes.items()})

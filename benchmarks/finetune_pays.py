@@ -58,6 +58,7 @@ def params_for(comp: str, archive: Path, changes: list[str]):
         if other != comp:
             raw.pop(other, None)
     raw[comp]["data"]["source"] = str(archive)
+    raw[comp]["prepare"]["image_size"] = raw[comp]["data"]["demo"]["image_size"]  # RESULTS' rows: the demo's size
     for change in changes:
         dotted, value = change.split("=", 1)
         node = raw

@@ -48,6 +48,7 @@ def params_with(changes: dict, archive: Path):
     raw["competitions"] = [COMP]
     raw.pop("dogscats", None)
     raw[COMP]["data"]["source"] = str(archive)
+    raw[COMP]["prepare"]["image_size"] = raw[COMP]["data"]["demo"]["image_size"]  # RESULTS' rows: 120x160 photos
     for dotted, value in changes.items():
         node = raw
         *parents, last = dotted.split(".")
