@@ -51,18 +51,30 @@ def test_report_is_one_self_contained_page_with_every_section(pipeline_run, comp
             "Members' weights"} <= set(page.headings)
     assert "Per driver, hardest first" in page.headings if comp_name == "statefarm" else "Per driver" not in text
     # one reading per model, stage and fold
-    assert len(re.findall(r"under-fitting|over-fitting|fitting well", text)) == 2 * len(params.folds) * len(params.models)
+    assert len(re.findall(r"still improving|over-fitting|fitting well", text)) == 2 * len(params.folds) * len(params.models)
+    assert "lower is better; lower log loss is better" not in text
     for member in ("main/head", "main/finetune", "cut/head", "cut/finetune"):  # every member's fold scores
         assert f"{member}_logloss" in text
     # the finetune health check: one row per model and fold, and the count of folds finetuning won
     won = [h for h in page.headings if h.startswith("Finetuning against its head: better on ")]
     assert won and won[0].endswith(f" of {len(params.folds) * len(params.models)} folds")
-    assert len(re.findall(r"finetuning paid|finetuning lost|the start was lost", text)) == len(params.folds) * len(params.models)
+    assert len(re.findall(r"finetuning paid|finetuning lost|the start was lost|from scratch \(pretrained: false\)",
+                          text)) == len(params.folds) * len(params.models)
 
 
 def test_diagnosis_reads_curves_as_the_lesson_teaches():
-    under = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 1.2, "logloss": 0.9}]
-    assert readings.diagnose(under).startswith("under-fitting")
+    # training loss is measured with dropout and augmentation on: above validation is expected, not under-fitting
+    above = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 1.2, "logloss": 0.9},
+             {"epoch": 2, "train_loss": 1.1, "logloss": 0.88}]
+    assert readings.diagnose(above).startswith("fitting well: training 1.100 (above validation: it is measured with "
+                                               "dropout and augmentation on, so that is expected)")
+    falling = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 1.2, "logloss": 1.4},
+               {"epoch": 2, "train_loss": 1.1, "logloss": 0.9}]
+    assert readings.diagnose(falling).startswith("still improving: validation fell 1.400 -> 0.900")
+    # a rise within noise on a small loss is no over-fitting (it read "validation rose from its low 0.030 to 0.036")
+    wobble = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 0.05, "logloss": 0.030},
+              {"epoch": 2, "train_loss": 0.04, "logloss": 0.033}]
+    assert readings.diagnose(wobble).startswith("fitting well")
     rising = [{"epoch": 0, "logloss": 2.3}, {"epoch": 1, "train_loss": 0.5, "logloss": 0.6},
               {"epoch": 2, "train_loss": 0.3, "logloss": 0.8}]
     assert readings.diagnose(rising).startswith("over-fitting: validation rose")
@@ -90,7 +102,15 @@ def test_finetune_health_reads_the_switch_from_head_to_network():
     assert lost["reading"].startswith("the start was lost") and "batch norm" in lost["reading"]
     assert (lost["head_logloss"], lost["finetune_logloss"], lost["first_train_loss"]) == (0.54, 0.85, 1.48)
     kept = readings.finetune_health(*_curve(0.14, [0.54, 0.50, 0.56], 0.31))
-    assert kept["reading"].startswith("finetuning lost to its head (0.560 against 0.540)")
+    assert kept["reading"].startswith("finetuning lost to its head: 0.560 at its last epoch against the head's 0.540")
+    assert "For this run: the ensemble weighs the head and the finetuned network" in kept["reading"]
+    # the stage's own score (over its test-time views) and the last epoch's are named apart, not two bare figures
+    views = readings.finetune_health(*_curve(0.14, [0.4074, 0.45, 0.504], 0.31), kept=0.43)
+    assert "0.504 at its last epoch (0.430 kept, over its test-time views) against the head's 0.407" in views["reading"]
+    # from scratch, the head learnt on a random network's features: losing that start is the recipe, not a fault
+    scratch = readings.finetune_health(*_curve(0.027, [0.9, 0.2, 0.1], 2.266), pretrained=False)
+    assert scratch["reading"].startswith("from scratch (pretrained: false)") and "is expected" in scratch["reading"]
+    assert "suspect" not in scratch["reading"]
     paid = readings.finetune_health(*_curve(0.14, [0.54, 0.45, 0.42], 0.31))
     assert paid["reading"] == "finetuning paid: 0.540 (the head) -> 0.420"
 

@@ -205,7 +205,8 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
                             {**info, "history": history, "processes": workers.world})
     checkpoint.remove()
     head_history = read_json(paths.fold_model("head", fold) / "params.json")["history"]
-    return {**metrics, "health": finetune_health(head_history, history)["reading"], "tta": list(ft.tta)}
+    health = finetune_health(head_history, history, mp.features.pretrained, metrics["logloss"])
+    return {**metrics, "health": health["reading"], "tta": list(ft.tta)}
 
 
 def main(argv: list[str] | None = None) -> None:

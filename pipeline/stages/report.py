@@ -4,8 +4,9 @@ Outputs: `reports/<comp>/index.html`, one self-contained file (pictures embedded
 and the same pictures as PNGs in `reports/<comp>/figures/` (`dvc plots show` renders them too):
 - scores: per fold, of the ensemble (cross-fitted) and of each member (every model's head and finetuned network),
   and the members' weights; per group where the competition has groups (State Farm: per driver, hardest first);
-- learning curves, with a one-line reading per fold: under-fitting (training loss above validation) or over-fitting
-  (validation far above training, or rising at the end), as the lesson teaches to read them;
+- learning curves, with a one-line reading per fold: over-fitting (validation far above training, or rising beyond
+  noise at the end), still improving, or fitting well (training loss is measured with dropout and augmentation, so
+  it sitting above validation is expected, not under-fitting);
 - finetuning against the head it starts from, per fold: did it pay, or was the head's start lost;
 - the confusion matrix with the classes' descriptions, and a reliability (calibration) curve;
 - the most confidently wrong, the most uncertain and the most confidently right validation images (the course's
@@ -176,7 +177,8 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
         higher = HIGHER_IS_BETTER[comp.metric]
         parts.append("<h2>Scores</h2><p>Cross-validated: each fold's rows get the member, calibration and threshold "
                      f"chosen on the other folds. {comp.title} is scored by {comp.metric} ("
-                     f"{'higher' if higher else 'lower'} is better); lower log loss is better.</p>"
+                     f"{'higher' if higher else 'lower'} is better)"
+                     f"{'' if comp.metric == 'logloss' else '; the log loss beside it, lower is better'}.</p>"
                      + _table(pd.DataFrame([summary])))
         folds = pd.DataFrame([{"fold": k, **{c: v for c, v in f.items() if c not in ("rows_md5", "weights")}}
                               for k, f in cv["folds"].items()]).dropna(axis=1, how="all")  # no threshold: no column
@@ -203,8 +205,10 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
                        for stage in ("head", "finetune") for k in params.folds}
             readings += [{"model": model, "stage": stage, "fold": k, "reading": diagnose(h)}
                          for (stage, k), h in history.items()]
-            health += [{"model": model, "fold": k, **finetune_health(history["head", k], history["finetune", k])}
-                       for k in params.folds]
+            pretrained = params.model(comp_name, model).features.pretrained
+            health += [{"model": model, "fold": k, **finetune_health(
+                history["head", k], history["finetune", k], pretrained,
+                read_json(paths.of(model).fold_metrics("finetune", k))["logloss"])} for k in params.folds]
         parts.append(_table(pd.DataFrame(readings)))
         health = pd.DataFrame(health)
         wins = (health["finetune_logloss"] < health["head_logloss"]).sum()
