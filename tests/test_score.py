@@ -74,3 +74,34 @@ def test_a_bad_answer_key_is_refused_with_the_reason(pipeline_run, tmp_path, bre
     with pytest.raises(PipelineError, match=message):
         score.run("statefarm", tmp_path / "bad.csv", tmp_path)
     assert not submit.scores_path(tmp_path).exists()
+
+
+def test_an_answer_key_in_kaggles_own_columns_is_read(tmp_path, monkeypatch):
+    """Kaggle's layout, the sample submission's columns (Plant Seedlings: `file,species`), was refused."""
+    import dataclasses
+
+    from pipeline.commands import score
+    from pipeline.core.competitions import get_competition
+
+    seedlings = dataclasses.replace(get_competition("digits"), id_column="file", submission_columns=("species",))
+    monkeypatch.setattr(score, "get_competition", lambda name: seedlings)
+    (tmp_path / "key.csv").write_text("file,species\na.png,3\nb.png,7\n")
+    assert score.read_answers("seedlings", tmp_path / "key.csv").to_dict() == {"a.png": "3", "b.png": "7"}
+    (tmp_path / "bad.csv").write_text("file,kind\na.png,3\n")
+    with pytest.raises(score.AnswersError, match="expected columns 'id' \\(or 'file'\\) and 'label' or 'species'"):
+        score.read_answers("seedlings", tmp_path / "bad.csv")
+
+
+def test_provenance_names_experiments_not_dvcs_own_refs(tmp_path):
+    """While `dvc exp run` runs, refs/exps/exec/ORIG_HEAD and EXEC_HEAD point at HEAD too: scores.csv recorded
+    them as the experiment ('ORIG_HEAD EXEC_HEAD')."""
+    import subprocess
+
+    from pipeline.core.gitinfo import provenance
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(git + ["init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "x"], cwd=tmp_path, check=True)
+    for ref in ("refs/exps/exec/ORIG_HEAD", "refs/exps/exec/EXEC_HEAD", f"refs/exps/ab/{'c' * 38}/drop03"):
+        subprocess.run(["git", "update-ref", ref, "HEAD"], cwd=tmp_path, check=True)
+    assert provenance(tmp_path)[1] == "drop03"

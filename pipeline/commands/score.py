@@ -26,15 +26,18 @@ class AnswersError(PipelineError):
 
 def read_answers(comp_name: str, path: Path) -> pd.Series:
     """The answer key as labels indexed by id (strings): columns `id` (or the competition's id column) and
-    `label` (or `Label`), one row per answered test image."""
+    `label` (or `Label`, or a label submission's own column: Kaggle's layout, e.g. Plant Seedlings' `file,species`),
+    one row per answered test image."""
     comp = get_competition(comp_name)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; give a CSV of the test ids and their true labels.")
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     id_col = next((c for c in ("id", comp.id_column) if c in frame), None)
-    label_col = next((c for c in ("label", "Label") if c in frame), None)
+    own = comp.submission_columns if comp.submission == "label" else ()
+    label_col = next((c for c in ("label", "Label", *own) if c in frame), None)
     if id_col is None or label_col is None:
-        raise AnswersError(f"{path}: expected columns 'id' (or {comp.id_column!r}) and 'label'; found "
+        labels = " or ".join(repr(c) for c in dict.fromkeys(("label", *own)))
+        raise AnswersError(f"{path}: expected columns 'id' (or {comp.id_column!r}) and {labels}; found "
                            f"{list(frame.columns)}. Write one row per test image: its id and its true class.")
     answers = frame.set_index(id_col)[label_col]
     unknown = sorted(set(answers) - set(comp.classes))

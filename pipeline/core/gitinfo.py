@@ -27,7 +27,10 @@ def provenance(root: Path) -> tuple[str, str]:
     if commit and git(root, "status", "--porcelain", "--", "params.yaml", "dvc.lock", "dvc.yaml", "pipeline"):
         commit += "-dirty"
     refs = git(root, "for-each-ref", "--points-at", "HEAD", "--format=%(refname)", "refs/exps") or ""
-    return commit, " ".join(ref.rsplit("/", 1)[-1] for ref in refs.split())
+    # an experiment is refs/exps/<2 hex>/<38 hex>/<name>; DVC's own refs (refs/exps/exec/ORIG_HEAD, EXEC_HEAD,
+    # refs/exps/celery/...) point at HEAD too while it runs one, and are no experiment's name
+    names = [parts[-1] for ref in refs.split() for parts in [ref.split("/")] if len(parts) == 5 and len(parts[2]) == 2]
+    return commit, " ".join(names)
 
 
 def read_json_at(root: Path, commit: str | None, path: Path, rev: str) -> dict:
