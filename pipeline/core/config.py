@@ -153,6 +153,10 @@ def _check_model(name: str, cp, errors: list[str], key: str | None = None) -> No
             errors.append(f"{key}.finetune.tta: unknown view {view!r}; allowed views are {allowed}")
     if not cp.finetune.tta:
         errors.append(f"{key}.finetune.tta: needs at least one view, e.g. ['identity']")
+    ft = cp.finetune
+    if (ft.mixup or ft.cutmix) and ft.batch_size % 2:
+        errors.append(f"{key}.finetune.batch_size: must be even with mixup or cutmix (timm's Mixup pairs each image "
+                      f"with another of its batch); got {ft.batch_size}")
     _check_weights(key, cp.features, errors)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
-TTA_VIEWS = ("identity", "hflip", "zoom")
+TTA_VIEWS = ("identity", "hflip", "zoom", "zoom_out")
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,10 @@ class AugmentParams(Section):
     channel_shuffle: Float = between(0.0, 1.0, 0.0, "probability of permuting RGB")
     rgb_shift: Float = between(0.0, 0.5, 0.0, "max shift of each colour channel, fraction of 255 (Keras's "
                                "channel_shift_range / 255)")
+    policy: Literal["none", "trivial"] = Field("none", description="trivial: besides the keys above, one op per image "
+                                               "drawn from a fixed list (TrivialAugment: affine, brightness, "
+                                               "contrast, colour, sharpness, posterize, solarize, equalize...) at "
+                                               "a random strength; never a flip")
 
 
 class FeaturesParams(Section):
@@ -159,6 +163,14 @@ class FinetuneParams(Section):
                                                            "frozen for pretrained weights, train for random ones")
     sync_bn: Bool = Field(False, description="data-parallel runs on GPUs: training batch norm normalises by the "
                           "whole batch's statistics, not each process's share")
+    ema_decay: Float = between(0.0, 0.99999, 0.0, "EMA of the weights (timm's ModelEmaV3, warmed up as timm's "
+                               "--model-ema-warmup): its decay, 0: off; when on, the EMA weights are evaluated, "
+                               "predict and are saved")
+    mixup: Float = between(0.0, 10.0, 0.0, "mixup's Beta alpha (timm's Mixup, soft targets; 0: off)")
+    cutmix: Float = between(0.0, 10.0, 0.0, "cutmix's Beta alpha (0: off; with mixup too, each mixed batch is one "
+                            "or the other, half and half)")
+    mixup_prob: Float = between(0.0, 1.0, 1.0, "with mixup or cutmix: share of batches mixed")
+    label_smoothing: Float = between(0.0, 0.5, 0.0, "label smoothing of the training targets (0: off)")
     augment: AugmentParams = AugmentParams()
     tta: tuple[Str, ...] = Field(("identity",), description="views averaged at prediction")
     amp: Bool = Field(True, description="mixed precision on a GPU (ignored on the CPU)")

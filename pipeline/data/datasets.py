@@ -49,8 +49,38 @@ def build_transform(aug: AugmentParams | None = None, size=None) -> A.Compose:
         if aug.rgb_shift > 0:
             limit = aug.rgb_shift * 255  # uint8 images: the limits are in pixel values
             ops.append(A.RGBShift(r_shift_limit=limit, g_shift_limit=limit, b_shift_limit=limit, p=1.0))
+        if aug.policy == "trivial":
+            ops.append(trivial_policy())
     ops.append(ToTensorV2())
     return A.Compose(ops, seed=0)  # reseeded per sample by SeededRows
+
+
+def trivial_policy() -> A.OneOf:
+    """TrivialAugment (Muller & Hutter 2021) with albumentations: one op per image, drawn uniformly from a fixed
+    list, at a strength drawn uniformly up to the paper's maximum (its RandAugment space). No flip: the
+    competition's record decides those (`hflip`). The colour op leaves a greyscale (1-channel) image as it is, and
+    every op keeps the image's channels."""
+    import albumentations as A
+    import cv2
+
+    reflect = {"border_mode": cv2.BORDER_REFLECT_101, "p": 1.0}
+    ops = [
+        A.NoOp(p=1.0),
+        A.Affine(shear={"x": (-17, 17), "y": (0, 0)}, **reflect),  # 0.3 of the side, as the paper's shear
+        A.Affine(shear={"x": (0, 0), "y": (-17, 17)}, **reflect),
+        A.Affine(translate_percent={"x": (-0.15, 0.15), "y": (0, 0)}, **reflect),
+        A.Affine(translate_percent={"x": (0, 0), "y": (-0.15, 0.15)}, **reflect),
+        A.Affine(rotate=(-30, 30), **reflect),
+        A.RandomBrightnessContrast(brightness_limit=0.9, contrast_limit=0.0, p=1.0),
+        A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=0.9, p=1.0),
+        A.ColorJitter(brightness=0.0, contrast=0.0, saturation=(0.1, 1.9), hue=0.0, p=1.0),
+        A.Sharpen(alpha=(0.0, 0.9), lightness=(1.0, 1.0), p=1.0),
+        A.Posterize(num_bits=(4, 8), p=1.0),
+        A.Solarize(threshold_range=(0.0, 1.0), p=1.0),
+        A.AutoContrast(p=1.0),
+        A.Equalize(p=1.0),
+    ]
+    return A.OneOf(ops, p=1.0)
 
 
 class SeededRows(Sampler):
@@ -136,8 +166,19 @@ def _zoom(x: torch.Tensor, keep: float = 0.875) -> torch.Tensor:
     return F.interpolate(x[..., dh : h - dh, dw : w - dw], size=(h, w), mode="bilinear", align_corners=False)
 
 
+def _zoom_out(x: torch.Tensor, factor: float = 1.15) -> torch.Tensor:
+    """The other scale to `_zoom`'s (which enlarges by 1 / 0.875, about 1.14x): the image shrunk by `factor`, its
+    border reflected back to the same size, so any network takes it."""
+    h, w = x.shape[-2:]
+    sh, sw = round(h / factor), round(w / factor)
+    small = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
+    top, left = (h - sh) // 2, (w - sw) // 2
+    return F.pad(small, (left, w - sw - left, top, h - sh - top), mode="reflect")
+
+
 TTA = {
     "identity": lambda x: x,
     "hflip": lambda x: x.flip(-1),
     "zoom": _zoom,
+    "zoom_out": _zoom_out,
 }

@@ -16,11 +16,18 @@ from pipeline.scoring.metrics import scores
 from pipeline.training.devices import autocast, grad_scaler, is_main, to_device
 
 
-def train_step(model, x, y, optimizer, device, amp=False, channels_last=False, scaler=None) -> float:
-    """One optimiser step on the batch (x, y); returns its loss. `scaler` scales the loss under float16."""
+def train_step(model, x, y, optimizer, device, amp=False, channels_last=False, scaler=None, recipe=None,
+               step: int = 0) -> float:
+    """One optimiser step on the batch (x, y); returns its loss. `scaler` scales the loss under float16.
+    `recipe` (finetuning's `Recipe`): mixes the batch, scores it on its soft or smoothed targets and moves the EMA
+    after the step; `step` counts the steps taken before this one."""
     x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
+    target = y
+    if recipe is not None:
+        x, target = recipe.inputs(x, y, step)
     with autocast(device, amp):
-        loss = F.cross_entropy(model(x), y)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y) if recipe is None else recipe.loss(logits, target)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
@@ -29,22 +36,26 @@ def train_step(model, x, y, optimizer, device, amp=False, channels_last=False, s
     else:
         loss.backward()
         optimizer.step()
+    if recipe is not None:
+        recipe.after_step(step + 1)
     return loss.item()
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, device, amp=False, channels_last=False, scaler=None,
-                    timing: dict | None = None) -> float:
+                    timing: dict | None = None, recipe=None) -> float:
     """One pass over `loader`, stepping `scheduler` per batch; returns the mean training loss. `scaler`: the run's
     loss scaler (one for the whole run: a fresh one each epoch would restart its scale while the schedule goes on).
     `timing`, when given, gets the epoch's seconds and those spent waiting for the loader's next batch (each step
-    ends in `loss.item()`, so a GPU's work is done when the wait is timed)."""
+    ends in `loss.item()`, so a GPU's work is done when the wait is timed). `recipe`: as `train_step`'s, told the
+    schedule's step count (which a checkpoint restores)."""
     model.train()
     total, count, waited = 0.0, 0, 0.0
     scaler = scaler if scaler is not None else grad_scaler(device, amp)
     start = asked = time.perf_counter()
     for x, y in tqdm(loader, desc="train", leave=False, unit="batch", disable=None if is_main() else True):
         waited += time.perf_counter() - asked
-        total += train_step(model, x, y, optimizer, device, amp, channels_last, scaler) * len(y)
+        total += train_step(model, x, y, optimizer, device, amp, channels_last, scaler, recipe,
+                            scheduler.last_epoch) * len(y)
         scheduler.step()
         count += len(y)
         asked = time.perf_counter()
@@ -176,6 +187,7 @@ def fit(
     history: list[dict] | None = None,
     train_model: nn.Module | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    recipe=None,
 ) -> list[dict]:
     """Train for exactly `epochs` on the fixed schedule; `model` keeps the last epoch's weights.
 
@@ -186,7 +198,8 @@ def fit(
     `after_epoch(epoch, history)` after each (a checkpoint). `history`: the records of epochs already done (a
     resumed run), which go to `live` again and are not re-run. `train_model`: what trains, when not `model`
     itself (its data-parallel or compiled wrapper). `scaler`: the run's loss scaler, when the caller keeps it (a
-    checkpoint); else one for this call.
+    checkpoint); else one for this call. `recipe`: finetuning's `Recipe` (`train_step`); `model` is then its
+    `evaluated` network.
     """
     history = list(history or [])
     scaler = scaler if scaler is not None else grad_scaler(device, amp)
@@ -200,7 +213,7 @@ def fit(
         if epoch:
             trained = model if train_model is None else train_model  # (a compiled module refuses bool())
             record["train_loss"] = train_one_epoch(trained, train_loader, optimizer, scheduler, device, amp,
-                                                   channels_last, scaler, timing)
+                                                   channels_last, scaler, timing, recipe)
         record.update(scores(predict(model, val_loader, device, amp=amp, channels_last=channels_last), val_labels))
         record["lr"] = optimizer.param_groups[-1]["lr"]
         history.append(record)
