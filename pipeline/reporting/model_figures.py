@@ -22,7 +22,7 @@ def model_parts(params: Params, comp_name: str, paths: Paths):
     import torch
     from safetensors.torch import load_file
 
-    from pipeline.training.checkpoint import load_start
+    from pipeline.training.inference import load_start
 
     fold = params.folds[0]
     model = load_start(params, comp_name, paths.model, fold, paths)

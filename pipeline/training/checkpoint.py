@@ -1,5 +1,5 @@
-"""Where a fold's finetuning starts (the features stage's backbone and the fold's trained head) and how a killed
-run resumes (the state after each epoch, kept beside the fold's folder)."""
+"""How a killed finetuning run resumes: the state after each epoch, kept beside the fold's folder (where a fold's
+finetuning starts, `load_start`, is `pipeline.training.inference`'s)."""
 
 from __future__ import annotations
 
@@ -12,30 +12,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from pipeline.core.competitions import get_competition
-from pipeline.core.config import Params
-from pipeline.core.io import read_json
-from pipeline.core.paths import Paths
 from pipeline.data.datasets import SeededRows, ShardedRows
 from pipeline.training.devices import Workers
-from pipeline.training.inference import load_head, load_trunk
-from pipeline.training.models import Classifier
 
 
-def load_start(params: Params, comp_name: str, model: str, fold: int, paths: Paths) -> Classifier:
-    """The features stage's (cut) backbone joined to the fold's trained head (or, with `finetune.init: random`, to
-    a freshly initialised one, seeded by fold)."""
-    mp = params.model(comp_name, model)
-    comp = get_competition(comp_name)
-    # weights come from the features stage's file, not the hub
-    backbone = load_trunk(mp.features, paths.features / "backbone.safetensors", comp.channels,
-                          params.model_key(comp_name, model, "features"))
-    trained = paths.fold_model("head", fold) / "head.safetensors" if mp.finetune.init == "head" else None
-    head = load_head(read_json(paths.features / "meta.json")["shape"], comp.num_classes, mp.head, trained)
-    return Classifier(backbone, head)
-
-
-_STATEFUL = ("network", "optimizer", "scheduler", "scaler", "ema")  # the state_dicts a checkpoint holds (ema: if on)
+_STATEFUL = ("network", "optimizer", "scheduler", "scaler")  # what a checkpoint holds the state_dict of
 
 SOURCE = Path(__file__).resolve().parents[2]
 """The folder holding the running `pipeline` package: in a checkout, the project with its dvc.yaml."""
@@ -64,7 +45,7 @@ _UNREADABLE = (OSError, EOFError, RuntimeError, pickle.UnpicklingError, ValueErr
 
 class Checkpoint:
     """The state after each finetuning epoch, in `.fold<k>.checkpoint.pt` beside the fold's folder, so a killed run
-    resumes from its last finished epoch: the network, optimizer, schedule, weights' EMA, the sampler's epoch and every
+    resumes from its last finished epoch: the network, optimizer, schedule, the sampler's epoch and every
     process's random state, which make the resumed run's result that of an uninterrupted one. It is used only
     when its fingerprint matches: every entry of `same_run` (params, device type, number of processes, torch,
     the fold's rows) and the content of every file of `inputs` (name -> path: the start weights and the code DVC
@@ -92,7 +73,7 @@ class Checkpoint:
         if not self.workers.main:
             return
         saved = {"fingerprint": self.fingerprint, "history": history, "rows_epoch": _rows(state["rows"]).epoch,
-                 "rng": rng, **{k: state[k].state_dict() for k in _STATEFUL if state.get(k) is not None}}
+                 "rng": rng, **{k: state[k].state_dict() for k in _STATEFUL}}
         tmp = self.path.with_name(self.path.name + ".part")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         torch.save(saved, tmp)
@@ -105,8 +86,7 @@ class Checkpoint:
         if not all(_everyone(saved is not None, self.workers)):
             return []
         for k in _STATEFUL:
-            if state.get(k) is not None:
-                state[k].load_state_dict(saved[k])
+            state[k].load_state_dict(saved[k])
         _rows(state["rows"]).epoch = saved["rows_epoch"]
         cpu_rng, cuda_rng = saved["rng"][self.workers.rank]
         torch.set_rng_state(cpu_rng.cpu())

@@ -12,6 +12,10 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pipeline.core.competitions import get_competition
+from pipeline.core.config import Params
+from pipeline.core.io import read_json
+from pipeline.core.paths import Paths
 from pipeline.data.datasets import SeededRows
 from pipeline.training.devices import autocast, loader_workers, to_device
 from pipeline.training.models import Classifier, Trunk, create_trunk, head_for
@@ -90,3 +94,17 @@ def load_network(mp, feature_shape, channels: int, num_classes: int, weights: Pa
                          head_for(tuple(feature_shape), num_classes, mp.head))
     network.load_state_dict(load_file(weights))
     return network
+
+
+def load_start(params: Params, comp_name: str, model: str, fold: int, paths: Paths) -> Classifier:
+    """Where a fold's finetuning starts: the features stage's (cut) backbone joined to the fold's trained head (or,
+    with `finetune.init: random`, to a freshly initialised one, seeded by fold). The finetune stage, the report,
+    `pipeline lr-find` and `pipeline overfit` build it here."""
+    mp = params.model(comp_name, model)
+    comp = get_competition(comp_name)
+    # weights come from the features stage's file, not the hub
+    backbone = load_trunk(mp.features, paths.features / "backbone.safetensors", comp.channels,
+                          params.model_key(comp_name, model, "features"))
+    trained = paths.fold_model("head", fold) / "head.safetensors" if mp.finetune.init == "head" else None
+    head = load_head(read_json(paths.features / "meta.json")["shape"], comp.num_classes, mp.head, trained)
+    return Classifier(backbone, head)
