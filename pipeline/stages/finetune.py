@@ -35,6 +35,7 @@ from pipeline.training.devices import Workers, distributed, grad_scaler, loader_
 from pipeline.training.engine import fit, fold_seed, one_cycle, predict
 from pipeline.training.inference import load_start
 from pipeline.training.models import save_weights
+from pipeline.training.recipe import Recipe
 
 
 def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, device: torch.device,
@@ -66,6 +67,11 @@ def setup(params: Params, comp_name: str, model: str, fold: int, paths: Paths, d
                           f"{2 * workers.world}.")
     rows = SeededRows(len(split.train_rows), (seed, fold), shuffle=True)
     drop_last = len(split.train_rows) > ft.batch_size
+    per_step = (ft.batch_size if drop_last else len(split.train_rows)) // workers.world
+    if (ft.mixup or ft.cutmix) and per_step % 2:  # timm's Mixup pairs each image with another one of its batch
+        raise ConfigError(f"{params.model_key(comp_name, model, 'finetune')}: mixup/cutmix need an even number of "
+                          f"images per process and step; fold {fold} gives {per_step} ({len(split.train_rows)} train "
+                          f"rows, batch_size {ft.batch_size}, {workers.world} processes): change batch_size.")
     if workers.world > 1:
         rows = ShardedRows(rows, ft.batch_size, workers.rank, workers.world, drop_last)
         if not len(rows):
@@ -170,10 +176,11 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
         from torch.nn.parallel import DistributedDataParallel
 
         trained = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
-    evaluated = network
+    recipe = Recipe(ft, comp.num_classes, network, (mp.seed, fold))
+    evaluated = recipe.evaluated  # the EMA's weights when on
     speed = params.comp(comp_name).speed
     if speed.compile:
-        trained, evaluated = torch.compile(trained), torch.compile(network)
+        trained, evaluated = torch.compile(trained), torch.compile(evaluated)
     info = {"stage": "finetune", "competition": comp_name, "model": model, "fold": fold, "seed": mp.seed,
             "environment": environment(device),
             "finetune": as_dict(ft), "head": as_dict(mp.head), "features": meta, "compile": speed.compile}
@@ -186,7 +193,7 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
                              **tracked_code("finetune", comp_name)})  # dvc.yaml's code deps of this stage
     scaler = grad_scaler(device, ft.amp)  # one for the run, kept in the checkpoint with the schedule
     state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler,
-             "rows": train_loader.sampler, "device": device}
+             "ema": recipe.ema, "rows": train_loader.sampler, "device": device}
     history = checkpoint.resume(state)
     from dvclive import Live  # here, not at the top: setup() (and lr-find) need none of dvclive's imports
 
@@ -195,13 +202,13 @@ def _run(params: Params, comp_name: str, model: str, fold: int, root: Path, work
     with live:
         history = fit(evaluated, train_loader, val_loader, val_labels, optimizer, scheduler, epochs, device,
                       live if workers.main else None, **amp, history=history, train_model=trained, scaler=scaler,
-                      after_epoch=lambda epoch, history: checkpoint.save(state, epoch, history))
+                      recipe=recipe, after_epoch=lambda epoch, history: checkpoint.save(state, epoch, history))
     oof = predict(evaluated, val_loader, device, ft.tta, **amp)
     test = predict(evaluated, test_loader, device, ft.tta, **amp)
     if not workers.main:
         return None
     with atomic_dir(paths.fold_model("finetune", fold)) as out:
-        save_weights(network, out / "model.safetensors")
+        save_weights(recipe.evaluated, out / "model.safetensors")
         metrics = save_fold(out, paths.fold_metrics("finetune", fold), comp, split, oof, test,
                             {**info, "history": history, "processes": workers.world})
     checkpoint.remove()

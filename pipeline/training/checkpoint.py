@@ -16,7 +16,7 @@ from pipeline.data.datasets import SeededRows, ShardedRows
 from pipeline.training.devices import Workers
 
 
-_STATEFUL = ("network", "optimizer", "scheduler", "scaler")  # what a checkpoint holds the state_dict of
+_STATEFUL = ("network", "optimizer", "scheduler", "scaler", "ema")  # the state_dicts a checkpoint holds (ema: if on)
 
 SOURCE = Path(__file__).resolve().parents[2]
 """The folder holding the running `pipeline` package: in a checkout, the project with its dvc.yaml."""
@@ -45,7 +45,7 @@ _UNREADABLE = (OSError, EOFError, RuntimeError, pickle.UnpicklingError, ValueErr
 
 class Checkpoint:
     """The state after each finetuning epoch, in `.fold<k>.checkpoint.pt` beside the fold's folder, so a killed run
-    resumes from its last finished epoch: the network, optimizer, schedule, the sampler's epoch and every
+    resumes from its last finished epoch: the network, optimizer, schedule, weights' EMA, the sampler's epoch and every
     process's random state, which make the resumed run's result that of an uninterrupted one. It is used only
     when its fingerprint matches: every entry of `same_run` (params, device type, number of processes, torch,
     the fold's rows) and the content of every file of `inputs` (name -> path: the start weights and the code DVC
@@ -73,7 +73,7 @@ class Checkpoint:
         if not self.workers.main:
             return
         saved = {"fingerprint": self.fingerprint, "history": history, "rows_epoch": _rows(state["rows"]).epoch,
-                 "rng": rng, **{k: state[k].state_dict() for k in _STATEFUL}}
+                 "rng": rng, **{k: state[k].state_dict() for k in _STATEFUL if state.get(k) is not None}}
         tmp = self.path.with_name(self.path.name + ".part")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         torch.save(saved, tmp)
@@ -86,7 +86,8 @@ class Checkpoint:
         if not all(_everyone(saved is not None, self.workers)):
             return []
         for k in _STATEFUL:
-            state[k].load_state_dict(saved[k])
+            if state.get(k) is not None:
+                state[k].load_state_dict(saved[k])
         _rows(state["rows"]).epoch = saved["rows_epoch"]
         cpu_rng, cuda_rng = saved["rng"][self.workers.rank]
         torch.set_rng_state(cpu_rng.cpu())
