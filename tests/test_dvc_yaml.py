@@ -46,6 +46,25 @@ def _is_comp_call(node, method: str = "comp") -> bool:
             and isinstance(node.func.value, ast.Name) and node.func.value.id == "params")
 
 
+def _calls(module: str, name: str) -> bool:
+    tree = ast.parse((REPO / "pipeline" / f"{module.replace('.', '/')}.py").read_text())
+    return any(isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == name
+               for n in ast.walk(tree))
+
+
+LIBRARY_READERS = {"load_start": "training.inference"}
+"""Library functions that take `params` and read competition sections themselves: a stage whose code calls one
+(directly or through a module it imports, like the report's model figures) reads what the function reads."""
+
+
+def params_read_with_library(stage: str, per_model: bool) -> set[str]:
+    read = params_read(f"stages.{stage}", per_model)
+    for function, module in LIBRARY_READERS.items():
+        if any(_calls(m, function) for m in imported_closure(f"stages.{stage}") if m != module):
+            read |= params_read(module, per_model) - {"device"}
+    return read
+
+
 def params_read(module: str, per_model: bool = True) -> set[str]:
     """Params a stage module reads: top-level keys on `params`, and `<comp>.<section>` for each section taken
     from `params.comp(...)` or `params.model(...)` directly or from a name bound to it (an attribute that merely
@@ -129,7 +148,7 @@ def test_params_are_the_sections_the_stage_reads(stage):
     """A stage over every competition cannot list their sections (dvc.yaml has no loop outside a matrix), so one
     that reads them must run every time: the sections it lists are then the top-level ones it reads."""
     per_model = "model" in DVC[stage].get("matrix", {})
-    read = params_read(f"stages.{stage}", per_model)
+    read = params_read_with_library(stage, per_model)
     if "comp" not in DVC[stage].get("matrix", {}):
         per_comp = {p for p in read if p.startswith("${item.comp}")}
         assert not per_comp or DVC[stage].get("always_changed"), (stage, per_comp)
