@@ -12,6 +12,8 @@ its row-weighted mean, spread and corrected standard error use `pipeline compare
     python benchmarks/ablation.py --comps statefarm --photos                        # State Farm on real photos
     python benchmarks/ablation.py --only head_dropout_rising,ensemble_neighbours_5  # a few variants
     python benchmarks/ablation.py --seeds 42,1,2 --only head_dropout_0               # over three seeds' folds
+    python benchmarks/ablation.py --comps dogscats --set ema:finetune.ema_decay=0.998 --set ema:finetune.epochs=6
+                                  # a variant from the command line: NAME[@MEMBER]:KEY=VALUE, repeated per key
 
 State Farm also shows driver-grouped CV against a random split of the same rows (the baseline head refitted on
 random folds): how much a random split flatters.
@@ -64,6 +66,17 @@ VARIANTS = {
     "features_cut_3_head": ({"features.cut": 3}, "head"),
     "features_cut_3_finetuned": ({"features.cut": 3}, "finetune"),
     "ensemble_weighted": ({"ensemble.members": "weighted"}, "ensemble"),
+    # issue 30's modern recipe, each against everything off; smoothing and mixup also through the ensemble (does
+    # its calibration win back what they cost?); "..." in a list: the shipped list's items
+    "finetune_ema_0.998": ({"finetune.ema_decay": 0.998}, "finetune"),
+    "finetune_mixup_0.2": ({"finetune.mixup": 0.2}, "finetune"),
+    "finetune_mixup_0.2_ensemble": ({"finetune.mixup": 0.2}, "ensemble"),
+    "finetune_cutmix_1": ({"finetune.cutmix": 1.0}, "finetune"),
+    "finetune_label_smoothing_0.1": ({"finetune.label_smoothing": 0.1}, "finetune"),
+    "finetune_label_smoothing_0.1_ensemble": ({"finetune.label_smoothing": 0.1}, "ensemble"),
+    "augment_trivial": ({"finetune.augment.policy": "trivial"}, "finetune"),
+    "tta_plus_zoom": ({"finetune.tta": ["...", "zoom"]}, "finetune"),
+    "tta_plus_zoom_out": ({"finetune.tta": ["...", "zoom_out"]}, "finetune"),
     # a second model beside the baseline's: another seed, or the backbone cut at level 3 (its stages only re-run)
     "ensemble_plus_seed_model": ({"models": ["main", "seed2"], "models.seed2": {"seed": 7}}, "ensemble"),
     "ensemble_plus_cut_model": ({"models": ["main", "cut3"], "models.cut3": {"features": {"cut": 3}}}, "ensemble"),
@@ -94,8 +107,35 @@ def params_for(comp: str, changes: dict, source: str | None, seed: int | None = 
         raw[comp]["prepare"]["image_size"] = demo_size or raw[comp]["prepare"]["image_size"]
     if seed is not None:
         raw["seed"] = seed
-    with_changes(raw, {dotted if dotted == "models" else f"{comp}.{dotted}": value for dotted, value in changes.items()})
+    changes = {dotted if dotted == "models" else f"{comp}.{dotted}": value for dotted, value in changes.items()}
+    for dotted, value in changes.items():
+        if isinstance(value, list) and value[:1] == ["..."]:  # the shipped list, extended
+            node = raw
+            for key in dotted.split("."):
+                node = node[key]
+            changes[dotted] = list(dict.fromkeys([*node, *value[1:]]))
+    with_changes(raw, changes)
     return parse_params(raw, "ablation params")
+
+
+def parse_sets(sets: list[str]) -> dict:
+    """`--set NAME[@MEMBER]:KEY=VALUE` options as variants: keys under the competition's section, values as YAML,
+    one key per option (repeat NAME for more); the member scored defaults to the first key's stage (features ->
+    head)."""
+    variants = {}
+    for option in sets:
+        name, sep, change = option.partition(":")
+        key, eq, value = change.partition("=")
+        if not (sep and eq and key):
+            raise SystemExit(f"--set {option!r}: expected NAME[@MEMBER]:KEY=VALUE, e.g. ema:finetune.ema_decay=0.998")
+        name, _, member = name.partition("@")
+        section = key.split(".")[0]
+        member = member or {"features": "head", "models": "ensemble"}.get(section, section)
+        if member not in ("head", "finetune", "ensemble"):
+            raise SystemExit(f"--set {option!r}: the member scored must be head, finetune or ensemble; got {member!r}")
+        changes, _ = variants.setdefault(name, ({}, member))
+        changes[key] = yaml.safe_load(value)
+    return variants
 
 
 def run_from(params, comp: str, root: Path, first: str, last: str = "ensemble", skip_models=()) -> None:
@@ -153,10 +193,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "ablation.md")
     parser.add_argument("--seeds", default="", help="comma-separated top-level seeds (other folds, other inits) to "
                         "repeat each comparison with (default: the shipped seed)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME[@MEMBER]:KEY=VALUE",
+                        help="a variant from the command line (repeat for more keys or variants); with --set, only "
+                        "these run")
     parser.add_argument("--baseline", type=Path, help="reuse this finished baseline folder (one competition, one "
                         "seed, the same params) instead of computing it")
     args = parser.parse_args()
-    variants = {n: v for n, v in VARIANTS.items() if not args.only or n in args.only.split(",")}
+    variants = {n: v for n, v in VARIANTS.items() if n in args.only.split(",") or not (args.only or args.set)}
+    variants.update(parse_sets(args.set))
     work = Path(tempfile.mkdtemp(prefix="ablation-"))
     cwd = os.getcwd()
     lines = [f"# Ablation ({time.strftime('%Y-%m-%d')}, `benchmarks/ablation.py`{' --photos' if args.photos else ''})",
