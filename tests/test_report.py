@@ -206,3 +206,47 @@ def test_the_legend_hides_nothing_in_the_panel():
         legend = ax.get_legend().get_window_extent(renderer)
         assert [t for t in ax.texts if t.get_text().startswith("kept: epoch")], ax.get_title()
         assert not legend.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+
+
+_SPECIES = ["Black-grass", "Charlock", "Cleavers", "Common Chickweed", "Common wheat", "Fat Hen", "Loose Silky-bent",
+            "Maize", "Scentless Mayweed", "Shepherds Purse", "Small-flowered Cranesbill", "Sugar beet"]
+
+
+def _labelled(name):
+    """A shipped record, or one whose classes are long names (Plant Seedlings' species) or whose descriptions are
+    longer than any shipped one."""
+    import dataclasses
+
+    from pipeline.core.competitions import get_competition
+
+    if name in ("cassava", "statefarm"):
+        return get_competition(name)
+    base = get_competition("statefarm")
+    if name == "seedlings":
+        return dataclasses.replace(base, name=name, classes=tuple(_SPECIES), class_descriptions=tuple(_SPECIES),
+                                   submission_columns=tuple(_SPECIES))
+    return dataclasses.replace(base, name=name, class_descriptions=tuple(
+        f"{d}, with both hands off the wheel and eyes off the road for a while" for d in base.class_descriptions))
+
+
+@pytest.mark.parametrize("name", ["cassava", "statefarm", "seedlings", "wordy"])
+def test_the_confusion_matrix_class_names_never_overlap(monkeypatch, tmp_path, name):
+    """Each axis's class names, as drawn, share no pixel with a neighbour's (Plant Seedlings' species overlapped
+    on the predicted axis), however long the names or descriptions are."""
+    comp = _labelled(name)
+    rng = np.random.default_rng(0)
+    oof = pd.DataFrame(rng.dirichlet(np.ones(comp.num_classes), size=40), columns=list(comp.classes))
+    oof["label"] = np.asarray(comp.classes)[rng.integers(0, comp.num_classes, 40)]
+    drawn = []
+    monkeypatch.setattr(report, "_save", lambda fig, out: drawn.append(fig) or out)
+    report.confusion_figure(comp, oof, tmp_path / "confusion.png")
+    fig = drawn[0]
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    ax = fig.axes[0]
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        boxes = [t.get_window_extent(renderer) for t in labels if t.get_text()]
+        assert len(boxes) == comp.num_classes
+        for a, b in zip(boxes, boxes[1:]):
+            assert not a.overlaps(b), [t.get_text() for t in labels]
+    report.pyplot().close(fig)

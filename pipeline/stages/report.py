@@ -31,7 +31,7 @@ from pipeline.core.io import atomic_dir, read_json, write_text
 from pipeline.core.paths import Paths
 from pipeline.core.stage import stage_main
 from pipeline.data.cache import load_cache
-from pipeline.reporting.figures import pyplot, show
+from pipeline.reporting.figures import matrix_figure, pyplot, show
 from pipeline.reporting.figures import save_report_png as _save
 from pipeline.reporting.model_figures import (
     activations_figure,
@@ -49,21 +49,12 @@ GRID = 8  # images per grid
 def confusion_figure(comp: Competition, oof: pd.DataFrame, out: Path) -> Path:
     from sklearn.metrics import confusion_matrix
 
-    plt = pyplot()
     truth = oof["label"].to_numpy()
     pred = np.asarray(comp.classes)[decided(comp, oof)[2]]
     cm = confusion_matrix(truth, pred, labels=list(comp.classes))
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    n = comp.num_classes
-    fig, ax = plt.subplots(figsize=(1.0 * n + 3, 0.8 * n + 2))
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     names = [f"{c} {d}" if c != d else c for c, d in zip(comp.classes, comp.class_descriptions)]
-    ax.set_xticks(range(n), comp.classes)
-    ax.set_yticks(range(n), names)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.6 else "black")
+    fig, ax = matrix_figure(share, cm, list(comp.classes), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{comp.name}: confusion matrix of the cross-fitted out-of-fold predictions (row share shaded)",
