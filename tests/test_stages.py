@@ -216,3 +216,27 @@ def test_the_summary_times_the_one_inputs_stage_and_drops_logs_of_stages_gone(tm
     table = timings_table(tiny_params(), tmp_path)
     rows = {(r.competition, r.stage): r.seconds for r in table.itertuples()}
     assert rows == {("(all)", "inputs"): "0.5", ("dogscats", "download"): "1.0"}
+
+
+def _ensemble_copy(src, root, comp_name="dogscats"):
+    """A copy of what the tiny run's ensemble stage reads, to run it again with other params or inputs."""
+    import shutil
+    from pathlib import Path
+
+    for folder in (Path("data") / comp_name, Path("folds"), Path("models") / comp_name):
+        shutil.copytree(src / folder, root / folder)
+    return Paths(comp_name, root)
+
+
+def test_the_metrics_record_the_archive_by_its_file_name(pipeline_run, tmp_path):
+    """`source` in metrics/<comp>.json is demo, kaggle or the zip's file name, not its folder (a home directory
+    made `dvc metrics show` 144 columns wide)."""
+    from pipeline.core.io import write_json
+    from pipeline.stages import ensemble
+
+    src, params, _ = pipeline_run
+    paths = _ensemble_copy(src, tmp_path)
+    summary = read_json(paths.raw / "summary.json")
+    write_json(paths.raw / "summary.json", {**summary, "source": "/home/someone/Downloads/kaggle/dogs-vs-cats.zip"})
+    ensemble.run(params, "dogscats", tmp_path)
+    assert read_json(paths.metrics)["source"] == "dogs-vs-cats.zip"
