@@ -240,3 +240,19 @@ def test_the_metrics_record_the_archive_by_its_file_name(pipeline_run, tmp_path)
     write_json(paths.raw / "summary.json", {**summary, "source": "/home/someone/Downloads/kaggle/dogs-vs-cats.zip"})
     ensemble.run(params, "dogscats", tmp_path)
     assert read_json(paths.metrics)["source"] == "dogs-vs-cats.zip"
+
+
+def test_a_members_own_score_is_before_neighbour_smoothing_overall_and_per_fold(pipeline_run, tmp_path):
+    """cv.json's `members_logloss` and each fold's `<member>_logloss` score the same predictions, the member's own
+    (the overall one was of the smoothed predictions): over the folds' rows they pool to it."""
+    from pipeline.stages import ensemble
+
+    src, _, _ = pipeline_run
+    params = tiny_params(**{"dogscats.ensemble.neighbours": 2})
+    paths = _ensemble_copy(src, tmp_path)
+    ensemble.run(params, "dogscats", tmp_path)
+    cv = read_json(paths.cv)
+    rows = np.array([f["rows"] for f in cv["folds"].values()])
+    for member, overall in cv["members_logloss"].items():
+        pooled = (rows * np.array([f[f"{member}_logloss"] for f in cv["folds"].values()])).sum() / rows.sum()
+        assert pooled == pytest.approx(overall, abs=1e-5), member

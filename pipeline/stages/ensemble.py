@@ -7,7 +7,8 @@ reported `logloss` is honest; the submission uses the choice made on every row. 
 against sample_submission.csv); `metrics/<comp>.json`, a few flat keys committed to git (on demo data also
 `demo_test_*`, the score on the demo's secret test labels: what Kaggle would say); `metrics/<comp>/cv.json`, each
 fold's and each group's cross-fitted score, which `pipeline compare` pairs between runs, and the machines the
-members were computed on; the cross-fitted out-of-fold predictions in `submissions/<comp>_oof.csv` (with each
+members were computed on; each member's own out-of-fold score (`members_logloss`, and per fold `<member>_logloss`)
+is of its predictions as its stage wrote them, before any neighbour smoothing; the cross-fitted out-of-fold predictions in `submissions/<comp>_oof.csv` (with each
 row's group and fold), which the report reads.
 """
 
@@ -135,7 +136,7 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
         "calibration_value": final_choice.value,
         "choice": dataclasses.asdict(final_choice),  # exact (unrounded): a code competition's notebook applies it
         "weights": _rounded(final_choice.weights),
-        "members_logloss": _rounded({m: scores(p, labels)["logloss"] for m, p in oof.items()}),
+        "members_logloss": _rounded({m: scores(p, labels)["logloss"] for m, p in own.items()}),
         "threshold": final_choice.threshold,
         "environments": environments(paths, params.models, params.folds, STAGES),
         "folds": per_fold(comp, list(params.folds), ids, honest, labels, fold_of, fold_choices, own),
