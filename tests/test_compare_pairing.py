@@ -178,3 +178,28 @@ def test_the_command_line_takes_each_sides_runs():
     args = cli._parser().parse_args(["compare", "statefarm", "drop03", "-b", "quick-base"])
     assert args.experiments == ["drop03"] and args.baseline == ["quick-base"]
     assert cli.main(["compare", "--all", "statefarm", "-b", "a", "b"]) != 0
+
+
+def on_gpu(cv: dict) -> dict:
+    """The same run, its members computed on a GPU (as stages record a cuda device)."""
+    return {**copy.deepcopy(cv), "environments": [{"torch": "2.14.1", "device": "cuda", "cpu": "AMD EPYC",
+                                                   "gpu": "NVIDIA H100 80GB HBM3"}]}
+
+
+def test_compare_notes_once_that_a_gpu_run_carries_run_to_run_noise(tmp_path):
+    """No cuDNN determinism is set: on a GPU the same params differ from run to run at the float level, which adds
+    to the spread a change must beat. One note, only when a run says it used one."""
+    change = shifted(FULL, [-0.01, 0.0, -0.02, 0.01, -0.01])
+    cpu = compare.run("statefarm", ["workspace"], "base", repo(tmp_path / "cpu", {"base": (FULL, PARAMS)}, change))
+    assert "GPU" not in cpu
+    shown = compare.run("statefarm", ["workspace"], "base",
+                        repo(tmp_path / "gpu", {"base": (on_gpu(FULL), PARAMS)}, on_gpu(change)))
+    flat = " ".join(shown.split())
+    assert flat.count("run-to-run") == 1, shown
+    assert "base and workspace ran on a GPU" in flat and "differ at the float level" in flat
+    seeds = compare.run("statefarm", ["c-s1", "c-s2"], ["b-s1", "b-s2"], repo(tmp_path / "seeds", {
+        "b-s1": (on_gpu(shifted(FULL, [0] * 5, 1)), with_params(seed=1)),
+        "b-s2": (shifted(FULL, [0] * 5, 2), with_params(seed=2)),
+        "c-s1": (shifted(FULL, [-0.01] * 5, 1), with_params(seed=1, statefarm={"head": {"dropout": 0.3}})),
+        "c-s2": (shifted(FULL, [-0.02] * 5, 2), with_params(seed=2, statefarm={"head": {"dropout": 0.3}}))}))
+    assert " ".join(seeds.split()).count("b-s1 ran on a GPU") == 1, seeds

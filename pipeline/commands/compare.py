@@ -30,6 +30,7 @@ from pipeline.scoring.metrics import HIGHER_IS_BETTER
 from pipeline.scoring.pairing import (
     Run,
     fold_verdict,
+    gpu_note,
     group_counts,
     member_changes,
     paired_table,
@@ -186,6 +187,7 @@ def run(comp_name: str, experiments: list[str], baseline: str | list[str] = "HEA
     out += ["\n" + wrapped(note.lstrip("\n")) for r in runs
             for note in (machine_note(base, r), quick_note(base, r), unpaired(base, r) or procedure_note(base, r),
                          unshared_members(base, r)) if note]
+    out += ["\n" + wrapped(note) for note in [gpu_note([base, *runs])] if note]
 
     split = [r for r in runs if unpaired(base, r) is None]  # the same rows in the folds both scored
     paired = [r for r in split if procedure_note(base, r) is None]  # and the same folds: ensembles comparable

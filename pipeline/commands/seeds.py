@@ -22,6 +22,7 @@ from pipeline.scoring.metrics import HIGHER_IS_BETTER
 from pipeline.scoring.pairing import (
     Run,
     fold_verdict,
+    gpu_note,
     group_counts,
     paired_table,
     procedure_note,
@@ -97,6 +98,7 @@ def run(comp_name: str, experiments: list[str], baselines: list[str], root: Path
                          for seed, b, e in pairs]).pipe(table)]
     notes = [note for _, b, e in pairs for note in (machine_note(b, e), quick_note(b, e)) if note]
     out += ["\n" + wrapped(note.lstrip("\n")) for note in dict.fromkeys(notes)]
+    out += ["\n" + wrapped(note) for note in [gpu_note([r for _, b, e in pairs for r in (b, e)])] if note]
 
     folds = _long(pairs, "folds", ("rows",), "fold", score)
     if folds.empty:

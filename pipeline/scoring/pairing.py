@@ -101,6 +101,18 @@ def quick_note(base: Run, run: Run) -> str | None:
             f"(`dvc exp run -S subsample={b:g}` with the same folds) on the baseline commit.")
 
 
+def gpu_note(runs: list[Run]) -> str | None:
+    """Said once when any run's members were computed on a GPU (an environment with a cuda device): no cuDNN
+    determinism is set, so there the same params differ from run to run at the float level, and that noise adds to
+    the spread a change must beat. On a CPU the same params give the same numbers."""
+    gpu = [r.name for r in runs if any(e.get("device") == "cuda" for e in r.cv.get("environments") or [])]
+    if not gpu:
+        return None
+    names = " and ".join([", ".join(gpu[:-1]), gpu[-1]] if len(gpu) > 1 else gpu)
+    return (f"Note: {names} ran on a GPU, where two runs of the same params differ at the float level (no cuDNN "
+            "determinism is set): that run-to-run noise adds to the spread of each change below.")
+
+
 def paired_table(base: Run, runs: list[Run], key: str, extra: tuple[str, ...], label: str,
                  score: str = "logloss") -> pd.DataFrame:
     """Rows of cv.json's `key` (folds or groups) present in every run with a `score` (the competition's metric):
