@@ -31,14 +31,14 @@ def assign_folds(train: pd.DataFrame, n_splits: int, seed: int, grouped: bool) -
         if n_groups < n_splits:
             raise ConfigError(
                 f"{n_groups} groups cannot fill {n_splits} folds without putting a group on both sides; "
-                "use fewer folds in params.yaml (folds:) or more data."
+                "use fewer folds in params.yaml (fold_count:) or more data."
             )
         splits = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(train, groups=train["group"])
     else:
         if counts.min() < n_splits:
             raise ConfigError(
                 f"class {counts.idxmin()!r} has {counts.min()} image(s), fewer than the {n_splits} folds; "
-                "use fewer folds in params.yaml (folds:) or more data."
+                "use fewer folds in params.yaml (fold_count:) or more data."
             )
         splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(train, train["label"])
     fold = np.full(len(train), -1, dtype=int)
