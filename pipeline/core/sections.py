@@ -178,8 +178,9 @@ class FinetuneParams(Section):
 
 
 class SpeedParams(Section):
-    """How fast, never what: augmentation is seeded per image and inference is row by row, so these change no
-    result. No DVC stage lists this section: changing it re-runs nothing."""
+    """How fast: augmentation is seeded per image and inference is row by row, so the workers and batch size change
+    no result; `compile` may change results at the float level. No DVC stage lists this section: changing it
+    re-runs nothing."""
 
     prepare_workers: Int = between(0, 256, 0, "processes decoding the archive (0: one per CPU core)")
     features_workers: Int = between(-1, 256, -1, "features' DataLoader processes (-1: none on a CPU, whose cores "
@@ -187,7 +188,8 @@ class SpeedParams(Section):
     features_batch_size: Int = between(1, 4096, 64, "images per forward pass when computing features")
     finetune_workers: Int = between(-1, 256, -1, "finetuning's DataLoader processes (-1: none on a CPU, else one "
                                     "per core up to 8)")
-    compile: Bool = Field(False, description="torch.compile the finetuned network (a GPU speed-up for long runs)")
+    compile: Bool = Field(False, description="torch.compile the finetuned network (a GPU speed-up for long runs); "
+                          "results may differ at the float level (dropout's draws), and DVC re-runs nothing for it")
 
 
 class EnsembleParams(Section):
