@@ -9,7 +9,7 @@ from pipeline.core.errors import ConfigError
 
 def test_shipped_params_load_and_use_the_demo_offline():
     params = load_params(REPO / "params.yaml")
-    assert params.competitions == ("dogscats", "statefarm", "digits", "cassava", "cactus")
+    assert params.competitions == ("dogscats", "statefarm", "digits")
     assert params.folds == (0, 1, 2, 3, 4)
     for comp in params.competitions:
         assert params.comp(comp).data.source == "demo"
