@@ -182,7 +182,7 @@ def test_rerun_replaces_output_whole(tmp_path):
 
 
 def test_unknown_competition_lists_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match="Unknown competition 'mnist'; known competitions are 'digits', 'dogscats', 'statefarm'"):
+    with pytest.raises(ValueError, match="Unknown competition 'mnist'; known competitions are 'cactus', 'cassava', 'digits', 'dogscats', 'statefarm'"):
         download.run(tiny_params(), "mnist", tmp_path)
 
 

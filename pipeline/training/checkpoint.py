@@ -34,7 +34,8 @@ def tracked_code(stage: str, comp_name: str, source: Path = SOURCE) -> dict[str,
                 if p.suffix in (".py", ".yaml")}
     deps = yaml.safe_load(dvc_yaml.read_text())["stages"][stage]["deps"]
     names = [dep.replace("${item.comp}", comp_name) for dep in deps if dep.startswith("pipeline/")]
-    return {name: source / name for name in names}
+    # a competition registered in code (`competitions.register`) has no record file: its facts are in the params
+    return {name: source / name for name in names if (source / name).is_file()}
 
 
 # What torch.load raises for a file cut short (OSError, EOFError, RuntimeError from its zip reader) or one that is
