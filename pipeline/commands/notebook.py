@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.core.competitions import RECORDS, get_competition
+from pipeline.core.competitions import get_competition
 from pipeline.core.config import as_dict, load_params
 from pipeline.core.errors import PipelineError
+from pipeline.core.gitinfo import provenance
 from pipeline.core.io import read_json
 from pipeline.core.paths import Paths
 from pipeline.kernel.bundle import DATASET_LIMIT_BYTES, owner_name, write_dataset, write_kernel
@@ -48,8 +49,6 @@ def bundle_files(params, comp_name: str, root: Path, choice: dict, folds: list[i
 
 def run(comp_name: str, out: Path, owner: str | None = None, wheels: list[Path] = (), root: Path = Path("."),
         limit: int = DATASET_LIMIT_BYTES) -> dict:
-    from pipeline.commands.submit import provenance
-
     comp = get_competition(comp_name)
     if comp.submit != "notebook":
         raise NotebookRefused(f"{comp.title} takes a CSV upload ({comp_name}'s record says submit: {comp.submit}), "
@@ -76,7 +75,7 @@ def run(comp_name: str, out: Path, owner: str | None = None, wheels: list[Path] 
     commit, _ = provenance(Path(root))
     metrics = read_json(paths.metrics)
     owner = owner_name(owner)
-    manifest = {"competition": comp_name, "record_file": RECORDS / f"{comp_name}.yaml", "commit": commit,
+    manifest = {"competition": comp_name, "commit": commit,
                 "folds": folds, "choice": cv["choice"], "models": models, "prepare": as_dict(cp.prepare),
                 "speed": as_dict(cp.speed), "cv": {k: metrics.get(k) for k in ("logloss", "accuracy", comp.metric)}}
     out = Path(out)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.commands.submit import provenance, read_checked_submission, record
+from pipeline.commands.submit import read_checked_submission, record
+from pipeline.core.gitinfo import provenance
 from pipeline.core.competitions import get_competition
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import read_json

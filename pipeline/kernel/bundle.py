@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.competitions import Competition, load_record
+from pipeline.core.competitions import RECORDS, Competition, load_record
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.io import atomic_dir, read_json, write_json, write_text
 from pipeline.core.sections import ModelParams, PrepareParams, SpeedParams
@@ -109,7 +109,7 @@ def write_dataset(out: Path, comp: Competition, manifest: dict, files: dict[str,
         for name, source in files.items():
             (bundle / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, bundle / name)
-        shutil.copyfile(manifest.pop("record_file"), bundle / f"{comp.name}.yaml")
+        shutil.copyfile(RECORDS / f"{comp.name}.yaml", bundle / f"{comp.name}.yaml")
         write_json(bundle / MANIFEST, manifest)
         size = check_size(tmp, limit)
     return size
