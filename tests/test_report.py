@@ -121,6 +121,7 @@ def test_grids_pick_the_right_extremes(pipeline_run):
     import pandas as pd
 
     from pipeline.core.competitions import get_competition
+    from pipeline.reporting.figures import pyplot
 
     root, _, _ = pipeline_run
     comp = get_competition("statefarm")
@@ -145,6 +146,7 @@ def test_model_section_copes_with_a_transformer_backbone(tmp_path):
     """A ViT gives tokens, not a spatial map: Grad-CAM is skipped rather than wrong, and parameters held outside
     any child module (position embeddings) still count in the total."""
     from pipeline.core.competitions import get_competition
+    from pipeline.reporting.figures import pyplot
     from pipeline.core.sections import FeaturesParams
     from pipeline.training.models import Classifier, Trunk, create_backbone, create_head
 
@@ -183,6 +185,7 @@ def test_the_uncertain_grid_is_the_rows_nearest_the_decision_boundary():
     """Not the least confident: a row split 0.46/0.46 between two classes is more uncertain than one at 0.30
     whose runner-up has 0.08."""
     from pipeline.core.competitions import get_competition
+    from pipeline.reporting.figures import pyplot
     from pipeline.stages.report import extremes
 
     comp = get_competition("statefarm")
@@ -218,6 +221,7 @@ def _labelled(name):
     import dataclasses
 
     from pipeline.core.competitions import get_competition
+    from pipeline.reporting.figures import pyplot
 
     if name in ("cassava", "statefarm"):
         return get_competition(name)
@@ -250,3 +254,23 @@ def test_the_confusion_matrix_class_names_never_overlap(monkeypatch, tmp_path, n
         for a, b in zip(boxes, boxes[1:]):
             assert not a.overlaps(b), [t.get_text() for t in labels]
     report.pyplot().close(fig)
+
+
+def test_captions_of_long_class_names_stay_in_their_own_cell():
+    """Cassava's classes are diseases (`Cassava Brown Streak Disease (CBSD)`): in a grid of two rows of four, each
+    caption stays over its own image, clear of its neighbours' and of the image above it."""
+    from pipeline.core.competitions import get_competition
+    from pipeline.reporting.figures import pyplot
+
+    longest = max(get_competition("cassava").class_descriptions, key=len)
+    titles = [f"1967198537.jpg\ntrue 1 ({longest})\npredicted 4 0.89, true 0.10"] * 8
+    fig = report.grid_figure(np.zeros((8, 48, 64, 3), np.uint8), np.arange(8), titles, "cassava: confidently wrong")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes[:8]
+    for ax in axes:  # no wider than its image (wider ones touched, and at the report's 90 dpi ran together)
+        caption, image = ax.title.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert image.x0 <= caption.x0 and caption.x1 <= image.x1, ax.title.get_text()
+    for upper, lower in zip(axes[:4], axes[4:]):
+        assert lower.title.get_window_extent(renderer).y1 < upper.get_window_extent(renderer).y0, "under the image"
+    pyplot().close(fig)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import html
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -82,18 +83,28 @@ def reliability_figure(comp: Competition, oof: pd.DataFrame, out: Path) -> Path:
     return _save(fig, out)
 
 
+CAPTION = 34  # characters a caption line holds under a 3-inch image at 7 points: longer ones run into the next
+
+
 def image_grid(images: np.ndarray, rows: np.ndarray, titles: list[str], title: str, out: Path) -> Path:
+    return _save(grid_figure(images, rows, titles, title), out)
+
+
+def grid_figure(images: np.ndarray, rows: np.ndarray, titles: list[str], title: str):
+    """Images four to a row, each under its caption."""
     plt = pyplot()
     cols = min(len(rows), 4) or 1
     lines = max(1, -(-len(rows) // cols))
-    fig, axes = plt.subplots(lines, cols, figsize=(3 * cols, 2.6 * lines), squeeze=False)
+    titles = ["\n".join(textwrap.fill(line, CAPTION) for line in t.split("\n")) for t in titles]
+    extra = max([t.count("\n") - 2 for t in titles] + [0])  # long class names wrapped: more room above each row
+    fig, axes = plt.subplots(lines, cols, figsize=(3 * cols, (2.6 + 0.14 * extra) * lines), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, r, t in zip(axes.flat, rows, titles):
         show(ax, images[r])
         ax.set_title(t, fontsize=7)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, out)
+    return fig
 
 
 def decided(comp: Competition, oof: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
