@@ -237,9 +237,9 @@ def main() -> None:
                                  "per fold, the seeds' changes are separated by ' / '; the verdict is the corrected "
                                  "repeated k-fold t-test over all of them.")
             if Paths(comp, base).metrics.is_file():
-                top = read_json(Paths(comp, base).metrics)
+                top, choice = read_json(Paths(comp, base).metrics), read_json(Paths(comp, base).cv)["choice"]
                 lines.append(f"Baseline (seed {base_params.seed}): CV log loss {top['logloss']:.4f}, accuracy "
-                             f"{top['accuracy']:.4f} ({top['member']}+{top['calibration']}); "
+                             f"{top['accuracy']:.4f} ({choice['kind']}+{choice['method']}); "
                              + (f"reused from {args.baseline}." if args.baseline else f"run {baseline_seconds:.0f} s."))
             for name, (changes, member) in variants.items():
                 first = first_stage(changes)

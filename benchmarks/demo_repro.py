@@ -123,10 +123,10 @@ def main() -> None:
           f"each measured its own; at most {n_stages * startup / full:.0%} if every stage paid the baseline)")
     print("pipeline compare paired the quick runs fold by fold:", "yes" if paired else "NO")
     for comp, m in metrics.items():
-        demo = ", ".join(f"{key[len('demo_test_'):]} {value:.4f}" for key, value in m.items()
-                         if key.startswith("demo_test_"))
-        print(f"{comp}: CV logloss {m['logloss']:.4f}, accuracy {m['accuracy']:.4f} ({m['member']}, "
-              f"{m['calibration']}); demo test {demo}")
+        cv = json.loads((work / "metrics" / comp / "cv.json").read_text())
+        demo = ", ".join(f"{key} {value:.4f}" for key, value in cv["demo_test"].items())
+        print(f"{comp}: CV logloss {m['logloss']:.4f}, accuracy {m['accuracy']:.4f} ({cv['choice']['kind']}, "
+              f"{cv['choice']['method']}); demo test {demo}")
     if not args.keep:
         print(f"(clone left in {work}; delete it when done)")
 

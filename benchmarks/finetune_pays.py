@@ -112,7 +112,7 @@ def run_check(name: str, seed: int, changes: list[str], work: Path, reuse: bool 
     folds = {int(k): {"head": v["main/head_logloss"], "finetune": v["main/finetune_logloss"],
                       "ensemble": v["logloss"], "choice": v["choice"]} for k, v in cv["folds"].items()}
     return {"check": name, "seed": seed, "competition": comp_name, "folds": folds, "cv": top["logloss"],
-            "cv_accuracy": top["accuracy"], "choice": f"{top['member']}+{top['calibration']}",
+            "cv_accuracy": top["accuracy"], "choice": f"{cv['choice']['kind']}+{cv['choice']['method']}",
             "members_cv": cv["members_logloss"], "test": member_test_scores(root, comp_name, params, answers),
             "seconds": round(time.perf_counter() - start)}
 

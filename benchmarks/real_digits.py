@@ -97,12 +97,13 @@ def main() -> None:
             result = run_competition(params, COMP, root)["ensemble"]
         seconds = time.time() - start
         folds = json.loads((root / "metrics" / COMP / "cv.json").read_text())["folds"]
-        sub = pd.read_csv(root / "submissions" / f"{COMP}.csv")
+        sub = pd.read_csv(root / "submissions" / COMP / "submission.csv")
         accuracy = float((sub.sort_values("ImageId")["Label"].to_numpy() == truth).mean())
     print(f"real digits (scikit-learn's scans, MNIST layout): {len(split['y_train'])} train, {len(truth)} test; "
           f"models {', '.join(params.models)}; {seconds:.0f} s")
     print(f"  baselines on the 8x8 pixels: SVC {svc:.4f}, 1-NN {knn:.4f}")
-    print(f"  pipeline: CV accuracy {result['accuracy']:.4f} ({result['member']}), test accuracy {accuracy:.4f} "
+    print(f"  pipeline: CV accuracy {result['accuracy']:.4f} ({result['choice']['kind']}), "
+          f"test accuracy {accuracy:.4f} "
           f"({round((1 - accuracy) * len(truth))} of {len(truth)} wrong); target >= 0.99: "
           f"{'met' if accuracy >= 0.99 else 'NOT met'}")
     for model in params.models:  # issue 17: from the random-feature head, finetuning must pay too

@@ -65,7 +65,7 @@ def run_pipeline(params, root: Path) -> dict[str, float]:
 
 def test_score(root: Path, answers: Path) -> dict[str, float]:
     """The submission scored on the secret labels of the unseen test drivers (what Kaggle would answer)."""
-    sub = pd.read_csv(root / "submissions" / f"{COMP}.csv")
+    sub = pd.read_csv(root / "submissions" / COMP / "submission.csv")
     truth = pd.read_csv(answers).set_index("id").loc[sub["img"], "label"].reset_index(drop=True)
     classes = [f"c{i}" for i in range(10)]
     return scores(sub[classes].to_numpy(), encode_labels(truth, tuple(classes)))
@@ -100,10 +100,11 @@ def main() -> None:
         finally:
             os.chdir(cwd)
         cv = yaml.safe_load((root / "metrics" / f"{COMP}.json").read_text())
+        choice = yaml.safe_load((root / "metrics" / COMP / "cv.json").read_text())["choice"]
         test = test_score(root, answers)
         gap = abs(cv["logloss"] - test["logloss"]) / test["logloss"]
-        print(f"{name}: CV log loss {cv['logloss']:.3f} accuracy {cv['accuracy']:.3f} ({cv['member']}, "
-              f"{cv['calibration']}) | test log loss {test['logloss']:.3f} accuracy {test['accuracy']:.3f} | "
+        print(f"{name}: CV log loss {cv['logloss']:.3f} accuracy {cv['accuracy']:.3f} ({choice['kind']}, "
+              f"{choice['method']}) | test log loss {test['logloss']:.3f} accuracy {test['accuracy']:.3f} | "
               f"CV vs test {gap:.0%} | x chance log loss {test['logloss'] / math.log(10):.2f}")
         detail = yaml.safe_load((root / "metrics" / COMP / "cv.json").read_text())
         print("  members (OOF log loss): " + ", ".join(f"{m} {v:.3f}" for m, v in detail["members_logloss"].items()))

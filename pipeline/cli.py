@@ -22,7 +22,8 @@ from pipeline.core.stage import check_platform
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description="Send submissions to Kaggle, compare scores, find learning rates.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("submit", help="upload submissions/<comp>.csv and record it in submissions/scores.csv")
+    p = sub.add_parser("submit", help="upload submissions/<comp>/submission.csv and record it in "
+                                      "submissions/scores.csv")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
     p.add_argument("-m", "--message", help="submission description (default: the CV score in the competition's "
                                                 "metric and the git commit)")
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                    "(e.g. from `pip download --no-deps`)")
     p = sub.add_parser("submissions", help="Kaggle's scores of your submissions beside their CV scores")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
-    p = sub.add_parser("score", help="score submissions/<comp>.csv against your own answer key, beside CV")
+    p = sub.add_parser("score", help="score submissions/<comp>/submission.csv against your own answer key, beside CV")
     p.add_argument("comp", choices=sorted(COMPETITIONS))
     p.add_argument("answers", type=Path, help="CSV of test ids and true labels (columns id, label)")
     p = sub.add_parser("compare", help="experiments against a baseline, fold by fold and per driver, with noise")

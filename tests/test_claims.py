@@ -14,11 +14,11 @@ def _committed(path: str) -> dict:
 
 def test_the_readmes_compare_example_starts_from_the_committed_baseline():
     readme = (REPO / "README.md").read_text()
-    m = _committed("statefarm.json")
+    m, cv = _committed("statefarm.json"), _committed("statefarm/cv.json")
     row = re.search(r"\n +HEAD +([\d.]+) +([\d.]+) +([\d.]+) +(\S+)\n", readme)
     assert row, "the compare example's HEAD row"
-    assert [float(v) for v in row.groups()[:3]] == [round(m[k], 4) for k in ("logloss", "accuracy", "demo_test_logloss")]
-    assert row[4] == f"{m['member']}+{m['calibration']}"
+    assert [float(v) for v in row.groups()[:3]] == [round(m[k], 4) for k in ("logloss", "accuracy", "demo_test")]
+    assert row[4] == f"{cv['choice']['kind']}+{cv['choice']['method']}"
     for k, fold in _committed("statefarm/cv.json")["folds"].items():
         assert re.search(rf"\n +{k} +{fold['rows']} +{fold['logloss']:.4f} ", readme), f"fold {k}"
 
@@ -28,10 +28,11 @@ def test_results_quotes_the_committed_demo_run():
     section = text[text.index("## The offline demo now"):]
     section = section[:section.index("\n## ")]
     sf, dc, dg = (_committed(f"{c}.json") for c in ("statefarm", "dogscats", "digits"))
-    for quoted in (f"State Farm CV {sf['logloss']:.4f} ({sf['member']}", f"demo test {sf['demo_test_logloss']:.4f}",
-                   f"Dogs vs Cats CV {dc['logloss']:.4f} ({dc['member']}, {dc['calibration']})",
-                   f"demo test {dc['demo_test_logloss']:.4f}", f"digits CV accuracy {dg['accuracy']:.4f} ({dg['member']})",
-                   f"{dg['demo_test_accuracy']:.3f}"):
+    sfc, dcc, dgc = (_committed(f"{c}/cv.json")["choice"] for c in ("statefarm", "dogscats", "digits"))
+    for quoted in (f"State Farm CV {sf['logloss']:.4f} ({sfc['kind']}", f"demo test {sf['demo_test']:.4f}",
+                   f"Dogs vs Cats CV {dc['logloss']:.4f} ({dcc['kind']}, {dcc['method']})",
+                   f"demo test {dc['demo_test']:.4f}", f"digits CV accuracy {dg['accuracy']:.4f} ({dgc['kind']})",
+                   f"{dg['demo_test']:.3f}"):
         assert quoted in section, quoted
 
 

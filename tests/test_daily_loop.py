@@ -207,9 +207,10 @@ def test_the_summary_says_which_scores_are_not_this_runs(pipeline_run, tmp_path)
     for oof in (root / "models").glob("*/*/*/fold*/oof.csv"):  # the discard: the same files, written after
         os.utime(oof, (later, later))
     assert "NOT this run's" not in summary.run(params, root)
-    (root / "submissions" / "statefarm.csv").unlink()
+    (root / "submissions" / "statefarm" / "oof.csv").unlink()
     shown = " ".join(summary.run(params, root).split())
-    assert "statefarm: NOT this run's scores: no submission beside them" in shown and "dogscats: NOT" not in shown
+    assert "statefarm: NOT this run's scores: no out-of-fold predictions beside them" in shown
+    assert "dogscats: NOT" not in shown
     oof = root / "models" / "dogscats" / params.models[0] / "finetune" / "fold0" / "oof.csv"
     oof.write_text(oof.read_text().replace("0.", "0.1", 1))  # an interrupted run's new fold predictions
     shown = " ".join(summary.run(params, root).split())  # its notes wrap at the terminal's width

@@ -40,7 +40,7 @@ def test_the_gpu_path_runs_the_shipped_pretrained_recipe_end_to_end(tmp_path):
     weights = json.loads((project / "data" / "inputs" / "statefarm" / "weights-main.json").read_text())
     assert weights["weights"] == "package", "the pretrained weights came from the installed package"
 
-    submission = pd.read_csv(project / "submissions" / "statefarm.csv")
+    submission = pd.read_csv(project / "submissions" / "statefarm" / "submission.csv")
     assert list(submission.columns) == ["img"] + [f"c{i}" for i in range(10)] and len(submission) == 159
     assert abs(submission.iloc[:, 1:].sum(axis=1) - 1).max() < 1e-4
     assert "statefarm (--gpu): 45 + 159 rows" in done.stdout

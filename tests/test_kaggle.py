@@ -173,7 +173,7 @@ def test_submit_cli_uploads_exactly_the_file_and_records_the_score(fake, tmp_pat
               "--force"], root, env)  # a demo submission: only --force sends it (see the refusal test below)
     assert "public score 0.12345" in out.stdout
     assert len(fake.uploads) == 1
-    assert fake.uploads[0]["bytes"] == (root / "submissions" / "dogscats.csv").read_bytes()
+    assert fake.uploads[0]["bytes"] == (root / "submissions" / "dogscats" / "submission.csv").read_bytes()
     scores = pd.read_csv(root / "submissions" / "scores.csv", dtype=str)
     row = scores.iloc[-1]
     assert row["competition"] == "dogscats" and float(row["cv_logloss"]) == 0.25

@@ -6,10 +6,11 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import tiny_params
 from pipeline.commands import compare, submit
-from pipeline.stages import ensemble, finetune, head
+from pipeline.stages import ensemble, finetune, head, summary
 from pipeline.core.competitions import get_competition
 from pipeline.core.io import read_json
 from pipeline.data.outputs import fold_split
@@ -35,7 +36,8 @@ def test_a_subsample_is_a_seeded_share_of_each_class_and_keeps_every_validation_
 def test_a_quick_run_scores_its_folds_only_and_says_so(pipeline_run, tmp_path, monkeypatch):
     """One fold of three on half the images: the heads and networks learn from the subsample, the ensemble scores
     that fold's rows (nothing chosen on them: the finetuned networks as they are), the metrics say QUICK, compare
-    pairs the fold with a full baseline's and names the subsample, and submit refuses the file."""
+    pairs the fold with a full baseline's and names the subsample, and no submission is written for submit or a hand
+    upload."""
     root, _, _ = pipeline_run
     params = tiny_params(**QUICK)
     assert params.quick
@@ -57,10 +59,15 @@ def test_a_quick_run_scores_its_folds_only_and_says_so(pipeline_run, tmp_path, m
     oof = pd.read_csv(paths.oof, dtype={"id": str})
     fold_of = pd.read_csv(paths.folds, dtype={"id": str}).set_index("id")["fold"]
     assert set(oof["fold"]) == {1} and len(oof) == int((fold_of == 1).sum())
-    assert list(result["folds"]) == ["1"] and result["member"] == "finetune" and result["calibration"] == "none"
-    assert result["quick"] == "folds [1] of 3, 50% of each fold's training images"
+    assert list(result["folds"]) == ["1"] and result["choice"]["kind"] == "finetune"
+    assert result["choice"]["method"] == "none" and result["quick"] == "folds [1] of 3, subsample 0.5"
     assert result["run"] == {"folds": [1], "fold_count": 3, "subsample": 0.5}
     assert any("quick run" in p for p in submit.source_problems(COMP, tmp_path))
+    # no file a hand upload could send: only the out-of-fold predictions, and submit says why
+    assert sorted(p.name for p in paths.submissions.iterdir()) == ["oof.csv"]
+    with pytest.raises(FileNotFoundError, match=r"a quick run \(folds \[1\] of 3, subsample 0.5\), which writes no"):
+        submit.checked_submission(COMP, tmp_path)
+    assert "none: quick" in summary.scores_table(params, tmp_path).to_string()
     # against the full run's folds: fold 1 is paired, and the note names the subsample
     full = compare.Run("full", "x", read_json(Paths(COMP, root).cv), read_json(Paths(COMP, root).metrics))
     quick = compare.Run("quick", None, json.loads(paths.cv.read_text()), result)

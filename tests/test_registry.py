@@ -146,8 +146,8 @@ def test_a_fourth_layout_runs_end_to_end_from_its_registry_entry(tmp_path, regis
     assert list(sub.columns) == ["id", "shape"] and set(sub["shape"]) <= set(comp.classes)
     cache = np.load(paths.cache / "train.npy")
     assert cache.shape == (18, 32, 40, 3), "PNGs decoded in colour"
-    metrics = read_json(paths.metrics)
-    assert metrics["metric"] == "f1_micro" and metrics["calibration"] == "none", "no calibration for F1"
+    cv = read_json(paths.cv)
+    assert cv["metric"] == "f1_micro" and cv["choice"]["method"] == "none", "no calibration for F1"
     oof = pd.read_csv(paths.oof, dtype=str)
     probs = oof[list(comp.classes)].to_numpy(float)
     truth = pd.Index(comp.classes).get_indexer(oof["label"])
@@ -168,7 +168,7 @@ def test_labels_in_a_csv_greyscale_nested_zips_and_a_binary_roc_auc_submission(t
     metrics = read_json(paths.metrics)
     oof = pd.read_csv(paths.oof, dtype=str)
     auc = roc_auc_score(oof["label"] == "sick", oof["sick"].astype(float))
-    assert metrics["metric"] == "roc_auc" and metrics["roc_auc"] == pytest.approx(auc, abs=1e-6)
+    assert read_json(paths.cv)["metric"] == "roc_auc" and metrics["roc_auc"] == pytest.approx(auc, abs=1e-6)
     train = pd.read_csv(paths.raw / "train.csv", dtype=str).set_index("id")
     assert train.loc["c001", "label"] == "sick" and train.loc["c001", "group"] == "p1", "labels from the CSV"
 
@@ -203,8 +203,9 @@ def test_digit_recognizer_runs_offline_from_its_demo_with_the_from_scratch_cnn(t
     sub = pd.read_csv(paths.submission, dtype=str)
     assert list(sub.columns) == ["ImageId", "Label"] and list(sub["ImageId"]) == [str(i) for i in range(1, 7)]
     assert set(sub["Label"]) <= set("0123456789")
-    assert result["metric"] == "accuracy" and 0 <= result["demo_test_accuracy"] <= 1
-    assert "demo_test_logloss" not in result, "a file of labels has no log loss"
+    assert result["metric"] == "accuracy" and 0 <= result["demo_test"]["accuracy"] <= 1
+    assert read_json(paths.metrics)["demo_test"] == result["demo_test"]["accuracy"], "the metric's, at the top"
+    assert "logloss" not in result["demo_test"], "a file of labels has no log loss"
     params = _params("digits", section)
     with contextlib.chdir(paths.root):  # the pictures too: greyscale images, labels that look like numbers
         curves.run(params, "digits", paths.root)

@@ -36,9 +36,9 @@ def test_score_of_the_demo_answers_is_the_ensembles_demo_test_score(pipeline_run
     metrics = read_json(paths.metrics)
     recorded = pd.read_csv(submit.scores_path(tmp_path), dtype=str).iloc[-1]
     assert recorded["status"] == "LOCAL" and recorded["public_score"] != recorded["public_score"]  # NaN: none
-    assert float(recorded["local_score"]) == pytest.approx(metrics["demo_test_logloss"], abs=1e-6)
+    assert float(recorded["local_score"]) == pytest.approx(metrics["demo_test"], abs=1e-6)
     assert float(recorded["cv_score"]) == pytest.approx(metrics["logloss"], abs=1e-6)
-    assert f"local logloss {metrics['demo_test_logloss']:.4f} +- " in shown and "not a leaderboard score" in shown
+    assert f"local logloss {metrics['demo_test']:.4f} +- " in shown and "not a leaderboard score" in shown
 
 
 def test_a_partial_answer_key_scores_only_its_rows(pipeline_run, tmp_path, monkeypatch):

@@ -69,13 +69,6 @@ def resolve(root: Path, rev: str) -> str:
 
 
 def load_run(root: Path, comp_name: str, rev: str) -> Run:
-    paths = Paths(comp_name, root)
-    commit = None if rev == WORKSPACE else resolve(root, rev)
-    return Run(rev, commit, read_json_at(root, commit, paths.cv, rev),
-               read_json_at(root, commit, paths.metrics, rev))
-
-
-def load_run(root: Path, comp_name: str, rev: str) -> Run:
     """A revision's (or the workspace's) cv.json and metrics of one competition."""
     paths = Paths(comp_name, root)
     commit = None if rev == WORKSPACE else resolve(root, rev)
@@ -103,8 +96,7 @@ def overall(runs: list[Run], score: str, name: str) -> pd.DataFrame:
     """Each run's overall scores and the ensemble it chose."""
     return pd.DataFrame([{"run": r.name, **({} if score == "logloss" else {score: _num(r.metrics.get(score))}),
                           "log loss": _num(r.metrics.get("logloss")), "accuracy": _num(r.metrics.get("accuracy")),
-                          f"demo test {name}": _num(r.metrics.get(f"demo_test_{score}")),
-                          "chosen": f"{r.metrics.get('member')}+{r.metrics.get('calibration')}"} for r in runs])
+                          f"demo test {name}": _num(r.demo_test(score)), "chosen": r.chosen} for r in runs])
 
 
 def member_block(pairs: list[tuple[Run, Run]], advice: str | None = None) -> list[str]:

@@ -52,7 +52,8 @@ def run(comp_name: str, out: Path, owner: str | None = None, wheels: list[Path] 
     comp = get_competition(comp_name)
     if comp.submit != "notebook":
         raise NotebookRefused(f"{comp.title} takes a CSV upload ({comp_name}'s record says submit: {comp.submit}), "
-                              f"not a notebook: `pipeline submit {comp_name}` uploads submissions/{comp_name}.csv.")
+                              f"not a notebook: `pipeline submit {comp_name}` uploads "
+                              f"submissions/{comp_name}/submission.csv.")
     params = load_params(Path(root) / "params.yaml")
     cp = params.comp(comp_name)
     if params.quick:

@@ -1,5 +1,5 @@
-"""`pipeline submit <comp>`: upload `submissions/<comp>.csv` to Kaggle and record its score beside the CV score; for a
-code competition (its record says `submit: notebook`), send the notebook that makes it instead.
+"""`pipeline submit <comp>`: upload `submissions/<comp>/submission.csv` to Kaggle and record its score beside the CV
+score; for a code competition (its record says `submit: notebook`), send the notebook that makes it instead.
 
 Not a DVC stage (it talks to Kaggle, and each upload counts against a daily limit): run it when a submission is
 worth a leaderboard look. The file is checked against `sample_submission.csv` before anything is sent. Every
@@ -55,6 +55,11 @@ def read_checked_submission(comp_name: str, root: Path) -> tuple[Path, pd.DataFr
     """The competition's submission file and its frame, validated against sample_submission.csv."""
     comp = get_competition(comp_name)
     paths = Paths(comp_name, root)
+    quick = read_json(paths.metrics).get("quick") if paths.metrics.is_file() else None
+    if quick and not paths.submission.is_file():
+        raise FileNotFoundError(f"{paths.submission} does not exist: the last ensemble was a quick run ({quick}), "
+                                "which writes no submission (its models saw part of the data). Run the full folds "
+                                f"(params.yaml's folds and subsample as shipped): `dvc repro ensemble@{comp_name}`.")
     for needed in (paths.submission, paths.raw / EXTRACTED / "sample_submission.csv"):
         if not needed.is_file():
             raise FileNotFoundError(f"{needed} does not exist; create it with `dvc repro ensemble@{comp_name}`.")
@@ -72,15 +77,18 @@ class SubmitRefused(PipelineError):
 
 def source_problems(comp_name: str, root: Path) -> list[str]:
     """Why the submission was not made from the real competition archive (empty when it was), from what the
-    ensemble recorded beside it in metrics/<comp>.json."""
+    ensemble recorded beside it in metrics/<comp>/cv.json (an older run: in metrics/<comp>.json)."""
     comp = get_competition(comp_name)
     paths = Paths(comp_name, root)
-    recorded = read_json(paths.metrics) if paths.metrics.is_file() else {}
+    recorded = {**(read_json(paths.metrics) if paths.metrics.is_file() else {}),
+                **(read_json(paths.cv) if paths.cv.is_file() else {})}
     if "source" not in recorded and (paths.raw / "summary.json").is_file():
         recorded = read_json(paths.raw / "summary.json")  # what download fetched (metrics of an older run)
-    source = recorded.get("source", "unknown: neither metrics/<comp>.json nor the download's summary says")
-    with open(paths.submission) as f:
-        rows = sum(1 for _ in f) - 1
+    source = recorded.get("source", "unknown: neither metrics/<comp>/cv.json nor the download's summary says")
+    rows = None
+    if paths.submission.is_file():
+        with open(paths.submission) as f:
+            rows = sum(1 for _ in f) - 1
     problems = []
     if source == "demo":
         problems.append(f"it was made from the built-in demo data ({comp_name}.data.source: demo in params.yaml); "
@@ -89,7 +97,7 @@ def source_problems(comp_name: str, root: Path) -> list[str]:
     if "quick" in recorded:
         problems.append(f"it was made by a quick run ({recorded['quick']}): its models saw less than the data. Run "
                         "the full folds (params.yaml's folds and subsample as shipped) for a submission")
-    if comp.submit == "csv" and comp.test_images is not None and rows != comp.test_images:
+    if comp.submit == "csv" and comp.test_images is not None and rows not in (None, comp.test_images):
         problems.append(f"it has {rows} rows, but the real competition's test set has {comp.test_images}: it was not "
                         f"made from Kaggle's archive (source: {source})")
     return problems
@@ -143,7 +151,7 @@ ORDER = ("inputs", "download", "folds", "prepare", "features", "head", "finetune
 
 
 def refusals(comp_name: str, root: Path) -> list[str]:
-    """Every reason not to spend a submission on `submissions/<comp>.csv`."""
+    """Every reason not to spend a submission on `submissions/<comp>/submission.csv`."""
     problems = source_problems(comp_name, root)
     stale = stale_stages(comp_name, root)
     if stale:

@@ -83,8 +83,14 @@ class Paths:
         return self.root / "dvclive" / self.comp / self.model / stage / f"fold{fold}"
 
     @property
+    def submissions(self) -> Path:
+        """ensemble: the folder DVC keeps whole, so a quick run (which writes no submission) leaves none behind."""
+        return self.root / "submissions" / self.comp
+
+    @property
     def submission(self) -> Path:
-        return self.root / "submissions" / f"{self.comp}.csv"
+        """ensemble: the file to upload, in Kaggle's exact format; a full run's only."""
+        return self.submissions / "submission.csv"
 
     @property
     def metrics(self) -> Path:
@@ -109,4 +115,4 @@ class Paths:
     def oof(self) -> Path:
         """ensemble: the cross-fitted out-of-fold predictions (what the CV score scores), beside the submission as
         Kagglers keep them (outside models/, which the ensemble reads whole)."""
-        return self.root / "submissions" / f"{self.comp}_oof.csv"
+        return self.submissions / "oof.csv"

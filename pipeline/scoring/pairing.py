@@ -39,6 +39,20 @@ class Run:
     cv: dict
     metrics: dict
 
+    def recorded(self, key: str):
+        """cv.json's `metric`, `source`, `quick` or `test_rows` (a run older than that kept them in its metrics)."""
+        return self.cv.get(key, self.metrics.get(key))
+
+    @property
+    def chosen(self) -> str:
+        """The ensemble's member kind and calibration, `finetune+none`."""
+        c = self.cv.get("choice") or {"kind": self.metrics.get("member"), "method": self.metrics.get("calibration")}
+        return f"{c['kind']}+{c['method']}"
+
+    def demo_test(self, score: str) -> float | None:
+        """The submission's `score` on the demo's secret test labels (None off the demo)."""
+        return self.cv.get("demo_test", {}).get(score, self.metrics.get(f"demo_test_{score}"))
+
 
 def settings(run: Run) -> dict:
     """What the run scored: `folds`, `fold_count` and `subsample` (a cv.json older than quick mode has no `run`:

@@ -1,15 +1,19 @@
-"""Stage `ensemble@<comp>`: every model's fold predictions (head and finetune) -> `submissions/<comp>.csv`.
+"""Stage `ensemble@<comp>`: every model's fold predictions (head and finetune) -> `submissions/<comp>/`.
 
 Members are `<model>/<stage>` for each of params.yaml's `models`; a member's test prediction is its folds'
 average in log space, optionally smoothed over test neighbours (`pipeline.scoring.neighbours`). How they combine and
-their calibration are chosen per fold on the other folds (`pipeline.scoring.choosing`, `pipeline.scoring.calibration`), so the
-reported `logloss` is honest; the submission uses the choice made on every row. Outputs: the submission (checked
-against sample_submission.csv); `metrics/<comp>.json`, a few flat keys committed to git (on demo data also
-`demo_test_*`, the score on the demo's secret test labels: what Kaggle would say); `metrics/<comp>/cv.json`, each
-fold's and each group's cross-fitted score, which `pipeline compare` pairs between runs, and the machines the
-members were computed on; each member's own out-of-fold score (`members_logloss`, and per fold `<member>_logloss`)
-is of its predictions as its stage wrote them, before any neighbour smoothing; the cross-fitted out-of-fold predictions in `submissions/<comp>_oof.csv` (with each
-row's group and fold), which the report reads.
+their calibration are chosen per fold on the other folds (`pipeline.scoring.choosing`,
+`pipeline.scoring.calibration`), so the reported `logloss` is honest; the submission uses the choice made on every
+row. Outputs:
+- `submissions/<comp>/submission.csv`, checked against sample_submission.csv (a quick run checks it, writes none);
+- `submissions/<comp>/oof.csv`, the cross-fitted out-of-fold predictions with each row's group and fold (the
+  report reads them);
+- `metrics/<comp>.json`, a few numbers committed to git: the CV log loss, accuracy and metric; on demo data
+  `demo_test`, the metric on the demo's secret test labels (what Kaggle would say); a quick run's `quick`;
+- `metrics/<comp>/cv.json`: what was chosen, the source, each fold's and each group's cross-fitted score (which
+  `pipeline compare` pairs between runs) and the machines the members were computed on. Each member's own
+  out-of-fold score (`members_logloss`, and per fold `<member>_logloss`) is of its predictions as its stage wrote
+  them, before any neighbour smoothing.
 """
 
 from __future__ import annotations
@@ -114,24 +118,31 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     final = final_choice.apply(test)
     sub = make_submission(comp, test_index["id"], final, final_choice.threshold)
     validate_submission(comp, sub, sample, str(paths.submission))
-    write_csv(paths.submission, sub, float_format=FLOAT_FORMAT)
+    if not params.quick:  # a quick run's models saw part of the data: no file that a hand upload could send
+        write_csv(paths.submission, sub, float_format=FLOAT_FORMAT)
     # Top level: a few flat keys, small enough to commit, so `dvc metrics diff main` works in any clone. The
     # honest rows' labels are decided by each fold's own threshold.
     predicted = np.empty(len(labels), dtype=int)
     for k, c in fold_choices.items():
         predicted[fold_of == int(k)] = decide(honest[fold_of == int(k)], c.threshold)
-    metrics = {**scores(honest, labels), "metric": comp.metric,
-               "accuracy": metric("accuracy", honest, labels, predicted),
+    metrics = {**scores(honest, labels), "accuracy": metric("accuracy", honest, labels, predicted),
                comp.metric: metric(comp.metric, honest, labels, predicted)}
+    demo_test = {}
     if paths.demo_answers.is_file():  # the demo knows its test labels: report the "leaderboard" score too
         answers = pd.read_csv(paths.demo_answers, dtype=str, keep_default_na=False).set_index("id")["label"]
         local = score_answers(comp, sub, answers)  # what Kaggle would score: the values (or labels) in the file
-        metrics.update({f"demo_test_{key}": local[key] for key in ("logloss", "accuracy", comp.metric) if key in local})
-    metrics = _rounded({**metrics, "member": final_choice.kind, "calibration": final_choice.method,
-                        "source": shown_source(read_json(paths.raw / "summary.json")["source"]), "test_rows": len(sub),
-                        **({"quick": quick_label(params)} if params.quick else {})})
+        demo_test = {key: local[key] for key in ("logloss", "accuracy", comp.metric) if key in local}
+    # Only numbers worth diffing, and a quick run's mark: `dvc metrics show` stays within a terminal. What was
+    # chosen, the source and the demo test's other scores are in cv.json.
+    quick = {"quick": quick_label(params)} if params.quick else {}
+    metrics = _rounded({**metrics, **({"demo_test": demo_test[comp.metric]} if demo_test else {}), **quick})
     detail = {
         "run": {"folds": list(params.folds), "fold_count": params.fold_count, "subsample": params.subsample},
+        "metric": comp.metric,
+        "source": shown_source(read_json(paths.raw / "summary.json")["source"]),
+        **quick,
+        "test_rows": len(sub),
+        "demo_test": _rounded(demo_test),
         "logloss": metrics["logloss"],
         "calibration_value": final_choice.value,
         "choice": dataclasses.asdict(final_choice),  # exact (unrounded): a code competition's notebook applies it
@@ -163,25 +174,26 @@ def shown_source(source: str) -> str:
 
 
 def quick_label(params: Params) -> str:
-    """What a quick run scored, in words (metrics' `quick`, `pipeline compare`, `pipeline submit`)."""
-    share = "" if params.subsample == 1.0 else f", {params.subsample:.0%} of each fold's training images"
+    """What a quick run scored, in params' words and short (metrics' `quick`, `pipeline compare`, `pipeline
+    submit`): `dvc metrics show` prints it in a column."""
+    share = "" if params.subsample == 1.0 else f", subsample {params.subsample:g}"
     return f"folds {list(params.folds)} of {params.fold_count}{share}"
 
 
 def summary(result: dict) -> str:
-    name = result["metric"]
-    demo = "".join(f"; demo test {key} {result[f'demo_test_{key}']:.4f}" for key in dict.fromkeys(("logloss", name))
-                   if f"demo_test_{key}" in result)
+    name, test = result["metric"], result["demo_test"]
+    demo = "".join(f"; demo test {key} {test[key]:.4f}" for key in dict.fromkeys(("logloss", name)) if key in test)
     extra = f", {name} {result[name]:.4f}" if name not in ("logloss", "accuracy") else ""
-    quick = f"; QUICK: {result['quick']}" if "quick" in result else ""
-    return (f"CV log loss {result['logloss']:.4f}, accuracy {result['accuracy']:.4f}{extra} ({result['member']}, "
-            f"{result['calibration']}){demo}{quick}")
+    quick = f"; QUICK: {result['quick']}, no submission written" if "quick" in result else ""
+    choice = result["choice"]
+    return (f"CV log loss {result['logloss']:.4f}, accuracy {result['accuracy']:.4f}{extra} ({choice['kind']}, "
+            f"{choice['method']}){demo}{quick}")
 
 
 def main(argv: list[str] | None = None) -> None:
     stage_main(__doc__, run, argv=argv, summary=summary,
-               wrote=lambda comp, model, fold: (Paths(comp).submission, Paths(comp).oof, Paths(comp).metrics,
-                                                 Paths(comp).cv))
+               wrote=lambda comp, model, fold: [p for p in (Paths(comp).submission, Paths(comp).oof,
+                                                            Paths(comp).metrics, Paths(comp).cv) if p.is_file()])
 
 
 if __name__ == "__main__":

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.core.competitions import get_competition
 from pipeline.core.config import Params, load_params
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import file_md5, read_json
 from pipeline.core.paths import Paths
 from pipeline.core.stage import logs_dir
+from pipeline.scoring.pairing import Run
 
 WIDTH = 100  # a terminal's columns the table fits in
 
@@ -33,26 +35,29 @@ def scores_table(params: Params, root: Path) -> pd.DataFrame:
     rows = []
     for comp in params.competitions:
         paths = Paths(comp, root)
-        m = read_json(paths.metrics) if paths.metrics.is_file() else {}
+        done = paths.metrics.is_file()
+        run = Run(comp, None, read_json(paths.cv) if paths.cv.is_file() else {},
+                  read_json(paths.metrics) if done else {})
+        metric = run.recorded("metric") or get_competition(comp).metric
         rows.append({
             "competition": comp,
-            "metric": m.get("metric", "logloss") if m else "-",
-            "CV score": _num(m.get(m.get("metric", "logloss"))),
-            "CV log loss": _num(m.get("logloss")),
-            "accuracy": _num(m.get("accuracy")),
-            "demo test score": _num(m.get(f"demo_test_{m.get('metric', 'logloss')}")),
-            "chosen": f"{m.get('member')}+{m.get('calibration')}" if m else "-",
-            "source": Path(m.get("source", "-")).name,  # a zip's file name: its folder would overflow a terminal
-            "submission": ("QUICK" if m.get("quick") else "yes") if paths.submission.is_file() else "(none)",
+            "metric": metric if done else "-",
+            "CV score": _num(run.metrics.get(metric)),
+            "CV log loss": _num(run.metrics.get("logloss")),
+            "accuracy": _num(run.metrics.get("accuracy")),
+            "demo test score": _num(run.demo_test(metric)),
+            "chosen": run.chosen if done else "-",
+            "source": Path(run.recorded("source") or "-").name,  # a zip's file name: its folder would overflow
+            "submission": "yes" if paths.submission.is_file() else "none: quick" if run.recorded("quick") else "(none)",
         })
     return pd.DataFrame(rows)
 
 
 def stale(params: Params, root: Path) -> dict[str, str]:
     """Competitions whose scores are not what this workspace's models give, and why: after an interrupted run
-    `metrics/` holds the committed numbers (another run's) while the submission is missing or a fold's predictions
-    are not the ones cv.json's `inputs_md5` says they were scored on. By content, not modification times: the
-    README's discard (`git checkout ... metrics && dvc checkout`) rewrites the models after the metrics, unchanged.
+    `metrics/` holds the committed numbers (another run's) while the ensemble's predictions are missing or a fold's
+    predictions are not the ones cv.json's `inputs_md5` says they were scored on. By content, not modification times:
+    the README's discard (`git checkout ... metrics && dvc checkout`) rewrites the models after the metrics, unchanged.
     The stage runs inside `dvc repro`, which holds DVC's lock, so it judges by the files themselves."""
     found = {}
     for comp in params.competitions:
@@ -61,8 +66,8 @@ def stale(params: Params, root: Path) -> dict[str, str]:
             continue
         scored = read_json(paths.cv).get("inputs_md5", {}) if paths.cv.is_file() else {}
         changed = [name for name, md5 in scored.items() if not (root / name).is_file() or file_md5(root / name) != md5]
-        if not paths.submission.is_file():
-            found[comp] = "no submission beside them (the run that made them is not this workspace's)"
+        if not paths.oof.is_file():
+            found[comp] = "no out-of-fold predictions beside them (the run that made them is not this workspace's)"
         elif changed:
             found[comp] = f"{changed[0]} is not the one they were scored on (the ensemble has not run since)"
     return found
