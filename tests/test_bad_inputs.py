@@ -130,7 +130,7 @@ def test_a_probability_submission_whose_ids_look_like_na_is_read_as_text(tmp_pat
     sample.parent.mkdir(parents=True)
     uniform = np.full((len(ids), len(comp.classes)), 1 / len(comp.classes))
     make_submission(comp, ids, uniform).to_csv(sample, index=False)
-    paths.submission.parent.mkdir()
+    paths.submission.parent.mkdir(parents=True)
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(len(comp.classes)), len(ids))
     make_submission(comp, ids, probs).to_csv(paths.submission, index=False)

@@ -159,8 +159,8 @@ def ready_to_submit(root: Path, comp=DC) -> Path:
     paths = Paths(comp.name, root)
     sample = read_sample(comp, paths.raw)
     probs = pd.DataFrame({"a": 0.3, "b": 0.7}, index=sample.index).to_numpy()
-    make_submission(comp, sample[comp.id_column], probs).to_csv(paths.submission.parent.mkdir(exist_ok=True)
-                                                                 or paths.submission, index=False)
+    paths.submission.parent.mkdir(parents=True, exist_ok=True)
+    make_submission(comp, sample[comp.id_column], probs).to_csv(paths.submission, index=False)
     write_json(paths.metrics, {"logloss": 0.25, "accuracy": 0.9})
     return env
 

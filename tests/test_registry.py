@@ -146,7 +146,7 @@ def test_a_fourth_layout_runs_end_to_end_from_its_registry_entry(tmp_path, regis
     assert list(sub.columns) == ["id", "shape"] and set(sub["shape"]) <= set(comp.classes)
     cache = np.load(paths.cache / "train.npy")
     assert cache.shape == (18, 32, 40, 3), "PNGs decoded in colour"
-    cv = read_json(paths.cv)
+    metrics, cv = read_json(paths.metrics), read_json(paths.cv)
     assert cv["metric"] == "f1_micro" and cv["choice"]["method"] == "none", "no calibration for F1"
     oof = pd.read_csv(paths.oof, dtype=str)
     probs = oof[list(comp.classes)].to_numpy(float)

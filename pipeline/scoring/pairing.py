@@ -15,11 +15,12 @@ same thing:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from pipeline.scoring.runs import Run
 
 
 
@@ -28,30 +29,6 @@ def seeds_advice(comp: str = "<comp>") -> str:
     return ("to decide, run the baseline and the change again with the same other seeds (`-S seed=N` on both sides) "
             f"and compare them together: `pipeline compare {comp} CHANGE-s1 CHANGE-s2 -b BASE-s1 BASE-s2` (README: "
             "repeated seeds)")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run's scores: its name, the git commit it was read from (None for the workspace) and cv.json."""
-
-    name: str
-    commit: str | None
-    cv: dict
-    metrics: dict
-
-    def recorded(self, key: str):
-        """cv.json's `metric`, `source`, `quick` or `test_rows` (a run older than that kept them in its metrics)."""
-        return self.cv.get(key, self.metrics.get(key))
-
-    @property
-    def chosen(self) -> str:
-        """The ensemble's member kind and calibration, `finetune+none`."""
-        c = self.cv.get("choice") or {"kind": self.metrics.get("member"), "method": self.metrics.get("calibration")}
-        return f"{c['kind']}+{c['method']}"
-
-    def demo_test(self, score: str) -> float | None:
-        """The submission's `score` on the demo's secret test labels (None off the demo)."""
-        return self.cv.get("demo_test", {}).get(score, self.metrics.get(f"demo_test_{score}"))
 
 
 def settings(run: Run) -> dict:

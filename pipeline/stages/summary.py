@@ -22,7 +22,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.io import file_md5, read_json
 from pipeline.core.paths import Paths
 from pipeline.core.stage import logs_dir
-from pipeline.scoring.pairing import Run
+from pipeline.scoring.runs import Run
 
 WIDTH = 100  # a terminal's columns the table fits in
 
