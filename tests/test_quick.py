@@ -51,6 +51,11 @@ def test_a_quick_run_scores_its_folds_only_and_says_so(pipeline_run, tmp_path, m
         finetune.run(params, COMP, model, 1, tmp_path)
     (tmp_path / "data" / COMP / "raw").joinpath("summary.json").write_text(
         (Paths(COMP, root).raw / "summary.json").read_text())
+    # an earlier full run's files, as run by hand (DVC would empty the folder) and in the layout before the folder
+    stale = [paths.submission, tmp_path / "submissions" / f"{COMP}.csv", tmp_path / "submissions" / f"{COMP}_oof.csv"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Paths(COMP, root).submission, path)
     result = ensemble.run(params, COMP, tmp_path)
     subsample = len(fold_split(paths, get_competition(COMP), 1, 0.5, seed=0).train_rows)
     assert subsample < len(fold_split(paths, get_competition(COMP), 1).train_rows)
@@ -64,7 +69,7 @@ def test_a_quick_run_scores_its_folds_only_and_says_so(pipeline_run, tmp_path, m
     assert result["run"] == {"folds": [1], "fold_count": 3, "subsample": 0.5}
     assert any("quick run" in p for p in submit.source_problems(COMP, tmp_path))
     # no file a hand upload could send: only the out-of-fold predictions, and submit says why
-    assert sorted(p.name for p in paths.submissions.iterdir()) == ["oof.csv"]
+    assert sorted(p.name for p in paths.submissions.iterdir()) == ["oof.csv"] and not any(p.exists() for p in stale)
     with pytest.raises(FileNotFoundError, match=r"a quick run \(folds \[1\] of 3, subsample 0.5\), which writes no"):
         submit.checked_submission(COMP, tmp_path)
     assert "none: quick" in summary.scores_table(params, tmp_path).to_string()

@@ -53,6 +53,9 @@ def test_report_is_one_self_contained_page_with_every_section(pipeline_run, comp
     # one reading per model, stage and fold
     assert len(re.findall(r"still improving|over-fitting|fitting well", text)) == 2 * len(params.folds) * len(params.models)
     assert "lower is better; lower log loss is better" not in text
+    choice = read_json(Paths(comp_name, root).cv)["choice"]  # the scores' table says what made them
+    assert f"<td>{choice['kind']}+{choice['method']}</td>" in text and "<th>demo test logloss</th>" in text
+    assert "<th>source</th>" in text and "<td>demo</td>" in text
     for member in ("main/head", "main/finetune", "cut/head", "cut/finetune"):  # every member's fold scores
         assert f"{member}_logloss" in text
     # the finetune health check: one row per model and fold, and the count of folds finetuning won
@@ -121,7 +124,6 @@ def test_grids_pick_the_right_extremes(pipeline_run):
     import pandas as pd
 
     from pipeline.core.competitions import get_competition
-    from pipeline.reporting.figures import pyplot
 
     root, _, _ = pipeline_run
     comp = get_competition("statefarm")
@@ -146,7 +148,6 @@ def test_model_section_copes_with_a_transformer_backbone(tmp_path):
     """A ViT gives tokens, not a spatial map: Grad-CAM is skipped rather than wrong, and parameters held outside
     any child module (position embeddings) still count in the total."""
     from pipeline.core.competitions import get_competition
-    from pipeline.reporting.figures import pyplot
     from pipeline.core.sections import FeaturesParams
     from pipeline.training.models import Classifier, Trunk, create_backbone, create_head
 
@@ -185,7 +186,6 @@ def test_the_uncertain_grid_is_the_rows_nearest_the_decision_boundary():
     """Not the least confident: a row split 0.46/0.46 between two classes is more uncertain than one at 0.30
     whose runner-up has 0.08."""
     from pipeline.core.competitions import get_competition
-    from pipeline.reporting.figures import pyplot
     from pipeline.stages.report import extremes
 
     comp = get_competition("statefarm")
@@ -221,7 +221,6 @@ def _labelled(name):
     import dataclasses
 
     from pipeline.core.competitions import get_competition
-    from pipeline.reporting.figures import pyplot
 
     if name in ("cassava", "statefarm"):
         return get_competition(name)

@@ -118,8 +118,12 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> dict:
     final = final_choice.apply(test)
     sub = make_submission(comp, test_index["id"], final, final_choice.threshold)
     validate_submission(comp, sub, sample, str(paths.submission))
-    if not params.quick:  # a quick run's models saw part of the data: no file that a hand upload could send
+    if params.quick:  # its models saw part of the data: no file a hand upload could send (DVC empties the folder;
+        paths.submission.unlink(missing_ok=True)  # run by hand, an earlier full run's file goes too)
+    else:
         write_csv(paths.submission, sub, float_format=FLOAT_FORMAT)
+    for old in (paths.root / "submissions" / f"{comp_name}.csv", paths.root / "submissions" / f"{comp_name}_oof.csv"):
+        old.unlink(missing_ok=True)  # the layout before submissions/<comp>/: DVC no longer tracks them
     # Top level: a few flat keys, small enough to commit, so `dvc metrics diff main` works in any clone. The
     # honest rows' labels are decided by each fold's own threshold.
     predicted = np.empty(len(labels), dtype=int)
