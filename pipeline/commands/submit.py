@@ -27,6 +27,7 @@ from pipeline.core.gitinfo import provenance
 from pipeline.core.io import read_json, write_csv
 from pipeline.core.paths import EXTRACTED, Paths
 from pipeline.data import kaggle_api
+from pipeline.scoring.runs import Run
 from pipeline.scoring.submission import read_sample, validate_submission
 
 SCORES_COLUMNS = ["time", "competition", "commit", "experiment", "cv_logloss", "public_score", "private_score",
@@ -80,11 +81,11 @@ def source_problems(comp_name: str, root: Path) -> list[str]:
     ensemble recorded beside it in metrics/<comp>/cv.json (an older run: in metrics/<comp>.json)."""
     comp = get_competition(comp_name)
     paths = Paths(comp_name, root)
-    recorded = {**(read_json(paths.metrics) if paths.metrics.is_file() else {}),
-                **(read_json(paths.cv) if paths.cv.is_file() else {})}
-    if "source" not in recorded and (paths.raw / "summary.json").is_file():
-        recorded = read_json(paths.raw / "summary.json")  # what download fetched (metrics of an older run)
-    source = recorded.get("source", "unknown: neither metrics/<comp>/cv.json nor the download's summary says")
+    run = Run.on_disk(comp_name, root)
+    source, quick = run.recorded("source"), run.recorded("quick")
+    if source is None and (paths.raw / "summary.json").is_file():
+        source = read_json(paths.raw / "summary.json")["source"]  # what download fetched (metrics of an older run)
+    source = source or "unknown: neither metrics/<comp>/cv.json nor the download's summary says"
     rows = None
     if paths.submission.is_file():
         with open(paths.submission) as f:
@@ -94,8 +95,8 @@ def source_problems(comp_name: str, root: Path) -> list[str]:
         problems.append(f"it was made from the built-in demo data ({comp_name}.data.source: demo in params.yaml); "
                         f"Kaggle would score it as noise. Set {comp_name}.data.source to kaggle or to the path of "
                         f"{comp.slug}.zip and run `dvc repro`")
-    if "quick" in recorded:
-        problems.append(f"it was made by a quick run ({recorded['quick']}): its models saw less than the data. Run "
+    if quick:
+        problems.append(f"it was made by a quick run ({quick}): its models saw less than the data. Run "
                         "the full folds (params.yaml's folds and subsample as shipped) for a submission")
     if comp.submit == "csv" and comp.test_images is not None and rows not in (None, comp.test_images):
         problems.append(f"it has {rows} rows, but the real competition's test set has {comp.test_images}: it was not "

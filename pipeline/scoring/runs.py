@@ -5,6 +5,10 @@ summary stage reads it after every `dvc repro`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core.io import read_json
+from pipeline.core.paths import Paths
 
 
 @dataclass(frozen=True)
@@ -15,6 +19,13 @@ class Run:
     commit: str | None
     cv: dict
     metrics: dict
+
+    @classmethod
+    def on_disk(cls, comp_name: str, root: Path) -> Run:
+        """The workspace's run of a competition (empty parts where the ensemble has not written them)."""
+        paths = Paths(comp_name, root)
+        return cls(comp_name, None, read_json(paths.cv) if paths.cv.is_file() else {},
+                   read_json(paths.metrics) if paths.metrics.is_file() else {})
 
     def recorded(self, key: str):
         """cv.json's `metric`, `source`, `quick` or `test_rows` (a run older than that kept them in its metrics)."""

@@ -43,6 +43,7 @@ from pipeline.reporting.model_figures import (
 )
 from pipeline.reporting.readings import diagnose, finetune_health
 from pipeline.scoring.metrics import HIGHER_IS_BETTER
+from pipeline.scoring.runs import Run
 
 GRID = 8  # images per grid
 
@@ -175,10 +176,10 @@ def run(params: Params, comp_name: str, root: Path = Path(".")) -> Path:
     out_dir = paths.reports
     with atomic_dir(out_dir / "figures") as figs:
         parts = [f"<h1>{html.escape(comp.title)}</h1>"]
-        choice = cv.get("choice", {})
+        recorded = Run(comp_name, None, cv, metrics)
         summary = {**{k: v for k, v in metrics.items() if k != "demo_test"},
                    **{f"demo test {k}": v for k, v in cv.get("demo_test", {}).items()},
-                   "chosen": f"{choice.get('kind')}+{choice.get('method')}", "source": cv.get("source")}
+                   "chosen": recorded.chosen, "source": recorded.recorded("source")}
         higher = HIGHER_IS_BETTER[comp.metric]
         parts.append("<h2>Scores</h2><p>Cross-validated: each fold's rows get the member, calibration and threshold "
                      f"chosen on the other folds. {comp.title} is scored by {comp.metric} ("

@@ -34,10 +34,8 @@ def _num(value) -> str:
 def scores_table(params: Params, root: Path) -> pd.DataFrame:
     rows = []
     for comp in params.competitions:
-        paths = Paths(comp, root)
-        done = paths.metrics.is_file()
-        run = Run(comp, None, read_json(paths.cv) if paths.cv.is_file() else {},
-                  read_json(paths.metrics) if done else {})
+        paths, run = Paths(comp, root), Run.on_disk(comp, root)
+        done = bool(run.metrics)
         metric = run.recorded("metric") or get_competition(comp).metric
         rows.append({
             "competition": comp,
@@ -104,8 +102,7 @@ def run(params: Params, root: Path = Path(".")) -> str:
         notes = [f"{comp}: NOT this run's scores: {why}; `dvc repro` remakes them."
                  for comp, why in stale(params, root).items()]
         for comp in params.competitions:
-            paths = Paths(comp, root)
-            quick = read_json(paths.metrics).get("quick") if paths.metrics.is_file() else None
+            quick = Run.on_disk(comp, root).metrics.get("quick")
             if quick:
                 notes.append(f"{comp}: a QUICK run ({quick}): compare it with a quick baseline made the same way; "
                              "not a submission's score.")
